@@ -1,0 +1,3 @@
+"""fastshower: fast machine-learned calorimeter showers, validated against Geant4."""
+
+__version__ = "0.1.0"

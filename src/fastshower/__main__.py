@@ -1,0 +1,5 @@
+"""`python -m fastshower` runs the command line."""
+
+from fastshower.cli import main
+
+main()

@@ -1,0 +1,145 @@
+"""The `fastshower` command line: a thin layer over the Python API, one subcommand per stage."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from fastshower.errors import FastShowerError
+
+console = Console()
+app = typer.Typer(help="Fast ML calorimeter showers for high-granularity calorimeters.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+geometry_app = typer.Typer(help="Build, inspect and draw detector geometries.",
+                           no_args_is_help=True)
+app.add_typer(geometry_app, name="geometry")
+
+DEFAULT_GEOMETRY = Path("data/geometry/hgcal_roi.h5")
+
+
+def _load_yaml(path: Path | None) -> dict:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise FastShowerError(f"config file {path} does not exist")
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise FastShowerError(f"config file {path} is not valid YAML: {err}") from None
+
+
+def _parse_set(values: list[str]) -> dict:
+    """--set key=value pairs, values parsed as YAML scalars."""
+    out = {}
+    for item in values:
+        if "=" not in item:
+            raise FastShowerError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+@geometry_app.command("build")
+def geometry_build(
+    builder: Annotated[str, typer.Option(help="Geometry builder: hgcal or grid.")] = "hgcal",
+    config: Annotated[Path | None, typer.Option(help="YAML file with builder settings.")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value.")] = [],  # noqa: B006
+    out: Annotated[Path, typer.Option(help="Output geometry file (.h5).")] = DEFAULT_GEOMETRY,
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Build a geometry with its neighbour graph and save it as one hashed file."""
+    from fastshower.geometry import build_geometry, save
+
+    if out.exists() and not force:
+        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
+    settings = {**_load_yaml(config), **_parse_set(set_)}
+    with console.status(f"building {builder} geometry"):
+        geom = build_geometry(builder, settings)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(geom, out)
+    console.print(f"wrote {out}: {geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
+                  f"hash {geom.short_hash}")
+
+
+@geometry_app.command("info")
+def geometry_info(
+    path: Annotated[Path, typer.Argument(help="Geometry file.")] = DEFAULT_GEOMETRY,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Cells per layer and type, edges by kind, depth in X0 and lambda per layer."""
+    from fastshower.geometry import load
+    from fastshower.geometry.summary import summary
+
+    s = summary(load(path))
+    if as_json:
+        print(json.dumps(s, indent=2))
+        return
+    console.print(f"[bold]{path}[/]: builder {s['builder']}, {s['n_cells']} cells, "
+                  f"hash {s['hash'][:12]}")
+    console.print("edges by kind (directed): " +
+                  ", ".join(f"{k} {v}" for k, v in s["edges_by_kind"].items()))
+    table = Table("layer", "section", "z [mm]", "X0", "λ", "silicon", "scintillator",
+                  title="layers")
+    for row in s["layers"]:
+        table.add_row(str(row["index"]), row["section"], f"{row['z']:.1f}",
+                      f"{row['depth_x0']:.2f}", f"{row['depth_lambda']:.2f}",
+                      str(row["silicon"]), str(row["scintillator"]))
+    console.print(table)
+
+
+@geometry_app.command("plot")
+def geometry_plot(
+    path: Annotated[Path, typer.Argument(help="Geometry file.")] = DEFAULT_GEOMETRY,
+    layer: Annotated[int | None, typer.Option(help="Layer index; default: the one with the "
+                                              "most silicon-scintillator edges.")] = None,
+    out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("geometry.png"),
+) -> None:
+    """Draw one layer: cells by type and thickness, neighbour edges, border edges in red."""
+    from fastshower.geometry import load
+    from fastshower.geometry.plot import border_layer, plot_layer
+
+    geom = load(path)
+    layer = border_layer(geom) if layer is None else layer
+    if not 0 <= layer < len(geom.layers):
+        raise FastShowerError(f"layer {layer} out of range 0..{len(geom.layers) - 1}")
+    plot_layer(geom, layer, out)
+    console.print(f"wrote {out} (layer {layer})")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
+) -> None:
+    """The main job: build the default geometry and draw its silicon/scintillator border layer."""
+    from fastshower.geometry import build_geometry, save
+    from fastshower.geometry.plot import border_layer, plot_layer
+
+    out.mkdir(parents=True, exist_ok=True)
+    with console.status("building the default HGCAL-like geometry (region of interest)"):
+        geom = build_geometry("hgcal")
+    save(geom, out / "geometry.h5")
+    layer = border_layer(geom)
+    plot_layer(geom, layer, out / "geometry.png")
+    types = np.bincount(geom.cells["type"], minlength=2)
+    console.print(f"geometry {geom.short_hash}: {types[0]} silicon + {types[1]} scintillator "
+                  f"cells in {len(geom.layers)} layers -> {out / 'geometry.h5'}, "
+                  f"picture of layer {layer} -> {out / 'geometry.png'}")
+
+
+def main() -> None:
+    """Entry point: user errors are printed as one line, without a traceback."""
+    try:
+        app()
+    except FastShowerError as err:
+        console.print(f"[bold red]error:[/] {err}")
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        raise SystemExit(130) from None

@@ -1,0 +1,176 @@
+"""The detector description every stage shares: layers, cell table, segmentation, neighbour graph.
+
+Saved as one HDF5 file with a format version and a content hash; readers recompute the hash and
+refuse a file that does not match, so a corrupt or edited geometry never passes silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fastshower.errors import GeometryError
+from fastshower.geometry import grid, hgcal
+from fastshower.geometry.layers import Layer, next_layer
+from fastshower.geometry.neighbours import in_layer_pairs, longitudinal_pairs, symmetric_edges
+from fastshower.geometry.segmentation import Segmentation
+
+FORMAT = "fastshower-geometry"
+FORMAT_VERSION = 1
+BUILDERS = {"hgcal": (hgcal.HGCalConfig, hgcal.build), "grid": (grid.GridConfig, grid.build)}
+CELL_COLUMNS = ("key", "layer", "x", "y", "z", "type", "area", "thickness", "corners",
+                "n_corners")
+
+
+@dataclass
+class Geometry:
+    """A calorimeter as a table of cells (sorted by key; cell id = row) and its neighbour graph.
+
+    Units: mm. ``cells`` columns: key (int64), layer, x, y, z (cell centre), type (0 silicon,
+    1 scintillator), area (mm^2), thickness (sensor, mm), corners (n, K, 2; NaN-padded),
+    n_corners. ``edges``: (2, E) int32, symmetric, no self-loops; ``edge_kind`` per edge.
+    """
+
+    builder: str
+    config: dict
+    layers: list[Layer]
+    segmentation: Segmentation
+    cells: dict[str, np.ndarray]
+    edges: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), np.int32))
+    edge_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+
+    @property
+    def n_cells(self) -> int:
+        return len(self.cells["key"])
+
+    @property
+    def cell_size(self) -> np.ndarray:
+        """Linear cell size, sqrt(area), in mm."""
+        return np.sqrt(self.cells["area"])
+
+    def lookup(self, layer, x, y) -> np.ndarray:
+        """Cell ids of points (x, y) in mm on the given layers; -1 where no cell is.
+
+        Callers count the -1s (energy outside the detector) rather than dropping them.
+        """
+        keys = self.segmentation.keys(layer, x, y)
+        table = self.cells["key"]
+        pos = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
+        return np.where((table[pos] == keys) & (keys >= 0), pos, -1)
+
+    def metadata(self) -> dict:
+        return {
+            "builder": self.builder,
+            "config": self.config,
+            "layers": [lay.to_dict() for lay in self.layers],
+            "segmentation": self.segmentation.to_dict(),
+        }
+
+    @cached_property
+    def hash(self) -> str:
+        """SHA-256 of the metadata and every array: the geometry's identity downstream."""
+        h = hashlib.sha256(json.dumps(self.metadata(), sort_keys=True).encode())
+        for name in CELL_COLUMNS:
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(self.cells[name]).tobytes())
+        h.update(np.ascontiguousarray(self.edges).tobytes())
+        h.update(np.ascontiguousarray(self.edge_kind).tobytes())
+        return h.hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:12]
+
+    def build_neighbours(self, eps: float = 1.0) -> None:
+        """Fill ``edges`` and ``edge_kind`` (in-layer touching cells and longitudinal links)."""
+        c = self.cells
+        order = np.argsort(c["layer"], kind="stable")
+        bounds = np.searchsorted(c["layer"][order], np.arange(len(self.layers) + 1))
+        pairs = [in_layer_pairs(self.lookup, lay, c["corners"][order[bounds[lay]:bounds[lay + 1]]],
+                                eps=eps)
+                 for lay in range(len(self.layers))]
+        pairs.append(longitudinal_pairs(c["x"], c["y"], self.cell_size, c["layer"],
+                                        next_layer(self.layers)))
+        self.edges, self.edge_kind = symmetric_edges(
+            np.unique(np.concatenate(pairs)), c["type"], c["layer"])
+        self.__dict__.pop("hash", None)
+
+
+def build_geometry(builder: str = "hgcal", config: dict | None = None,
+                   neighbours: bool = True) -> Geometry:
+    """Build a geometry with a named builder ('hgcal' or 'grid') and its config overrides."""
+    if builder not in BUILDERS:
+        raise GeometryError(f"unknown geometry builder {builder!r}; choose one of "
+                            f"{', '.join(BUILDERS)}")
+    config_type, build = BUILDERS[builder]
+    try:
+        cfg = config_type.model_validate(config or {})
+    except ValueError as err:
+        raise GeometryError(f"bad {builder} geometry config: {err}") from None
+    layers, seg, per_layer = build(cfg)
+    width = max(c["corners"].shape[1] for c in per_layer)
+    cells = {}
+    for name in CELL_COLUMNS:
+        parts = [c[name] if name != "corners" else hgcal._pad(c[name], width) for c in per_layer]
+        cells[name] = np.concatenate(parts)
+    order = np.argsort(cells["key"], kind="stable")
+    cells = {k: v[order] for k, v in cells.items()}
+    geom = Geometry(builder, cfg.model_dump(mode="json"), layers, seg, cells)
+    if neighbours:
+        geom.build_neighbours()
+    return geom
+
+
+def save(geom: Geometry, path: str | Path) -> Path:
+    """Write the geometry to one HDF5 file (written to a temporary name, then renamed)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["hash"] = geom.hash
+        f.attrs["metadata"] = json.dumps(geom.metadata())
+        for name in CELL_COLUMNS:
+            f.create_dataset(f"cells/{name}", data=geom.cells[name])
+        f.create_dataset("edges/index", data=geom.edges)
+        f.create_dataset("edges/kind", data=geom.edge_kind)
+    tmp.replace(path)
+    return path
+
+
+def load(path: str | Path) -> Geometry:
+    """Read a geometry file, checking format, version and content hash."""
+    path = Path(path)
+    if not path.is_file():
+        raise GeometryError(f"geometry file {path} does not exist")
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise GeometryError(f"{path} is not a fastshower geometry file")
+            version = int(f.attrs["format_version"])
+            if version != FORMAT_VERSION:
+                raise GeometryError(f"{path} has geometry format version {version}; this "
+                                    f"fastshower reads version {FORMAT_VERSION}: rebuild it")
+            stored = str(f.attrs["hash"])
+            meta = json.loads(f.attrs["metadata"])
+            cells = {name: f[f"cells/{name}"][...] for name in CELL_COLUMNS}
+            edges, kind = f["edges/index"][...], f["edges/kind"][...]
+    except GeometryError:
+        raise
+    except (OSError, KeyError, ValueError) as err:
+        raise GeometryError(f"cannot read geometry file {path} (corrupt or truncated?): "
+                            f"{err}") from None
+    geom = Geometry(meta["builder"], meta["config"],
+                    [Layer.from_dict(d) for d in meta["layers"]],
+                    Segmentation.from_dict(meta["segmentation"]), cells, edges, kind)
+    if geom.hash != stored:
+        raise GeometryError(f"geometry file {path} fails its content hash check (stored "
+                            f"{stored[:12]}, computed {geom.short_hash}): it is corrupt or was "
+                            "modified; rebuild it with `fastshower geometry build`")
+    return geom

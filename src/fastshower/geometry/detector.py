@@ -18,7 +18,12 @@ import numpy as np
 from fastshower.errors import GeometryError
 from fastshower.geometry import grid, hgcal
 from fastshower.geometry.layers import Layer, next_layer
-from fastshower.geometry.neighbours import in_layer_pairs, longitudinal_pairs, symmetric_edges
+from fastshower.geometry.neighbours import (
+    in_layer_pairs,
+    longitudinal_pairs,
+    symmetric_edges,
+    unique,
+)
 from fastshower.geometry.segmentation import Segmentation
 
 FORMAT = "fastshower-geometry"
@@ -98,7 +103,7 @@ class Geometry:
         pairs.append(longitudinal_pairs(c["x"], c["y"], self.cell_size, c["layer"],
                                         next_layer(self.layers)))
         self.edges, self.edge_kind = symmetric_edges(
-            np.unique(np.concatenate(pairs)), c["type"], c["layer"])
+            unique(np.concatenate(pairs)), c["type"], c["layer"])
         self.__dict__.pop("hash", None)
 
 

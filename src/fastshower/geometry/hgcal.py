@@ -158,8 +158,8 @@ class HGCalSegmentation(Segmentation):
         wx, wy = self.wafers.centre(wi, wj)
         hd = np.hypot(wx, wy) < self.r_hd[layer]
         ci, cj = self.cells_ld.index(x - wx, y - wy)
-        hi, hj = self.cells_hd.index(x - wx, y - wy)
-        ci, cj = np.where(hd, hi, ci), np.where(hd, hj, cj)
+        if hd.any():
+            ci[hd], cj[hd] = self.cells_hd.index(x[hd] - wx[hd], y[hd] - wy[hd])
         key_si = pack_key(layer, SILICON, pack_pair(wi, wj, 15), pack_pair(ci, cj, 12))
         out[silicon] = key_si[silicon]
 

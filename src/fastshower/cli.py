@@ -113,6 +113,78 @@ def geometry_plot(
     console.print(f"wrote {out} (layer {layer})")
 
 
+def parse_energy(text: str, spectrum: str | None) -> tuple[list[float], str]:
+    """'10' (fixed), '10,50,100' (list) or '1:500' (range; uniform or log-uniform), in GeV."""
+    try:
+        if ":" in text:
+            lo, hi = (float(v) for v in text.split(":"))
+            return [lo, hi], spectrum or "log-uniform"
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise FastShowerError(f"cannot read --energy {text!r}: use 10, 10,50,100 or 1:500 "
+                              "(GeV)") from None
+    return values, spectrum or ("fixed" if len(values) == 1 else "list")
+
+
+def _range(text: str, what: str) -> tuple[float, float]:
+    try:
+        parts = [float(v) for v in text.split(":")]
+    except ValueError:
+        raise FastShowerError(f"cannot read --{what} {text!r}: use 2.0 or 1.8:2.2") from None
+    return (parts[0], parts[-1])
+
+
+def default_geometry(path: Path) -> Path:
+    """The geometry file to use: the default one is built on first use."""
+    from fastshower.geometry import build_geometry, save
+
+    if path == DEFAULT_GEOMETRY and not path.exists():
+        console.print(f"building the default geometry -> {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save(build_geometry("hgcal"), path)
+    return path
+
+
+@app.command()
+def simulate(
+    particle: Annotated[str, typer.Option(help="e-, e+, gamma, mu-, mu+, pi-, pi+.")] = "e-",
+    energy: Annotated[str, typer.Option(help="GeV: 10 | 10,50,100 | 1:500 (a range).")] = "10",
+    spectrum: Annotated[str | None, typer.Option(
+        help="fixed, list, uniform or log-uniform (default from --energy).")] = None,
+    eta: Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")] = "2.0",
+    phi: Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")] = "90",
+    n: Annotated[int, typer.Option("--n", help="Number of showers.")] = 100,
+    jobs: Annotated[int, typer.Option(help="Parallel Geant4 processes.")] = 1,
+    seed: Annotated[int, typer.Option(help="Production seed (jobs get distinct seeds).")] = 1,
+    geometry: Annotated[Path, typer.Option(help="Geometry file.")] = DEFAULT_GEOMETRY,
+    physics: Annotated[str, typer.Option(help="auto, full (Geant4 datasets) or offline.")] = "auto",
+    em_option: Annotated[int, typer.Option(help="Geant4 EM option: 0 or 1.")] = 0,
+    out: Annotated[Path, typer.Option(help="Output folder (one ROOT file per job).")] = Path(
+        "samples/e-_10GeV"),
+    force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
+) -> None:
+    """Simulate showers with Geant4 and write sim-hit ROOT files (resumable)."""
+    from pydantic import ValidationError
+
+    from fastshower.simulation.gun import GunConfig
+    from fastshower.simulation.jobs import simulate as run
+
+    if physics not in ("auto", "full", "offline"):
+        raise FastShowerError(f"--physics must be auto, full or offline, not {physics!r}")
+    if em_option not in (0, 1):
+        raise FastShowerError(f"--em-option must be 0 or 1, not {em_option}")
+    energies, spec = parse_energy(energy, spectrum)
+    try:
+        gun = GunConfig(particle=particle, energy=energies, spectrum=spec,
+                        eta=_range(eta, "eta"), phi_deg=_range(phi, "phi"))
+    except ValidationError as err:
+        raise FastShowerError("; ".join(e["msg"].removeprefix("Value error, ")
+                                        for e in err.errors())) from None
+    files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
+                em_option=em_option, force=force)
+    console.print(f"wrote {len(files)} file(s) to {out}")
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),

@@ -1,0 +1,102 @@
+"""The sim-hit ROOT file: written by Geant4 simulation and by generators alike.
+
+One TTree ``showers``, one entry per shower: the primary particle (PDG id, energy in MeV,
+vertex in mm, unit direction) and jagged per-cell branches ``cell.id``, ``cell.energy`` (MeV),
+``cell.time`` (ns, first deposit) with their counter ``cell``, plus ``lost_energy`` (MeV deposited in sensors outside every
+cell). A TObjString ``metadata`` holds JSON: geometry hash, physics mode and list, Geant4
+version, seed, generator. Files are written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import awkward as ak
+import numpy as np
+import uproot
+
+from fastshower.errors import FastShowerError
+
+TREE = "showers"
+SCHEMA_VERSION = 1
+PRIMARY_FIELDS = ("primary_pdg", "primary_energy", "primary_x", "primary_y", "primary_z",
+                  "primary_dx", "primary_dy", "primary_dz")
+CELL_FIELDS = ("id", "energy", "time")
+PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -211, "pi+": 211}
+
+
+@dataclass
+class ShowerBatch:
+    """Showers as arrays: primaries (n,), and cell hits as awkward jagged arrays (n, var)."""
+
+    primaries: dict[str, np.ndarray]
+    cell_id: ak.Array
+    cell_energy: ak.Array
+    cell_time: ak.Array
+    lost_energy: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.lost_energy)
+
+    def to_branches(self) -> dict:
+        out = {k: np.asarray(v) for k, v in self.primaries.items()}
+        out["lost_energy"] = np.asarray(self.lost_energy, dtype=np.float32)
+        out["cell"] = ak.zip({"id": ak.values_astype(self.cell_id, np.int32),
+                              "energy": ak.values_astype(self.cell_energy, np.float32),
+                              "time": ak.values_astype(self.cell_time, np.float32)})
+        return out
+
+
+class SimHitWriter:
+    """Appends shower batches to a sim-hit file; the file gets its final name on ``close``."""
+
+    def __init__(self, path: str | Path, metadata: dict):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(self.path.name + ".tmp")
+        self.file = uproot.recreate(self.tmp)
+        self.file["metadata"] = json.dumps({**metadata, "schema_version": SCHEMA_VERSION})
+        self.n = 0
+
+    def write(self, batch: ShowerBatch) -> None:
+        if len(batch) == 0:
+            return
+        branches = batch.to_branches()
+        if self.n == 0:
+            self.file[TREE] = branches
+        else:
+            self.file[TREE].extend(branches)
+        self.n += len(batch)
+
+    def close(self) -> Path:
+        """Finish the file and give it its final name (only complete files carry it)."""
+        self.file.close()
+        self.tmp.replace(self.path)
+        return self.path
+
+    def abort(self) -> None:
+        self.file.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The JSON metadata of a sim-hit file; a clear error for anything else."""
+    path = Path(path)
+    try:
+        with uproot.open(path) as f:
+            return json.loads(str(f["metadata"]))
+    except (OSError, KeyError, ValueError) as err:
+        raise FastShowerError(f"{path} is not a readable fastshower sim-hit file: {err}") from None
+
+
+def read_showers(path: str | Path, entry_start: int | None = None,
+                 entry_stop: int | None = None) -> ShowerBatch:
+    """Read showers [entry_start, entry_stop) of one sim-hit file."""
+    with uproot.open(path) as f:
+        arr = f[TREE].arrays(entry_start=entry_start, entry_stop=entry_stop)
+    return ShowerBatch(
+        primaries={k: ak.to_numpy(arr[k]) for k in PRIMARY_FIELDS},
+        cell_id=arr["cell", "id"], cell_energy=arr["cell", "energy"], cell_time=arr["cell", "time"],
+        lost_energy=ak.to_numpy(arr["lost_energy"]),
+    )

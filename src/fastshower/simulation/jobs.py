@@ -1,0 +1,137 @@
+"""A simulation production: N independent Geant4 processes, one output file each, resumable.
+
+The output folder holds ``production.json`` (what was asked), ``job_XXX.root`` (complete files
+only: a job writes ``job_XXX.root.tmp`` and renames it when done) and ``logs/job_XXX.log``
+(Geant4's own output). Running the same command again skips the complete files.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import queue
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import load
+from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.runner import JobSpec, job_seed, run_job
+
+
+def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out: str | Path,
+         physics: str = "auto", em_option: int = 0) -> list[JobSpec]:
+    """The job specs of a production (events split as evenly as possible)."""
+    if n <= 0:
+        raise FastShowerError(f"--n must be positive, got {n}")
+    if jobs <= 0:
+        raise FastShowerError(f"--jobs must be positive, got {jobs}")
+    jobs = min(jobs, n)
+    sizes = [n // jobs + (i < n % jobs) for i in range(jobs)]
+    out = Path(out)
+    return [JobSpec(geometry=str(geometry), gun=gun.model_dump(mode="json"), n=size,
+                    seed=job_seed(seed, i), out=str(out / f"job_{i:03d}.root"), physics=physics,
+                    em_option=em_option, meta={"job": i, "production_seed": seed})
+            for i, size in enumerate(sizes)]
+
+
+def _child(spec_dict: dict, index: int, progress: mp.Queue, log_path: str) -> None:
+    """Process entry point: Geant4's output goes to the job's log file."""
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    last = [0.0]
+
+    def report(done: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.2:
+            progress.put(("progress", index, done))
+            last[0] = now
+
+    try:
+        result = run_job(JobSpec(**spec_dict), report)
+        progress.put(("done", index, result))
+    except BaseException:  # noqa: BLE001 - every failure goes back to the parent
+        progress.put(("error", index, traceback.format_exc()))
+
+
+def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs: int = 1,
+             seed: int = 1, physics: str = "auto", em_option: int = 0,
+             force: bool = False, show_progress: bool = True) -> list[Path]:
+    """Run (or resume) a production; returns the output files in job order."""
+    geom = load(geometry)  # refuses a file that fails its hash, before any process starts
+    out = Path(out)
+    specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option)
+    manifest = {"geometry_hash": geom.hash, "gun": gun.model_dump(mode="json"), "n": n,
+                "jobs": len(specs), "seed": seed, "physics": physics, "em_option": em_option}
+    manifest_path = out / "production.json"
+    if out.exists() and any(out.iterdir()) and not force:
+        if not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest:
+            raise FastShowerError(f"output folder {out} exists and holds something else; choose "
+                                  "another --out, or pass --force to overwrite it")
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    manifest_path.write_text(json.dumps(manifest, indent=2))
+    todo = [i for i, s in enumerate(specs) if force or not Path(s.out).is_file()]
+    skipped = sum(specs[i].n for i in range(len(specs)) if i not in todo)
+    if todo:
+        _run_parallel([specs[i] for i in todo], out, skipped, n, show_progress)
+    return [Path(s.out) for s in specs]
+
+
+def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
+                  show_progress: bool) -> None:
+    ctx = mp.get_context("spawn")
+    messages = ctx.Queue()
+    procs = {}
+    for spec in specs:
+        index = spec.meta["job"]
+        log = str(out / "logs" / f"job_{index:03d}.log")
+        procs[index] = ctx.Process(target=_child, args=(asdict(spec), index, messages, log),
+                                   daemon=True)
+        procs[index].start()
+    done = {spec.meta["job"]: 0 for spec in specs}
+    finished: set[int] = set()
+    columns = [TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:.2f} showers/s"), TimeElapsedColumn(),
+               TextColumn("ETA"), TimeRemainingColumn()]
+    t0 = time.monotonic()
+    try:
+        with Progress(*columns, disable=not show_progress, transient=False) as bar:
+            task = bar.add_task("sim", total=total, completed=skipped, rate=0.0)
+            while len(finished) < len(specs):
+                try:
+                    kind, index, payload = messages.get(timeout=1.0)
+                except queue.Empty:
+                    dead = [i for i, p in procs.items() if not p.is_alive() and i not in finished]
+                    if dead and messages.empty():
+                        raise FastShowerError(f"simulation job {dead[0]} died; see "
+                                              f"{out / 'logs' / f'job_{dead[0]:03d}.log'}")
+                    continue
+                if kind == "error":
+                    raise FastShowerError(f"simulation job {index} failed:\n{payload}\nlog: "
+                                          f"{out / 'logs' / f'job_{index:03d}.log'}")
+                if kind == "done":
+                    finished.add(index)
+                    done[index] = payload["n"]
+                else:
+                    done[index] = payload
+                n_done = sum(done.values())
+                bar.update(task, completed=skipped + n_done,
+                           rate=n_done / max(time.monotonic() - t0, 1e-9))
+    finally:
+        for p in procs.values():
+            if p.is_alive():
+                p.terminate()
+            p.join()

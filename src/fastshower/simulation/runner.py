@@ -1,0 +1,124 @@
+"""One Geant4 job: build the detector, shoot n primaries, score cells, write one sim-hit file.
+
+A Geant4 run manager lives once per process, so every job runs in a process of its own
+(see ``jobs.py``); this module is what that process executes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import awkward as ak
+import numpy as np
+
+from fastshower import __version__
+from fastshower.geometry import load
+from fastshower.simhits import ShowerBatch, SimHitWriter
+from fastshower.simulation.g4data import cleanup, setup_data, write_em_tables
+from fastshower.simulation.gun import GunConfig, sample_primaries
+from fastshower.simulation.scoring import aggregate_steps
+
+OFFLINE_NOTE = ("offline EM mode: synthetic bremsstrahlung (<1 GeV), photoelectric and Rayleigh "
+                "tables from analytic theory; see docs/physics.md")
+
+
+@dataclass
+class JobSpec:
+    """Everything one job needs; plain data so it crosses process boundaries."""
+
+    geometry: str
+    gun: dict
+    n: int
+    seed: int
+    out: str
+    physics: str = "auto"
+    em_option: int = 0
+    score: bool = True
+    chunk: int = 50
+    meta: dict = field(default_factory=dict)
+
+
+def job_seed(seed: int, job: int) -> int:
+    """Independent, reproducible seed of job ``job`` in a production with seed ``seed``."""
+    return int(np.random.SeedSequence(seed, spawn_key=(job,)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def run_job(spec: JobSpec, report=None) -> dict:
+    """Run one job in this process; ``report(n_done)`` is called as events finish.
+
+    Returns timing and the output path. Only a complete file gets the final name.
+    """
+    data = setup_data(spec.physics)
+    from fastshower.simulation import g4app  # after setup_data: it imports geant4_pybind
+    g4 = g4app.g4
+
+    geom = load(spec.geometry)
+    gun = GunConfig.model_validate(spec.gun)
+    primaries = sample_primaries(gun, spec.n, np.random.default_rng(spec.seed))
+    g4.HepRandom.setTheSeed(spec.seed)
+    g4app.quiet()
+
+    run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
+    detector = g4app.Detector(geom)
+    run.SetUserInitialization(detector)
+    physics = (g4app.EmPhysics(spec.em_option) if data.mode == "offline"
+               else g4app.full_physics(spec.em_option))
+    run.SetUserInitialization(physics)
+    gun_action = g4app.Gun(primaries, gun.particle)
+    run.SetUserAction(gun_action)
+
+    writer = None
+    if spec.score:
+        physics_list = (f"G4EmStandardPhysics{'' if spec.em_option == 0 else '_option1'}"
+                        "+G4DecayPhysics" if data.mode == "offline"
+                        else "FTFP_BERT" + ("" if spec.em_option == 0 else "_EMV"))
+        writer = SimHitWriter(spec.out, {
+            "generator": "geant4", "geant4_version": str(g4.G4VERSION_NUMBER),
+            "physics_mode": data.mode, "physics_list": physics_list,
+            "em_option": spec.em_option, "geometry_hash": geom.hash, "seed": spec.seed,
+            "gun": gun.model_dump(mode="json"), "n_events": spec.n,
+            "fastshower_version": __version__,
+            "notes": OFFLINE_NOTE if data.mode == "offline" else "", **spec.meta,
+        })
+    pending: list[tuple] = []
+    done = [0]
+
+    def flush() -> None:
+        if not pending:
+            return
+        ids, en, tm, lost = zip(*pending, strict=True)
+        lo, hi = done[0] - len(pending), done[0]
+        writer.write(ShowerBatch(
+            primaries={k: v[lo:hi] for k, v in primaries.items()},
+            cell_id=ak.Array(list(ids)), cell_energy=ak.Array(list(en)),
+            cell_time=ak.Array(list(tm)), lost_energy=np.array(lost)))
+        pending.clear()
+
+    def on_event(event_id: int, steps: np.ndarray) -> None:
+        if writer is not None:
+            pending.append(aggregate_steps(geom, steps[:, 0].astype(np.int64), steps[:, 1],
+                                           steps[:, 2], steps[:, 3], steps[:, 4]))
+        done[0] += 1
+        if writer is not None and len(pending) >= spec.chunk:
+            flush()
+        if report is not None:
+            report(done[0])
+
+    run.SetUserAction(g4app.EventAction(detector, on_event))
+    run.Initialize()
+    elements = write_em_tables(g4, data)
+    t0 = time.process_time()
+    try:
+        run.BeamOn(spec.n)
+        if writer is not None:
+            flush()
+            writer.close()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        cleanup(data)
+    return {"cpu_seconds": time.process_time() - t0, "n": spec.n, "mode": data.mode,
+            "elements": elements, "out": spec.out if writer is not None else None}

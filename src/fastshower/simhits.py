@@ -1,10 +1,11 @@
 """The sim-hit ROOT file: written by Geant4 simulation and by generators alike.
 
 One TTree ``showers``, one entry per shower: the primary particle (PDG id, energy in MeV,
-vertex in mm, unit direction) and jagged per-cell branches ``cell.id``, ``cell.energy`` (MeV),
-``cell.time`` (ns, first deposit) with their counter ``cell``, plus ``lost_energy`` (MeV deposited in sensors outside every
-cell). A TObjString ``metadata`` holds JSON: geometry hash, physics mode and list, Geant4
-version, seed, generator. Files are written under a temporary name and renamed when complete.
+vertex in mm, unit direction); jagged per-cell branches ``cell.id``, ``cell.energy`` (MeV) and
+``cell.time`` (ns, first deposit) with their counter ``cell``; ``lost_energy`` (MeV deposited
+in sensors outside every cell). A TObjString ``metadata`` holds JSON: geometry hash, physics
+mode and list, Geant4 version, seed, generator. Files are written under a temporary name and
+renamed when complete.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Geant4 data: find the real datasets (full mode) or write small synthetic EM tables (offline mode).
+"""Geant4 data: the real datasets (full mode) or small synthetic EM tables (offline mode).
 
 Offline mode runs the stock EM constructors on tables this module computes from analytic
 theory, for exactly the elements of the detector, before the first BeamOn. Approximations
@@ -130,7 +130,8 @@ def chi_born_elwert(z: float, kappa: np.ndarray, t: np.ndarray) -> np.ndarray:
     # ln((p0 + p) / (p0 - p)) without cancellation: p0 - p = (p0^2 - p^2) / (p0 + p)
     log_term = np.log((p0 + p) ** 2 / (2 * k / ELECTRON_MASS))
     b0, b = p0 / np.sqrt(1 + p0**2), p / np.sqrt(1 + p**2)
-    elwert = b0 * -np.expm1(-2 * np.pi * ALPHA * z / b0) / (b * -np.expm1(-2 * np.pi * ALPHA * z / b))
+    eta0, eta = 2 * np.pi * ALPHA * z / b0, 2 * np.pi * ALPHA * z / b
+    elwert = b0 * -np.expm1(-eta0) / (b * -np.expm1(-eta))
     return 16 / 3 * ALPHA * RE2_MB * log_term * elwert
 
 

@@ -117,7 +117,8 @@ def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                     dead = [i for i, p in procs.items() if not p.is_alive() and i not in finished]
                     if dead and messages.empty():
                         raise FastShowerError(f"simulation job {dead[0]} died; see "
-                                              f"{out / 'logs' / f'job_{dead[0]:03d}.log'}")
+                                              f"{out / 'logs' / f'job_{dead[0]:03d}.log'}"
+                                              ) from None
                     continue
                 if kind == "error":
                     raise FastShowerError(f"simulation job {index} failed:\n{payload}\nlog: "

@@ -148,6 +148,8 @@ def brem_table(z: int) -> np.ndarray:
     ratio = chi_screened(z, KAPPA[0], t[:, 0], coulomb[:, 0]) / chi_screened(
         z, KAPPA[1], t[:, 0], coulomb[:, 0])
     chi[:, 0] = chi[:, 1] * np.maximum(ratio, 1.0)
+    # The screened form fails at the very tip (kappa -> 1 at high T): keep a small floor there.
+    chi = np.maximum(chi, 1e-3)
     # Rows must not increase with kappa: the sampler's majorant is the value at the low end.
     return np.minimum.accumulate(chi, axis=1)
 

@@ -60,7 +60,7 @@ def run_job(spec: JobSpec, report=None) -> dict:
     g4app.quiet()
 
     run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
-    detector = g4app.Detector(geom)
+    detector = g4app.Detector(geom, score=spec.score)
     run.SetUserInitialization(detector)
     physics = (g4app.EmPhysics(spec.em_option) if data.mode == "offline"
                else g4app.full_physics(spec.em_option))

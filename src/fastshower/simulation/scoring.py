@@ -1,8 +1,8 @@
 """Scoring: sensor steps (layer, x, y, time, energy) -> energy and first-deposit time per cell.
 
 Steps are assigned to cells by the geometry's vectorised lookup at the end of each event, at the
-step's midpoint (a step in a 0.1-0.3 mm sensor moves well under a millimetre sideways, so its
-deposit goes to the cell that contains it). Deposits outside every cell are summed, not dropped.
+step's pre-step point (a step in a 0.1-0.3 mm sensor moves well under a millimetre sideways, so
+its deposit goes to the cell that contains it). Deposits outside every cell are summed, not dropped.
 """
 
 from __future__ import annotations

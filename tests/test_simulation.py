@@ -1,0 +1,123 @@
+"""Geant4 simulation end to end, offline mode (CI=true, no stdin): files, seeds, resume, physics."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import awkward as ak
+import h5py
+import numpy as np
+import pytest
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import build_geometry, save
+from fastshower.simhits import read_metadata, read_showers
+from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.jobs import simulate
+from fastshower.validation.observables import (
+    centroid_depth,
+    depth_x0,
+    layer_energies,
+    start_layer,
+    visible_energy,
+)
+
+
+@pytest.fixture(scope="module")
+def geometry(tmp_path_factory):
+    geom = build_geometry("hgcal")
+    return geom, save(geom, tmp_path_factory.mktemp("geo") / "hgcal.h5")
+
+
+def run(geometry_path, out, particle="e-", energy=5.0, n=6, jobs=2, seed=11, **kw):
+    gun = GunConfig(particle=particle, energy=[energy])
+    return simulate(geometry_path, gun, n, out, jobs=jobs, seed=seed, show_progress=False, **kw)
+
+
+def test_production_files_are_complete_seeded_and_resumable(geometry, tmp_path):
+    geom, path = geometry
+    files = run(path, tmp_path / "a")
+    assert [f.name for f in files] == ["job_000.root", "job_001.root"]
+    assert not list((tmp_path / "a").glob("*.tmp"))
+    meta = read_metadata(files[0])
+    assert meta["geometry_hash"] == geom.hash
+    assert meta["physics_mode"] == "offline" and meta["generator"] == "geant4"
+    assert meta["geant4_version"].startswith("11")
+    assert read_metadata(files[0])["seed"] != read_metadata(files[1])["seed"]
+
+    a = read_showers(files[0])
+    assert len(a) == 3
+    assert np.allclose(a.primaries["primary_energy"], 5000.0)
+    ids = ak.to_numpy(ak.flatten(a.cell_id))
+    assert ids.min() >= 0 and ids.max() < geom.n_cells
+    assert np.all(ak.to_numpy(ak.flatten(a.cell_time)) > 10.0)  # light needs 10.7 ns to z=3.2 m
+
+    again = run(path, tmp_path / "b")  # same seed, other folder: identical showers
+    b = read_showers(again[0])
+    assert ak.all(a.cell_id == b.cell_id) and ak.all(a.cell_energy == b.cell_energy)
+
+    stamp = [f.stat().st_mtime_ns for f in files]
+    files[1].unlink()  # as if killed before job 1 finished
+    run(path, tmp_path / "a")
+    assert files[0].stat().st_mtime_ns == stamp[0]  # complete file skipped
+    assert files[1].is_file()
+
+
+def test_bad_input_gives_one_clear_error(geometry, tmp_path):
+    _, path = geometry
+    run(path, tmp_path / "out", n=2, jobs=1)
+    with pytest.raises(FastShowerError, match="exists"):
+        run(path, tmp_path / "out", n=4, jobs=1)
+    broken = tmp_path / "broken.h5"
+    broken.write_bytes(path.read_bytes())
+    with h5py.File(broken, "r+") as f:
+        f["cells/x"][0] += 1.0
+    with pytest.raises(FastShowerError, match="hash"):
+        run(broken, tmp_path / "new", n=2, jobs=1)
+
+    env = {**os.environ, "CI": "true"}
+    for args, message in ((["--particle", "kaon"], "unknown particle"),
+                          (["--energy", "0"], "positive"),
+                          (["--energy", "50:10"], "reversed"),
+                          (["--geometry", str(broken)], "hash")):
+        proc = subprocess.run([sys.executable, "-m", "fastshower", "simulate", *args, "--out",
+                               str(tmp_path / "cli")], capture_output=True, text=True, env=env,
+                              stdin=subprocess.DEVNULL, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert message in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_em_shower_physics_small_statistics(geometry, tmp_path):
+    """Sampling fraction flat, shower maximum deeper with energy, photons start deeper."""
+    geom, path = geometry
+    depth = depth_x0(geom)
+    result = {}
+    for particle, energy, n in (("e-", 5.0, 24), ("gamma", 5.0, 24), ("e-", 40.0, 8)):
+        files = run(path, tmp_path / f"{particle}{energy}", particle=particle, energy=energy,
+                    n=n, jobs=2)
+        batch = read_showers(files[0])
+        for f in files[1:]:
+            other = read_showers(f)
+            batch = type(batch)(
+                {k: np.concatenate([batch.primaries[k], other.primaries[k]])
+                 for k in batch.primaries},
+                ak.concatenate([batch.cell_id, other.cell_id]),
+                ak.concatenate([batch.cell_energy, other.cell_energy]),
+                ak.concatenate([batch.cell_time, other.cell_time]),
+                np.concatenate([batch.lost_energy, other.lost_energy]))
+        profile = layer_energies(batch, geom)
+        result[particle, energy] = {
+            "fraction": visible_energy(batch) / (energy * 1000.0),
+            "centroid": centroid_depth(profile, depth),
+            "start": start_layer(profile),
+        }
+    e5, g5, e40 = result["e-", 5.0], result["gamma", 5.0], result["e-", 40.0]
+    sf5, sf40 = e5["fraction"].mean(), e40["fraction"].mean()
+    assert 0.004 < sf5 < 0.03  # thin silicon in lead/copper: about one per cent
+    assert sf40 == pytest.approx(sf5, rel=0.06)
+    shift = e40["centroid"].mean() - e5["centroid"].mean()
+    assert 0.8 * np.log(8) < shift < 1.4 * np.log(8) + 0.5  # about 1 X0 per unit of ln E
+    assert g5["start"].mean() > e5["start"].mean()
+    assert g5["centroid"].mean() > e5["centroid"].mean()

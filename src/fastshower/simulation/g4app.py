@@ -14,9 +14,18 @@ from fastshower.geometry import Geometry
 from fastshower.geometry.materials import material
 from fastshower.geometry.polygons import regular_polygon
 from fastshower.geometry.segmentation import SCINTILLATOR, SILICON
+from fastshower.simulation.scoring import aggregate_steps
 
 SENSOR_MATERIALS = {SILICON: "G4_Si", SCINTILLATOR: "G4_POLYSTYRENE"}
 ROI_MARGIN = 100.0  # mm of absorber beyond the region of interest on each side
+C_LIGHT_MM_PER_NS = 299.792458
+SCORING = {
+    "cells": "cells are Geant4 volumes scored in C++ (G4PSEnergyDeposit); cell time = straight "
+             "time of flight from the vertex",
+    "steps": "every charged-particle sensor step goes to Python and is assigned to a cell by "
+             "the geometry lookup; cell time = time of the first deposit",
+    "none": "no scoring (timing reference)",
+}
 
 
 def g4_material(name: str):
@@ -44,10 +53,14 @@ class Detector(g4.G4VUserDetectorConstruction):
     under 0.1 mm).
     """
 
-    def __init__(self, geom: Geometry, score: bool = True):
+    def __init__(self, geom: Geometry, scoring: str = "steps"):
         super().__init__()
+        if scoring not in SCORING:
+            raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
+        if scoring == "cells" and geom.config.get("region") == "full":
+            scoring = "steps"  # millions of cell volumes: score steps and look cells up instead
         self.geom = geom
-        self.score = score
+        self.scoring = scoring
         self.sd = None
         self.keep: list = []  # Geant4 objects must outlive construction
         self.sensors: list = []
@@ -104,46 +117,96 @@ class Detector(g4.G4VUserDetectorConstruction):
         self.sensors += self._sensors(lay, shape)
 
     def _sensors(self, lay, shape):
-        """Sensor volumes of one layer: silicon wafers and the scintillator ring."""
-        c, seg = self.geom.cells, self.geom.segmentation
+        """Sensor volumes of one layer: silicon wafers (or planes) and scintillator."""
+        c = self.geom.cells
         sel = np.flatnonzero(c["layer"] == lay.index)
         out = []
-        si = sel[c["type"][sel] == SILICON]
-        if len(si):
-            out += self._silicon(lay, si)
-        sc = sel[c["type"][sel] == SCINTILLATOR]
-        if len(sc):
+        for cell_type, mat in SENSOR_MATERIALS.items():
+            idx = sel[c["type"][sel] == cell_type]
+            if not len(idx):
+                continue
             if self.geom.builder == "grid":
-                out += self._grid_plane(lay, sc, "G4_POLYSTYRENE")
+                out += self._grid_plane(lay, idx, mat)
+            elif cell_type == SILICON:
+                out += self._silicon(lay, idx)
             else:
-                n = seg.n_sectors
-                k = (c["key"][sc] & 0xFFFFFF).astype(int)
-                phi0, n_sides = (0.0, n) if shape[0] == "ring" else (k.min(), k.max() - k.min() + 1)
-                t = float(c["thickness"][sc][0])
-                solid = g4.G4Tubs(f"L{lay.index}_scint", seg.r_border[lay.index],
-                                  seg.r_out[lay.index], t / 2, 2 * np.pi * phi0 / n,
-                                  2 * np.pi * n_sides / n)
-                out.append(self._place_in_world(solid, "G4_POLYSTYRENE", lay, "scint"))
+                out += self._scintillator(lay, idx, shape)
         return out
+
+    def _extruded(self, name: str, xy: np.ndarray, thickness: float):
+        """A prism of the polygon ``xy`` (counter-clockwise, mm), centred on z = 0."""
+        verts = g4.G4TwoVectorVector()
+        for a, b in xy[::-1]:  # Geant4 wants the polygon clockwise
+            verts.append(g4.G4TwoVector(float(a), float(b)))
+        self.keep.append(verts)
+        return g4.G4ExtrudedSolid(name, verts, thickness / 2, g4.G4TwoVector(), 1.0,
+                                  g4.G4TwoVector(), 1.0)
+
+    def _sensor(self, lay, tag: str, outline, mat: str, idx: np.ndarray):
+        """Place one sensor volume (outline: shapely polygon) and, in 'cells' scoring, its cells."""
+        outline = shapely.orient_polygons(outline.simplify(0.0))  # no collinear vertices
+        t = float(self.geom.cells["thickness"][idx][0])
+        solid = self._extruded(f"L{lay.index}_{tag}", np.asarray(outline.exterior.coords)[:-1], t)
+        copy = lay.index if self.scoring != "cells" else -1 - lay.index
+        lv = self._place(solid, mat, self.world_lv, lay.z, f"L{lay.index}_{tag}", copy=copy)
+        if self.scoring != "cells":
+            return [lv]
+        return [lv] + self._cells(lv, idx, mat, t)
+
+    def _cells(self, mother, idx: np.ndarray, mat: str, thickness: float) -> list:
+        """Cells as daughter volumes (copy number = cell id); equal shapes share one volume.
+
+        Each cell is shrunk by 1 um so that rounding never makes it stick out of its sensor.
+        """
+        c = self.geom.cells
+        lvs: dict[bytes, object] = {}
+        for i in idx:
+            centre = np.array([c["x"][i], c["y"][i]], dtype=np.float64)
+            rel = c["corners"][i, : c["n_corners"][i]].astype(np.float64) - centre
+            key = np.round(rel, 3).tobytes()
+            if key not in lvs:
+                poly = shapely.orient_polygons(shapely.Polygon(rel).buffer(
+                    -0.001, join_style="mitre"))
+                solid = self._extruded(f"cell{len(lvs)}", np.asarray(poly.exterior.coords)[:-1],
+                                       thickness)
+                lv = g4.G4LogicalVolume(solid, g4_material(mat), "cell")
+                self.keep += [solid, lv]
+                lvs[key] = lv
+            pv = g4.G4PVPlacement(None, g4.G4ThreeVector(*centre, 0.0), lvs[key], "cell", mother,
+                                  False, int(i), False)
+            self.keep.append(pv)
+        return list(lvs.values())
+
+    def _grid_plane(self, lay, idx, mat):
+        corners = self.geom.cells["corners"][idx]
+        box = shapely.box(np.nanmin(corners[..., 0]), np.nanmin(corners[..., 1]),
+                          np.nanmax(corners[..., 0]), np.nanmax(corners[..., 1]))
+        return self._sensor(lay, "sensor" if mat == "G4_Si" else "scint", box, mat, idx)
+
+    def _scintillator(self, lay, idx, shape):
+        """The ring (full detector) or ring sector (region of interest) holding the tiles.
+
+        A sector is a polygon on the same 288-gon chords as the tiles; a full ring is a tube
+        (Geant4 prisms cannot have holes), used with step scoring only.
+        """
+        c, seg, n = self.geom.cells, self.geom.segmentation, self.geom.segmentation.n_sectors
+        r_in, r_out = seg.r_border[lay.index], seg.r_out[lay.index]
+        t = float(c["thickness"][idx][0])
+        if shape[0] == "ring":
+            solid = g4.G4Tubs(f"L{lay.index}_scint", r_in, r_out, t / 2, 0.0, 2 * np.pi)
+            return [self._place_in_world(solid, "G4_POLYSTYRENE", lay, "scint")]
+        k = (c["key"][idx] & 0xFFFFFF).astype(int)
+        a = 2 * np.pi * np.arange(k.min(), k.max() + 2) / n
+        ring = np.concatenate([r_out * np.stack([np.cos(a), np.sin(a)], -1),
+                               r_in * np.stack([np.cos(a), np.sin(a)], -1)[::-1]])
+        return self._sensor(lay, "scint", shapely.Polygon(ring), "G4_POLYSTYRENE", idx)
 
     def _place_in_world(self, solid, mat, lay, tag, xy=(0.0, 0.0)):
         return self._place(solid, mat, self.world_lv, lay.z, f"L{lay.index}_{tag}",
                            copy=lay.index, xy=xy)
 
-    def _grid_plane(self, lay, idx, mat):
-        c = self.geom.cells
-        corners = c["corners"][idx]
-        x0, x1 = np.nanmin(corners[..., 0]), np.nanmax(corners[..., 0])
-        y0, y1 = np.nanmin(corners[..., 1]), np.nanmax(corners[..., 1])
-        t = float(c["thickness"][idx][0])
-        solid = g4.G4Box(f"L{lay.index}_sensor", (x1 - x0) / 2, (y1 - y0) / 2, t / 2)
-        return [self._place_in_world(solid, mat, lay, "sensor",
-                                     xy=((x0 + x1) / 2, (y0 + y1) / 2))]
-
     def _silicon(self, lay, idx):
         """One volume per wafer: the wafer hexagon clipped to the layer's silicon region."""
-        if self.geom.builder == "grid":
-            return self._grid_plane(lay, idx, "G4_Si")
         c, seg = self.geom.cells, self.geom.segmentation
         wafer = (c["key"][idx] >> 24) & ((1 << 30) - 1)
         r_si = min(seg.r_out[lay.index], seg.r_border[lay.index])
@@ -153,37 +216,70 @@ class Detector(g4.G4VUserDetectorConstruction):
         for w in np.unique(wafer):
             wx, wy = seg.wafers.centre(int(w >> 15) - (1 << 14), int(w & 0x7FFF) - (1 << 14))
             outline = shapely.Polygon(seg.wafers.corners() + [wx, wy]).intersection(region)
-            outline = outline.simplify(0.0)  # drop collinear vertices
             if outline.geom_type != "Polygon":
                 outline = max(outline.geoms, key=lambda p: p.area)
-            xy = np.asarray(shapely.orient_polygons(outline).exterior.coords)[:-1]
-            t = float(c["thickness"][idx][wafer == w][0])
-            verts = g4.G4TwoVectorVector()
-            for a, b in xy[::-1]:  # Geant4 wants the polygon clockwise
-                verts.append(g4.G4TwoVector(float(a), float(b)))
-            solid = g4.G4ExtrudedSolid(f"L{lay.index}_w{w}", verts, t / 2, g4.G4TwoVector(), 1.0,
-                                       g4.G4TwoVector(), 1.0)
-            self.keep.append(verts)
-            out.append(self._place_in_world(solid, "G4_Si", lay, f"w{w}"))
+            out += self._sensor(lay, f"w{w}", outline, "G4_Si", idx[wafer == w])
         return out
 
     def ConstructSDandField(self):
-        if not self.score:  # timing runs without scoring
+        if self.scoring == "none":  # timing runs without scoring
             return
-        self.sd = SensorSD("sensors")
-        g4.G4SDManager.GetSDMpointer().AddNewDetector(self.sd)
+        sdm = g4.G4SDManager.GetSDMpointer()
+        self.sd = g4.G4MultiFunctionalDetector("cells")
+        if self.scoring == "cells":
+            self.primitive = g4.G4PSEnergyDeposit("edep")
+        else:
+            self.primitive = StepRecorder("steps")
+            self.charged = g4.G4SDChargedFilter("charged")
+            self.primitive.SetFilter(self.charged)
+        self.sd.RegisterPrimitive(self.primitive)
+        sdm.AddNewDetector(self.sd)
         for lv in self.sensors:
             self.SetSensitiveDetector(lv, self.sd)
+        if self.scoring == "cells":
+            self.collection = sdm.GetCollectionID("cells/edep")
+
+    def layer_of(self, z: np.ndarray) -> np.ndarray:
+        """Layer index of points inside sensors, from their z (nearest sensor plane)."""
+        zs = np.array([lay.z for lay in self.geom.layers])
+        order = np.argsort(zs)
+        pos = np.clip(np.searchsorted(zs[order], z), 1, len(zs) - 1)
+        nearer = np.abs(zs[order][pos - 1] - z) < np.abs(zs[order][pos] - z)
+        return order[np.where(nearer, pos - 1, pos)]
+
+    def read_event(self, event):
+        """(cell ids, energies MeV, first-deposit times ns, lost MeV) of a finished event."""
+        geom = self.geom
+        if self.scoring == "steps":
+            s = self.primitive.take()
+            return aggregate_steps(geom, self.layer_of(s[:, 2]), s[:, 0], s[:, 1], s[:, 3],
+                                   s[:, 4])
+        if self.scoring == "none":
+            return np.zeros(0, np.int64), np.zeros(0), np.zeros(0), 0.0
+        hits = event.GetHCofThisEvent().GetHC(self.collection)
+        pairs = np.array(list(hits), dtype=np.float64).reshape(-1, 2)
+        ids = pairs[:, 0].astype(np.int64)
+        inside = ids >= 0
+        order = np.argsort(ids[inside])
+        ids, energy = ids[inside][order], pairs[inside, 1][order]
+        vertex = event.GetPrimaryVertex(0).GetPosition()
+        c = geom.cells
+        dist = np.sqrt((c["x"][ids] - vertex.x) ** 2 + (c["y"][ids] - vertex.y) ** 2
+                       + (c["z"][ids] - vertex.z) ** 2)
+        return ids, energy, dist / C_LIGHT_MM_PER_NS, float(pairs[~inside, 1].sum())
 
 
-class SensorSD(g4.G4VSensitiveDetector):
-    """Records every sensor step with energy: (layer, x, y at the pre-step point, time, MeV).
+class StepRecorder(g4.G4VPrimitiveScorer):
+    """Records every charged-particle sensor step with energy: (x, y, z, time, MeV).
 
-    Kept to the fewest calls into Geant4: this runs for every step in a sensor.
+    It is a primitive scorer so that a C++ filter can spare Python the neutral steps (photons
+    cross a sensor without depositing: their processes make electrons whatever the cut).
+    This runs for every charged step in a sensor, so it makes the fewest calls into Geant4 it
+    can; the layer is found afterwards from z, vectorised.
     """
 
     def __init__(self, name: str):
-        super().__init__(name)
+        super().__init__(name, 0)
         self.steps: list[tuple] = []
 
     def ProcessHits(self, step, history) -> bool:
@@ -192,8 +288,7 @@ class SensorSD(g4.G4VSensitiveDetector):
             return False
         pre = step.GetPreStepPoint()
         p = pre.GetPosition()
-        self.steps.append((pre.GetTouchable().GetCopyNumber(), p.x, p.y, pre.GetGlobalTime(),
-                           edep))
+        self.steps.append((p.x, p.y, p.z, pre.GetGlobalTime(), edep))
         return True
 
     def take(self) -> np.ndarray:
@@ -243,7 +338,7 @@ class Gun(g4.G4VUserPrimaryGeneratorAction):
 
 
 class EventAction(g4.G4UserEventAction):
-    """Hands each finished event's sensor steps to a callback."""
+    """Hands each finished event's cell hits to a callback."""
 
     def __init__(self, detector: Detector, on_event):
         super().__init__()
@@ -251,8 +346,23 @@ class EventAction(g4.G4UserEventAction):
         self.on_event = on_event
 
     def EndOfEventAction(self, event) -> None:
-        sd = self.detector.sd
-        self.on_event(event.GetEventID(), sd.take() if sd is not None else np.zeros((0, 5)))
+        self.on_event(event.GetEventID(), self.detector.read_event(event))
+
+
+class LeakageAction(g4.G4UserTrackingAction):
+    """Sums the kinetic energy of tracks leaving the world (for containment studies only)."""
+
+    def __init__(self):
+        super().__init__()
+        self.escaped = 0.0
+
+    def PostUserTrackingAction(self, track) -> None:
+        if track.GetNextVolume() is None:
+            self.escaped += track.GetKineticEnergy()
+
+    def take(self) -> float:
+        out, self.escaped = self.escaped, 0.0
+        return out
 
 
 def quiet() -> None:

@@ -17,7 +17,6 @@ from fastshower.geometry import load
 from fastshower.simhits import ShowerBatch, SimHitWriter
 from fastshower.simulation.g4data import cleanup, setup_data, write_em_tables
 from fastshower.simulation.gun import GunConfig, sample_primaries
-from fastshower.simulation.scoring import aggregate_steps
 
 OFFLINE_NOTE = ("offline EM mode: synthetic bremsstrahlung (<1 GeV), photoelectric and Rayleigh "
                 "tables from analytic theory; see docs/physics.md")
@@ -34,8 +33,9 @@ class JobSpec:
     out: str
     physics: str = "auto"
     em_option: int = 0
-    score: bool = True
+    scoring: str = "steps"
     chunk: int = 50
+    leakage: bool = False
     meta: dict = field(default_factory=dict)
 
 
@@ -60,7 +60,7 @@ def run_job(spec: JobSpec, report=None) -> dict:
     g4app.quiet()
 
     run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
-    detector = g4app.Detector(geom, score=spec.score)
+    detector = g4app.Detector(geom, scoring=spec.scoring)
     run.SetUserInitialization(detector)
     physics = (g4app.EmPhysics(spec.em_option) if data.mode == "offline"
                else g4app.full_physics(spec.em_option))
@@ -69,7 +69,7 @@ def run_job(spec: JobSpec, report=None) -> dict:
     run.SetUserAction(gun_action)
 
     writer = None
-    if spec.score:
+    if detector.scoring != "none":
         physics_list = (f"G4EmStandardPhysics{'' if spec.em_option == 0 else '_option1'}"
                         "+G4DecayPhysics" if data.mode == "offline"
                         else "FTFP_BERT" + ("" if spec.em_option == 0 else "_EMV"))
@@ -78,28 +78,39 @@ def run_job(spec: JobSpec, report=None) -> dict:
             "physics_mode": data.mode, "physics_list": physics_list,
             "em_option": spec.em_option, "geometry_hash": geom.hash, "seed": spec.seed,
             "gun": gun.model_dump(mode="json"), "n_events": spec.n,
-            "fastshower_version": __version__,
+            "fastshower_version": __version__, "scoring": detector.scoring,
+            "scoring_note": g4app.SCORING[detector.scoring],
             "notes": OFFLINE_NOTE if data.mode == "offline" else "", **spec.meta,
         })
     pending: list[tuple] = []
     done = [0]
+    leakage = g4app.LeakageAction() if spec.leakage else None
+    escaped: list[float] = []
+    if leakage is not None:
+        run.SetUserAction(leakage)
 
     def flush() -> None:
         if not pending:
             return
         ids, en, tm, lost = zip(*pending, strict=True)
+        counts = [len(i) for i in ids]
         lo, hi = done[0] - len(pending), done[0]
+
+        def jagged(parts, dtype):
+            return ak.unflatten(np.concatenate(parts).astype(dtype), counts)
+
         writer.write(ShowerBatch(
             primaries={k: v[lo:hi] for k, v in primaries.items()},
-            cell_id=ak.Array(list(ids)), cell_energy=ak.Array(list(en)),
-            cell_time=ak.Array(list(tm)), lost_energy=np.array(lost)))
+            cell_id=jagged(ids, np.int32), cell_energy=jagged(en, np.float32),
+            cell_time=jagged(tm, np.float32), lost_energy=np.array(lost)))
         pending.clear()
 
-    def on_event(event_id: int, steps: np.ndarray) -> None:
+    def on_event(event_id: int, hits: tuple) -> None:
         if writer is not None:
-            pending.append(aggregate_steps(geom, steps[:, 0].astype(np.int64), steps[:, 1],
-                                           steps[:, 2], steps[:, 3], steps[:, 4]))
+            pending.append(hits)
         done[0] += 1
+        if leakage is not None:
+            escaped.append(leakage.take())
         if writer is not None and len(pending) >= spec.chunk:
             flush()
         if report is not None:
@@ -121,4 +132,5 @@ def run_job(spec: JobSpec, report=None) -> dict:
     finally:
         cleanup(data)
     return {"cpu_seconds": time.process_time() - t0, "n": spec.n, "mode": data.mode,
-            "elements": elements, "out": spec.out if writer is not None else None}
+            "elements": elements, "out": spec.out if writer is not None else None,
+            "escaped_mev": escaped}

@@ -57,7 +57,7 @@ def main() -> None:
                                                                 "energy": [e]},
                                      n=n // 2, seed=100 + len(specs),
                                      out=str(tmp / f"{particle}_{e}_{half}.root"), leakage=True))
-    with mp.get_context("spawn").Pool(2) as pool:
+    with mp.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:  # one Geant4 per process
         results = pool.map(_job, specs, chunksize=1)
 
     depth = depth_x0(geom)

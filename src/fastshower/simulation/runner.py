@@ -57,7 +57,6 @@ def run_job(spec: JobSpec, report=None) -> dict:
     gun = GunConfig.model_validate(spec.gun)
     primaries = sample_primaries(gun, spec.n, np.random.default_rng(spec.seed))
     g4.HepRandom.setTheSeed(spec.seed)
-    g4app.quiet()
 
     run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
     detector = g4app.Detector(geom, scoring=spec.scoring)
@@ -65,6 +64,7 @@ def run_job(spec: JobSpec, report=None) -> dict:
     physics = (g4app.EmPhysics(spec.em_option) if data.mode == "offline"
                else g4app.full_physics(spec.em_option))
     run.SetUserInitialization(physics)
+    g4app.quiet()  # after the physics constructors, which set their own verbosity
     gun_action = g4app.Gun(primaries, gun.particle)
     run.SetUserAction(gun_action)
 

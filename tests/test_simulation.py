@@ -121,3 +121,42 @@ def test_em_shower_physics_small_statistics(geometry, tmp_path):
     assert 0.8 * np.log(8) < shift < 1.4 * np.log(8) + 0.5  # about 1 X0 per unit of ln E
     assert g5["start"].mean() > e5["start"].mean()
     assert g5["centroid"].mean() > e5["centroid"].mean()
+
+
+def test_interrupted_production_leaves_no_file_that_looks_complete(geometry, tmp_path):
+    import signal
+    import time
+
+    _, path = geometry
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "fastshower", "simulate", "--geometry",
+                             str(path), "--energy", "50", "--n", "400", "--jobs", "1", "--out",
+                             str(out)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env={**os.environ, "CI": "true"})
+    deadline = time.monotonic() + 120
+    while not (out / "job_000.root.tmp").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert (out / "job_000.root.tmp").exists()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not (out / "job_000.root").exists()
+
+
+def test_synthetic_brem_tables_meet_geant4_model_at_1_gev(geometry):
+    """Below 1 GeV Geant4 reads our Seltzer-Berger-format tables, above it uses its own model."""
+    import multiprocessing as mp
+
+    from fastshower.simulation.runner import em_dedx
+
+    _, path = geometry
+    materials = ["G4_Pb", "G4_W", "G4_Cu", "G4_Si"]
+    with mp.get_context("spawn").Pool(1) as pool:
+        dedx = pool.apply(em_dedx, (str(path), "e-", "eBrem", materials, [999.0, 1001.0]))
+    from fastshower.geometry.materials import material
+
+    for m in materials:
+        below, above = dedx[m]
+        assert above / below == pytest.approx(1.002, abs=0.005)  # dE/dx ~ E: +0.2 % over 2 MeV
+        assert below == pytest.approx(999.0 / material(m).x0_mm, rel=0.03)  # ~ E / X0

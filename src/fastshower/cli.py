@@ -134,6 +134,14 @@ def _range(text: str, what: str) -> tuple[float, float]:
     return (parts[0], parts[-1])
 
 
+def _vector(text: str, what: str) -> tuple[float, float, float]:
+    try:
+        x, y, z = (float(v) for v in text.split(","))
+    except ValueError:
+        raise FastShowerError(f"cannot read --{what} {text!r}: use three numbers x,y,z") from None
+    return (x, y, z)
+
+
 def default_geometry(path: Path) -> Path:
     """The geometry file to use: the default one is built on first use."""
     from fastshower.geometry import build_geometry, save
@@ -159,6 +167,10 @@ def simulate(
     geometry: Annotated[Path, typer.Option(help="Geometry file.")] = DEFAULT_GEOMETRY,
     physics: Annotated[str, typer.Option(help="auto, full (Geant4 datasets) or offline.")] = "auto",
     em_option: Annotated[int, typer.Option(help="Geant4 EM option: 0 or 1.")] = 0,
+    direction: Annotated[str | None, typer.Option(
+        help="Fixed direction x,y,z instead of (eta, phi) from the origin.")] = None,
+    vertex_sigma: Annotated[str, typer.Option(
+        help="Gaussian vertex smearing sx,sy,sz in mm.")] = "0,0,0",
     out: Annotated[Path, typer.Option(help="Output folder (one ROOT file per job).")] = Path(
         "samples/e-_10GeV"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
@@ -166,6 +178,7 @@ def simulate(
     """Simulate showers with Geant4 and write sim-hit ROOT files (resumable)."""
     from pydantic import ValidationError
 
+    from fastshower.simulation.g4data import describe_mode
     from fastshower.simulation.gun import GunConfig
     from fastshower.simulation.jobs import simulate as run
 
@@ -176,10 +189,16 @@ def simulate(
     energies, spec = parse_energy(energy, spectrum)
     try:
         gun = GunConfig(particle=particle, energy=energies, spectrum=spec,
-                        eta=_range(eta, "eta"), phi_deg=_range(phi, "phi"))
+                        eta=_range(eta, "eta"), phi_deg=_range(phi, "phi"),
+                        direction=_vector(direction, "direction") if direction else None,
+                        vertex_sigma=_vector(vertex_sigma, "vertex-sigma"))
     except ValidationError as err:
         raise FastShowerError("; ".join(e["msg"].removeprefix("Value error, ")
                                         for e in err.errors())) from None
+    try:
+        console.print(describe_mode(physics, em_option))
+    except RuntimeError as err:
+        raise FastShowerError(str(err)) from None
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force)
     console.print(f"wrote {len(files)} file(s) to {out}")
@@ -188,21 +207,37 @@ def simulate(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
+    n: Annotated[int, typer.Option("--n", help="Geant4 showers to simulate.")] = 20,
 ) -> None:
-    """The main job: build the default geometry and draw its silicon/scintillator border layer."""
+    """The main job: default geometry and its picture, then Geant4 electron showers in it."""
     from fastshower.geometry import build_geometry, save
     from fastshower.geometry.plot import border_layer, plot_layer
+    from fastshower.simhits import read_showers
+    from fastshower.simulation.gun import GunConfig
+    from fastshower.simulation.jobs import simulate as run
+    from fastshower.validation.display import plot_shower
+    from fastshower.validation.observables import visible_energy
 
     out.mkdir(parents=True, exist_ok=True)
     with console.status("building the default HGCAL-like geometry (region of interest)"):
         geom = build_geometry("hgcal")
-    save(geom, out / "geometry.h5")
+    geometry_file = save(geom, out / "geometry.h5")
     layer = border_layer(geom)
     plot_layer(geom, layer, out / "geometry.png")
     types = np.bincount(geom.cells["type"], minlength=2)
     console.print(f"geometry {geom.short_hash}: {types[0]} silicon + {types[1]} scintillator "
-                  f"cells in {len(geom.layers)} layers -> {out / 'geometry.h5'}, "
-                  f"picture of layer {layer} -> {out / 'geometry.png'}")
+                  f"cells in {len(geom.layers)} layers -> {geometry_file}; picture of layer "
+                  f"{layer} -> {out / 'geometry.png'}")
+
+    gun = GunConfig(particle="e-", energy=[20.0])
+    files = run(geometry_file, gun, n, out / "geant4_e-_20GeV", jobs=2, seed=1, force=True)
+    batch = read_showers(files[0])
+    fraction = np.concatenate([visible_energy(read_showers(f)) for f in files]) / 20_000.0
+    plot_shower(batch, 0, geom, out / "shower.png")
+    console.print(f"Geant4: {n} electrons of 20 GeV at eta 2 -> {out / 'geant4_e-_20GeV'}; "
+                  f"visible energy / incident = {100 * fraction.mean():.2f} % "
+                  f"(spread {100 * fraction.std() / fraction.mean():.1f} %); one shower -> "
+                  f"{out / 'shower.png'}")
 
 
 def main() -> None:

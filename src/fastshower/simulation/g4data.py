@@ -87,6 +87,20 @@ def setup_data(mode: str = "auto") -> DataSetup:
     return DataSetup("offline", root)
 
 
+def describe_mode(mode: str = "auto", em_option: int = 0) -> str:
+    """One line naming the physics mode a job will run in (without importing Geant4)."""
+    user_dir = os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
+    full = mode != "offline" and bool(user_dir) and _has_real_data(Path(user_dir))
+    if mode == "full" and not full:
+        raise RuntimeError("full physics mode needs the Geant4 datasets: set GEANT4_DATA_DIR "
+                           "to the folder holding G4EMLOW*, G4PARTICLEXS*, ...")
+    em = "opt0" if em_option == 0 else f"opt{em_option}"
+    if full:
+        return f"Geant4 physics: FULL mode, FTFP_BERT with EM {em} (datasets in {user_dir})"
+    return (f"Geant4 physics: OFFLINE EM mode, G4EmStandardPhysics {em} + decays on synthetic EM "
+            "tables; no hadronic interactions (see docs/physics.md)")
+
+
 def cleanup(setup: DataSetup) -> None:
     if setup.mode == "offline":
         shutil.rmtree(setup.data_dir, ignore_errors=True)

@@ -46,6 +46,10 @@ class GunConfig(BaseModel):
                                  f"{self.energy[1]} GeV")
         if self.spectrum == "fixed" and len(self.energy) != 1:
             raise ValueError("a fixed energy needs exactly one value; use spectrum 'list'")
+        if self.direction is not None and not any(self.direction):
+            raise ValueError("the direction vector must not be zero")
+        if min(self.vertex_sigma) < 0:
+            raise ValueError("vertex smearing widths must not be negative")
         for lo, hi, what in (self.eta + ("eta",), self.phi_deg + ("phi",)):
             if lo > hi:
                 raise ValueError(f"{what} range reversed: {lo} to {hi}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import awkward as ak
 import numpy as np
@@ -44,11 +45,8 @@ def job_seed(seed: int, job: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(job,)).generate_state(1)[0] & 0x7FFFFFFF)
 
 
-def run_job(spec: JobSpec, report=None) -> dict:
-    """Run one job in this process; ``report(n_done)`` is called as events finish.
-
-    Returns timing and the output path. Only a complete file gets the final name.
-    """
+def _start(spec: JobSpec) -> SimpleNamespace:
+    """Geant4 set up for a job: data, run manager, detector, physics list and gun."""
     data = setup_data(spec.physics)
     from fastshower.simulation import g4app  # after setup_data: it imports geant4_pybind
     g4 = g4app.g4
@@ -57,7 +55,6 @@ def run_job(spec: JobSpec, report=None) -> dict:
     gun = GunConfig.model_validate(spec.gun)
     primaries = sample_primaries(gun, spec.n, np.random.default_rng(spec.seed))
     g4.HepRandom.setTheSeed(spec.seed)
-
     run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
     detector = g4app.Detector(geom, scoring=spec.scoring)
     run.SetUserInitialization(detector)
@@ -67,6 +64,40 @@ def run_job(spec: JobSpec, report=None) -> dict:
     g4app.quiet()  # after the physics constructors, which set their own verbosity
     gun_action = g4app.Gun(primaries, gun.particle)
     run.SetUserAction(gun_action)
+    return SimpleNamespace(data=data, g4app=g4app, g4=g4, geom=geom, gun=gun,
+                           primaries=primaries, run=run, detector=detector,
+                           keep=[physics, gun_action])
+
+
+def em_dedx(geometry: str, particle: str, process: str, materials: list[str],
+            energies_mev: list[float], physics: str = "offline") -> dict[str, list[float]]:
+    """Restricted dE/dx (MeV/mm, no cut) of one process from Geant4's tables, per material.
+
+    Used to check the synthetic tables against Geant4's own models where they meet.
+    """
+    s = _start(JobSpec(geometry=geometry, gun={"particle": particle}, n=1, seed=1, out="",
+                       physics=physics, scoring="none"))
+    s.run.Initialize()
+    write_em_tables(s.g4, s.data)
+    try:
+        s.run.BeamOn(0)  # builds the physics tables, reading the data files
+        calc = s.g4.G4EmCalculator()
+        for m in materials:
+            s.g4app.g4_material(m)
+        return {m: [calc.ComputeDEDX(e, particle, process, m, 1e9) for e in energies_mev]
+                for m in materials}
+    finally:
+        cleanup(s.data)
+
+
+def run_job(spec: JobSpec, report=None) -> dict:
+    """Run one job in this process; ``report(n_done)`` is called as events finish.
+
+    Returns timing and the output path. Only a complete file gets the final name.
+    """
+    s = _start(spec)
+    data, g4, g4app, geom = s.data, s.g4, s.g4app, s.geom
+    gun, primaries, run, detector = s.gun, s.primaries, s.run, s.detector
 
     writer = None
     if detector.scoring != "none":

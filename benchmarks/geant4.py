@@ -2,8 +2,9 @@
 
 Each configuration runs three times in fresh processes on the same core, one after the other:
 without scoring (same geometry and physics, no sensitive detector), with cells as Geant4 volumes
-scored in C++, and with every sensor step sent to Python and looked up. Scored runs include
-aggregation and writing the ROOT file. Usage:
+scored in C++, and with every charged sensor step sent to Python and looked up. Scored runs
+include aggregation and writing the ROOT file. The same seed gives the same showers in every
+mode, and the modes alternate --repeats times; medians are reported. Usage:
     python benchmarks/geant4.py [--n 20] [--energies 10,50] [--particles e-,gamma]
 """
 
@@ -14,6 +15,8 @@ import json
 import multiprocessing as mp
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from fastshower.geometry import build_geometry, save
 from fastshower.simulation.runner import JobSpec, run_job
@@ -35,6 +38,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20)
     ap.add_argument("--energies", default="10,50")
     ap.add_argument("--particles", default="e-,gamma")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help="alternate the modes this many times; the median is reported")
     ap.add_argument("--out", default="benchmarks/results/geant4.json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
@@ -44,9 +49,14 @@ def main() -> None:
         for energy in (float(e) for e in args.energies.split(",")):
             spec = dict(geometry=str(geometry), gun={"particle": particle, "energy": [energy]},
                         n=args.n, seed=7, out=str(tmp / f"{particle}_{energy}.root"))
-            t = {mode: run(JobSpec(**spec, scoring=mode)) for mode in ("none", "cells", "steps")}
+            runs: dict[str, list[float]] = {"none": [], "cells": [], "steps": []}
+            for _ in range(args.repeats):  # alternating: slow drifts of the machine cancel
+                for mode, times in runs.items():
+                    times.append(run(JobSpec(**spec, scoring=mode)))
+            t = {mode: float(np.median(times)) for mode, times in runs.items()}
             rows.append({"particle": particle, "energy_gev": energy, "n": args.n,
                          **{f"cpu_s_per_shower_{m}": v for m, v in t.items()},
+                         "all_runs": runs,
                          "overhead_cells": t["cells"] / t["none"] - 1,
                          "overhead_steps": t["steps"] / t["none"] - 1})
             print(f"{particle:6s} {energy:6.0f} GeV: {t['none']:.3f} s/shower unscored; "

@@ -44,9 +44,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the event counts")
     ap.add_argument("--out", default="docs/figures")
+    ap.add_argument("--replot", action="store_true", help="redraw from OUT/physics.json")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        saved = json.loads((out / "physics.json").read_text())
+        plot(saved["points"], saved["summary"], out)
+        return
     tmp = Path(tempfile.mkdtemp())
     geom = build_geometry("hgcal")
     gpath = save(geom, tmp / "g.h5")
@@ -154,7 +159,7 @@ def plot(rows: list[dict], summary: dict, out: Path) -> None:
     x = np.geomspace(4, 120, 100)
     axes[1].plot(x, np.hypot(s["stochastic_term_dedx_pct"] / np.sqrt(x),
                              s["constant_term_dedx_pct"]), "-",
-                 label=f"e-: {s['stochastic_term_dedx_pct']:.1f}%/√E ⊕ "
+                 label=f"e-: {s['stochastic_term_dedx_pct']:.1f}%/√E (+) "
                        f"{s['constant_term_dedx_pct']:.1f}%")
     axes[0].axhspan(0.98, 1.02, color="grey", alpha=0.2)
     for ax, (xl, yl) in zip(axes, [("E [GeV]", "response / mean"),

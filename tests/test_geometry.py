@@ -197,3 +197,14 @@ def test_bad_builder_and_config():
         build_geometry("cube")
     with pytest.raises(GeometryError, match="bad hgcal geometry config"):
         build_geometry("hgcal", {"roi_radius": "wide"})
+
+
+@pytest.mark.parametrize("builder, name", [("hgcal", "hgcal_roi"), ("grid", "clic_grid")])
+def test_shipped_configs_describe_the_defaults(builder, name, hgcal, grid):
+    import pathlib
+
+    import yaml
+
+    path = pathlib.Path(__file__).parents[1] / "configs" / "geometry" / f"{name}.yaml"
+    geom = build_geometry(builder, yaml.safe_load(path.read_text()))
+    assert geom.hash == (hgcal if builder == "hgcal" else grid).hash

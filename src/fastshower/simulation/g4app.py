@@ -44,13 +44,14 @@ def g4_material(name: str):
 
 
 class Detector(g4.G4VUserDetectorConstruction):
-    """Layers of absorber slabs and sensors from a Geometry. Copy number of a sensor = layer.
+    """Layers of absorber slabs and sensors from a Geometry.
 
     Silicon: one volume per wafer (the wafer hexagon clipped to the silicon region, with the
     wafer's own thickness); scintillator: one ring sector per layer, 3 mm thick. A
     region-of-interest geometry gets square absorbers reaching ROI_MARGIN beyond its cells; a full
     one gets disks. Ring-shaped volumes are circular where the readout uses 288-gons (sagitta
-    under 0.1 mm).
+    under 0.1 mm). ``scoring``: see SCORING; with 'cells' every cell is a daughter volume whose
+    copy number is its cell id (sensors then carry -1 - layer).
     """
 
     def __init__(self, geom: Geometry, scoring: str = "steps"):
@@ -144,7 +145,7 @@ class Detector(g4.G4VUserDetectorConstruction):
 
     def _sensor(self, lay, tag: str, outline, mat: str, idx: np.ndarray):
         """Place one sensor volume (outline: shapely polygon) and, in 'cells' scoring, its cells."""
-        outline = shapely.orient_polygons(outline.simplify(0.0))  # no collinear vertices
+        outline = shapely.orient_polygons(outline.simplify(1e-6))  # no collinear vertices
         t = float(self.geom.cells["thickness"][idx][0])
         solid = self._extruded(f"L{lay.index}_{tag}", np.asarray(outline.exterior.coords)[:-1], t)
         copy = lay.index if self.scoring != "cells" else -1 - lay.index

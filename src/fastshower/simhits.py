@@ -24,7 +24,6 @@ TREE = "showers"
 SCHEMA_VERSION = 1
 PRIMARY_FIELDS = ("primary_pdg", "primary_energy", "primary_x", "primary_y", "primary_z",
                   "primary_dx", "primary_dy", "primary_dz")
-CELL_FIELDS = ("id", "energy", "time")
 PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -211, "pi+": 211}
 
 

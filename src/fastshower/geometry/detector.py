@@ -24,6 +24,7 @@ from fastshower.geometry.neighbours import (
     symmetric_edges,
     unique,
 )
+from fastshower.geometry.polygons import pad_corners
 from fastshower.geometry.segmentation import Segmentation
 
 FORMAT = "fastshower-geometry"
@@ -122,7 +123,7 @@ def build_geometry(builder: str = "hgcal", config: dict | None = None,
     width = max(c["corners"].shape[1] for c in per_layer)
     cells = {}
     for name in CELL_COLUMNS:
-        parts = [c[name] if name != "corners" else hgcal._pad(c[name], width) for c in per_layer]
+        parts = [c[name] if name != "corners" else pad_corners(c[name], width) for c in per_layer]
         cells[name] = np.concatenate(parts)
     order = np.argsort(cells["key"], kind="stable")
     cells = {k: v[order] for k, v in cells.items()}

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict
 
 from fastshower.geometry.hexlattice import HexLattice
 from fastshower.geometry.layers import Layer, Slab, lay_out, mirror
-from fastshower.geometry.polygons import from_shapely, regular_polygon
+from fastshower.geometry.polygons import from_shapely, pad_corners, regular_polygon
 from fastshower.geometry.segmentation import (
     SCINTILLATOR,
     SILICON,
@@ -188,7 +188,7 @@ class HGCalSegmentation(Segmentation):
             cols.append(self._tiles(layer, window))
         width = max(c["corners"].shape[1] for c in cols)
         for c in cols:
-            c["corners"] = _pad(c["corners"], width)
+            c["corners"] = pad_corners(c["corners"], width)
         return {k: np.concatenate([c[k] for c in cols]) for k in cols[0]}
 
     def _silicon_cells(self, layer, window) -> dict:
@@ -224,7 +224,7 @@ class HGCalSegmentation(Segmentation):
                             area=[], corners=np.zeros((0, 6, 2), np.float32), n_corners=[])
         width = max(p["corners"].shape[1] for p in parts)
         for p in parts:
-            p["corners"] = _pad(p["corners"], width)
+            p["corners"] = pad_corners(p["corners"], width)
         c = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         c = self._clip_to_region(c, layer, r_in, r_si)
         if window is not None:
@@ -254,8 +254,8 @@ class HGCalSegmentation(Segmentation):
                                               c["corners"][cross][:, :1], c["corners"][cross]))
             corners, nc, area, cen = from_shapely(shapely.intersection(polys, region))
             width = max(corners.shape[1], c["corners"].shape[1])
-            c["corners"] = _pad(c["corners"], width)
-            c["corners"][cross] = _pad(corners, width)
+            c["corners"] = pad_corners(c["corners"], width)
+            c["corners"][cross] = pad_corners(corners, width)
             c["n_corners"][cross], c["area"][cross], c["centre"][cross] = nc, area, cen
         return _select(c, ~outside & (c["area"] > MIN_CELL_AREA))
 
@@ -279,14 +279,6 @@ class HGCalSegmentation(Segmentation):
             area=shapely.area(polys)[keep], corners=corners[keep].astype(np.float32),
             n_corners=np.full(int(keep.sum()), 4, dtype=np.int8),
         )
-
-
-def _pad(corners: np.ndarray, width: int) -> np.ndarray:
-    if corners.shape[1] == width:
-        return corners
-    out = np.full((len(corners), width, 2), np.nan, dtype=np.float32)
-    out[:, : corners.shape[1]] = corners
-    return out
 
 
 def _select(c: dict, mask: np.ndarray) -> dict:

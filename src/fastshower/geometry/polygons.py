@@ -6,11 +6,6 @@ import numpy as np
 import shapely
 
 
-def to_shapely(corners: np.ndarray) -> np.ndarray:
-    """Polygons from (n, K, 2) corners with the same K for all."""
-    return shapely.polygons(corners)
-
-
 def from_shapely(geoms: np.ndarray, max_corners: int | None = None):
     """(corners (n, K, 2) float32 NaN-padded, n_corners, area, centroid (n, 2)) of polygons.
 
@@ -47,11 +42,12 @@ def from_shapely(geoms: np.ndarray, max_corners: int | None = None):
     return out, n_corners, areas, centroid
 
 
-def pad_corners(corners: np.ndarray, k: int) -> np.ndarray:
-    """Pad (n, k0, 2) corners with NaN to (n, k, 2)."""
-    n, k0, _ = corners.shape
-    out = np.full((n, k, 2), np.nan, dtype=np.float32)
-    out[:, :k0] = corners
+def pad_corners(corners: np.ndarray, width: int) -> np.ndarray:
+    """(n, k, 2) corners NaN-padded to (n, width, 2); returned as is when already that wide."""
+    if corners.shape[1] == width:
+        return corners
+    out = np.full((len(corners), width, 2), np.nan, dtype=np.float32)
+    out[:, : corners.shape[1]] = corners
     return out
 
 

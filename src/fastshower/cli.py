@@ -205,6 +205,25 @@ def simulate(
 
 
 @app.command()
+def validate(
+    reference: Annotated[str, typer.Option(help="Reference sample: file, folder or glob.")],
+    generated: Annotated[str, typer.Option(help="Sample to test: file, folder or glob.")],
+    geometry: Annotated[Path, typer.Option(help="Geometry file of both samples.")] = (
+        DEFAULT_GEOMETRY),
+    out: Annotated[Path, typer.Option(help="Report folder.")] = Path("validation"),
+    seed: Annotated[int, typer.Option(help="Seed of the splits and the classifier.")] = 0,
+) -> None:
+    """Compare two sim-hit samples: metrics.json and a self-contained HTML report."""
+    from fastshower.validation.report import validate as run
+
+    with console.status("comparing samples"):
+        m = run(reference, generated, geometry, out, seed=seed)
+    console.print(f"classifier AUC {m['generated']['classifier']['auc']:.3f} (floor "
+                  f"{m['floor']['classifier']['auc']:.3f}), FPD {m['generated']['fpd']:.3f} "
+                  f"(floor {m['floor']['fpd']:.3f}) -> {out / 'report.html'}")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", help="Geant4 showers to simulate.")] = 20,

@@ -10,6 +10,7 @@ renamed when complete.
 
 from __future__ import annotations
 
+import glob
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,3 +101,39 @@ def read_showers(path: str | Path, entry_start: int | None = None,
         cell_id=arr["cell", "id"], cell_energy=arr["cell", "energy"], cell_time=arr["cell", "time"],
         lost_energy=ak.to_numpy(arr["lost_energy"]),
     )
+
+
+def concatenate(batches: list[ShowerBatch]) -> ShowerBatch:
+    """One batch from several, in order."""
+    return ShowerBatch(
+        primaries={k: np.concatenate([b.primaries[k] for b in batches])
+                   for k in batches[0].primaries},
+        cell_id=ak.concatenate([b.cell_id for b in batches]),
+        cell_energy=ak.concatenate([b.cell_energy for b in batches]),
+        cell_time=ak.concatenate([b.cell_time for b in batches]),
+        lost_energy=np.concatenate([b.lost_energy for b in batches]),
+    )
+
+
+def sample_files(spec: str | Path) -> list[Path]:
+    """The sim-hit files of a sample: a file, a production folder (its job_*.root) or a glob."""
+    path = Path(spec)
+    if path.is_dir():
+        files = sorted(path.glob("*.root"))
+    elif path.is_file():
+        files = [path]
+    else:
+        files = sorted(Path(f) for f in glob.glob(str(spec)))
+    if not files:
+        raise FastShowerError(f"no sim-hit files found at {spec}")
+    return files
+
+
+def read_sample(spec: str | Path) -> tuple[ShowerBatch, dict]:
+    """All showers of a sample and the metadata of its first file; files must share a geometry."""
+    files = sample_files(spec)
+    metas = [read_metadata(f) for f in files]
+    hashes = {m.get("geometry_hash") for m in metas}
+    if len(hashes) != 1:
+        raise FastShowerError(f"the files of {spec} were made with different geometries")
+    return concatenate([read_showers(f) for f in files]), metas[0]

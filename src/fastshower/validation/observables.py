@@ -1,6 +1,8 @@
-"""Shower observables, vectorised over events: visible energy, longitudinal profile, depths.
+"""Shower observables, vectorised over events: energies, profiles, depths, widths, hits.
 
-Inputs are a ShowerBatch and the Geometry it was made with; energies in MeV, depths in X0.
+Inputs are a ShowerBatch and the Geometry it was made with. Energies in MeV, lengths in mm,
+depths in X0. The shower axis is the primary's straight line from its vertex; transverse
+distances are measured in each layer's plane.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from fastshower.geometry.materials import material
 from fastshower.simhits import ShowerBatch
 
 MIP_SI_300UM = 0.0845  # MeV: most probable deposit of a MIP crossing 300 um of silicon
+CORE_RADIUS = 20.0  # mm: "core" energy fraction radius
+RADIAL_EDGES = np.array([0, 5, 10, 15, 20, 30, 40, 60, 80, 120, 160], dtype=np.float64)
 
 
 def visible_energy(batch: ShowerBatch) -> np.ndarray:
@@ -20,43 +24,51 @@ def visible_energy(batch: ShowerBatch) -> np.ndarray:
     return ak.to_numpy(ak.sum(batch.cell_energy, axis=1))
 
 
-def layer_energies(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
-    """(n_showers, n_layers) energy per layer in MeV (the longitudinal profile)."""
+def flat_hits(batch: ShowerBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shower index, cell id, energy MeV) of every hit, flattened over showers."""
     counts = ak.to_numpy(ak.num(batch.cell_id))
     ids = ak.to_numpy(ak.flatten(batch.cell_id)).astype(np.int64)
     energy = ak.to_numpy(ak.flatten(batch.cell_energy)).astype(np.float64)
-    event = np.repeat(np.arange(len(counts)), counts)
-    out = np.zeros((len(counts), len(geom.layers)))
+    return np.repeat(np.arange(len(counts)), counts), ids, energy
+
+
+def layer_energies(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
+    """(n_showers, n_layers) energy per layer in MeV (the longitudinal profile)."""
+    event, ids, energy = flat_hits(batch)
+    out = np.zeros((len(batch), len(geom.layers)))
     np.add.at(out, (event, geom.cells["layer"][ids]), energy)
     return out
-
-
-def dedx_weights(geom: Geometry) -> np.ndarray:
-    """Per-cell calibration weight: MIP energy loss in the absorbers in front of the cell's layer
-    over the MIP energy loss in the cell's own sensor (the dE/dx method of HGCAL).
-
-    Summing cell energy times weight estimates the energy deposited in the whole calorimeter,
-    so that layers with thicker absorbers count more; divide by the mean of that sum over the
-    incident energy (one number) to get a calibrated energy.
-    """
-    absorber = np.array([sum(t * material(m).mip_mev_per_mm for m, t in lay.absorbers)
-                         for lay in geom.layers])
-    c = geom.cells
-    sensor = np.where(c["type"] == 0, material("G4_Si").mip_mev_per_mm,
-                      material("G4_POLYSTYRENE").mip_mev_per_mm) * c["thickness"]
-    return absorber[c["layer"]] / sensor + 1.0
-
-
-def weighted_energy(batch: ShowerBatch, weights: np.ndarray) -> np.ndarray:
-    """Sum over cells of energy times per-cell weight, per shower (MeV)."""
-    ids = batch.cell_id
-    w = ak.unflatten(weights[ak.to_numpy(ak.flatten(ids)).astype(np.int64)], ak.num(ids))
-    return ak.to_numpy(ak.sum(batch.cell_energy * w, axis=1))
 
 
 def depth_x0(geom: Geometry) -> np.ndarray:
     """Depth of each layer's sensor in radiation lengths."""
     return np.array([lay.depth_x0 for lay in geom.layers])
+
+
+def dedx_weights(geom: Geometry) -> np.ndarray:
+    """Per-cell calibration weight: MIP energy loss in the absorbers in front of the cell's layer
+    over the MIP energy loss in the cell's own sensor (the dE/dx method of HGCAL), plus one.
+
+    Summing cell energy times weight estimates the energy deposited in the whole calorimeter,
+    so that layers behind thicker absorbers count more.
+    """
+    absorber = np.array([sum(t * material(m).mip_mev_per_mm for m, t in lay.absorbers)
+                         for lay in geom.layers])
+    return absorber[geom.cells["layer"]] / mip_energy(geom) + 1.0
+
+
+def mip_energy(geom: Geometry) -> np.ndarray:
+    """Mean MIP energy loss in each cell's sensor (MeV)."""
+    c = geom.cells
+    per_mm = np.where(c["type"] == 0, material("G4_Si").mip_mev_per_mm,
+                      material("G4_POLYSTYRENE").mip_mev_per_mm)
+    return per_mm * c["thickness"]
+
+
+def weighted_energy(batch: ShowerBatch, weights: np.ndarray) -> np.ndarray:
+    """Sum over cells of energy times per-cell weight, per shower (MeV)."""
+    event, ids, energy = flat_hits(batch)
+    return np.bincount(event, weights=energy * weights[ids], minlength=len(batch))
 
 
 def centroid_depth(profile: np.ndarray, depth: np.ndarray) -> np.ndarray:
@@ -68,3 +80,56 @@ def start_layer(profile: np.ndarray, threshold: float = 5 * MIP_SI_300UM) -> np.
     """First layer with more than ``threshold`` MeV (default: five MIPs); -1 if none."""
     above = profile > threshold
     return np.where(above.any(axis=1), above.argmax(axis=1), -1)
+
+
+def axis_offsets(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, ...]:
+    """(shower index, cell id, energy, dx, dy) of every hit, with (dx, dy) the cell centre's
+    offset in mm from the shower axis in the cell's layer plane."""
+    event, ids, energy = flat_hits(batch)
+    p = batch.primaries
+    c = geom.cells
+    steps = (c["z"][ids] - p["primary_z"][event]) / p["primary_dz"][event]
+    dx = c["x"][ids] - (p["primary_x"][event] + steps * p["primary_dx"][event])
+    dy = c["y"][ids] - (p["primary_y"][event] + steps * p["primary_dy"][event])
+    return event, ids, energy, dx, dy
+
+
+def radial_profile(batch: ShowerBatch, geom: Geometry,
+                   edges: np.ndarray = RADIAL_EDGES) -> np.ndarray:
+    """(n_showers, n_bins) energy in rings around the shower axis (MeV)."""
+    event, _, energy, dx, dy = axis_offsets(batch, geom)
+    r_bin = np.digitize(np.hypot(dx, dy), edges) - 1
+    ok = (r_bin >= 0) & (r_bin < len(edges) - 1)
+    out = np.zeros((len(batch), len(edges) - 1))
+    np.add.at(out, (event[ok], r_bin[ok]), energy[ok])
+    return out
+
+
+def high_level(batch: ShowerBatch, geom: Geometry, threshold_mip: float = 0.5) -> dict:
+    """Per-shower scalar observables a calorimeter physicist checks first.
+
+    Hits are counted above ``threshold_mip`` times the MIP energy of each cell's sensor.
+    """
+    n = len(batch)
+    e_inc = batch.primaries["primary_energy"]
+    event, ids, energy, dx, dy = axis_offsets(batch, geom)
+    profile = np.zeros((n, len(geom.layers)))
+    np.add.at(profile, (event, geom.cells["layer"][ids]), energy)
+    e_vis = profile.sum(axis=1)
+    safe = np.maximum(e_vis, 1e-12)
+    r2 = dx**2 + dy**2
+    above = energy > threshold_mip * mip_energy(geom)[ids]
+    return {
+        "e_vis": e_vis,
+        "response": e_vis / e_inc,
+        "e_dedx_over_e_inc": weighted_energy(batch, dedx_weights(geom)) / e_inc,
+        "n_hits": np.bincount(event[above], minlength=n).astype(np.float64),
+        "centroid_depth_x0": centroid_depth(profile, depth_x0(geom)),
+        "start_layer": start_layer(profile).astype(np.float64),
+        "max_layer": profile.argmax(axis=1).astype(np.float64),
+        "centre_x": np.bincount(event, weights=energy * dx, minlength=n) / safe,
+        "centre_y": np.bincount(event, weights=energy * dy, minlength=n) / safe,
+        "width_r": np.sqrt(np.bincount(event, weights=energy * r2, minlength=n) / safe),
+        "core_fraction": np.bincount(event, weights=energy * (r2 < CORE_RADIUS**2),
+                                     minlength=n) / safe,
+    }

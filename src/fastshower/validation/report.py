@@ -1,0 +1,141 @@
+"""`fastshower validate`: compare two sim-hit samples, write metrics.json and an HTML report.
+
+Works on any two samples with the same geometry (Geant4 vs Geant4, or Geant4 vs a model); every
+metric is shown beside its noise floor (one half of the reference against the other half).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+import awkward as ak
+import matplotlib.pyplot as plt
+
+from fastshower import __version__
+from fastshower.errors import FastShowerError
+from fastshower.geometry import load
+from fastshower.simhits import read_sample
+from fastshower.validation.display import plot_shower
+from fastshower.validation.metrics import compare_with_floor
+from fastshower.validation.observables import (
+    RADIAL_EDGES,
+    depth_x0,
+    high_level,
+    layer_energies,
+    radial_profile,
+)
+from fastshower.validation.plots import observables_figure, profiles_figure
+
+MODEL_QUESTIONS = {
+    "particles_and_conditions": "particle types and conditions",
+    "training_set_size": "training-set size",
+    "data_structure": "data structure and scaling",
+    "condition_encoding": "condition encoding",
+    "tuning": "tuning approach and metric",
+    "model_format": "model file format and extra files",
+    "inference_library": "inference library",
+    "time_per_shower": "time per shower",
+    "memory": "memory footprint",
+    "gpu_tested": "GPU tested",
+}
+
+
+def _png(fig, path: Path) -> str:
+    """Save a figure as PNG beside the report; returns it base64-encoded for embedding."""
+    fig.savefig(path, format="png", dpi=70, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
+             out: str | Path, seed: int = 0) -> dict:
+    """Compare ``generated`` with ``reference``; writes OUT/metrics.json and OUT/report.html."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ref, meta_r = read_sample(reference)
+    gen, meta_g = read_sample(generated)
+    geom = load(geometry)
+    for name, meta in (("reference", meta_r), ("generated", meta_g)):
+        if meta.get("geometry_hash") != geom.hash:
+            raise FastShowerError(f"the {name} sample was made with geometry "
+                                  f"{str(meta.get('geometry_hash'))[:12]}, not with {geometry} "
+                                  f"({geom.short_hash})")
+    if len(ref) < 20 or len(gen) < 10:
+        raise FastShowerError(f"too few showers to compare ({len(ref)} reference, {len(gen)} "
+                              "generated): need at least 20 and 10")
+    hl_r, hl_g = high_level(ref, geom), high_level(gen, geom)
+    metrics = compare_with_floor(hl_r, hl_g, seed=seed)
+    metrics.update({"reference_path": str(reference), "generated_path": str(generated),
+                    "n_reference": len(ref), "n_generated_total": len(gen),
+                    "geometry_hash": geom.hash, "fastshower_version": __version__,
+                    "reference_metadata": meta_r, "generated_metadata": meta_g})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+
+    figures = {
+        "observables": _png(observables_figure(hl_r, hl_g), out / "observables.png"),
+        "profiles": _png(profiles_figure(
+            layer_energies(ref, geom), layer_energies(gen, geom), depth_x0(geom),
+            radial_profile(ref, geom), radial_profile(gen, geom), RADIAL_EDGES,
+            ak.to_numpy(ak.flatten(ref.cell_energy)), ak.to_numpy(ak.flatten(gen.cell_energy))),
+            out / "profiles.png"),
+    }
+    for name, batch in (("reference shower", ref), ("generated shower", gen)):
+        path = plot_shower(batch, 0, geom, out / f"{name.replace(' ', '_')}.png")
+        figures[name] = base64.b64encode(path.read_bytes()).decode()
+    (out / "report.html").write_text(_html(metrics, figures))
+    return metrics
+
+
+def _html(m: dict, figures: dict[str, str]) -> str:
+    g, f = m["generated"], m["floor"]
+    rows = "".join(
+        f"<tr><td>{k}</td>" + "".join(
+            f"<td>{g['observables'][k][x]:.3f}</td><td class=floor>{f['observables'][k][x]:.3f}"
+            "</td>" for x in ("wasserstein", "separation_power", "ks")) + "</tr>"
+        for k in g["observables"])
+    meta_g = m["generated_metadata"]
+    notes = {meta.get("notes") for meta in (m["reference_metadata"], meta_g) if meta.get("notes")}
+    if meta_g.get("generator") == "geant4":
+        questions = "<p>The generated sample is Geant4: no model questions apply.</p>"
+    else:
+        questions = "<table>" + "".join(
+            f"<tr><td>{label}</td><td>{html.escape(str(meta_g.get(key, 'not recorded')))}</td>"
+            "</tr>" for key, label in MODEL_QUESTIONS.items()) + "</table>"
+    imgs = "".join(f"<h3>{name}</h3><img src='data:image/png;base64,{data}'>"
+                   for name, data in figures.items())
+    return f"""<!doctype html><html><head><meta charset="utf-8">
+<title>fastshower validation</title><style>
+body {{ font-family: sans-serif; margin: 2em; max-width: 1400px; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+td, th {{ border: 1px solid #ccc; padding: 3px 8px; text-align: right; }}
+td:first-child {{ text-align: left; }} .floor {{ color: #888; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>fastshower validation report</h1>
+<p>reference: <code>{html.escape(m['reference_path'])}</code> ({m['n_reference']} showers, generator
+{html.escape(str(m['reference_metadata'].get('generator')))}) &mdash; generated:
+<code>{html.escape(m['generated_path'])}</code> ({m['n_generated_total']} showers, generator
+{html.escape(str(meta_g.get('generator')))}); geometry {m['geometry_hash'][:12]};
+fastshower {m['fastshower_version']}.</p>
+{''.join(f'<p><b>Note:</b> {html.escape(n)}</p>' for n in notes)}
+<h2>Summary</h2>
+<p>Each number is for the generated sample against one half of the reference
+({m['n_reference_half']} showers vs {m['n_generated']}); the grey number beside it is the noise
+floor: the same metric for the other half of the reference.</p>
+<table><tr><th></th><th>generated</th><th>floor</th></tr>
+<tr><td>classifier AUC (0.5 = indistinguishable; mean ± spread of
+{g['classifier']['repeats']} splits)</td>
+<td>{g['classifier']['auc']:.3f} ± {g['classifier']['auc_std']:.3f}</td>
+<td class=floor>{f['classifier']['auc']:.3f} ± {f['classifier']['auc_std']:.3f}</td></tr>
+<tr><td>FPD (standardised high-level features)</td><td>{g['fpd']:.4f}</td>
+<td class=floor>{f['fpd']:.4f}</td></tr>
+<tr><td>KPD</td><td>{g['kpd']:.5f}</td><td class=floor>{f['kpd']:.5f}</td></tr></table>
+<h2>Per observable</h2>
+<table><tr><th>observable</th><th>W1 / σ</th><th>floor</th><th>separation power</th>
+<th>floor</th><th>KS</th><th>floor</th></tr>{rows}</table>
+<h2>Fast-simulation questions</h2>{questions}
+<h2>Plots</h2>{imgs}
+</body></html>
+"""

@@ -1,0 +1,143 @@
+"""Validation suite: observables on hand-made showers, metrics against known answers, and the
+detection of deliberate distortions of real Geant4 showers above the noise floor."""
+
+from __future__ import annotations
+
+import json
+
+import awkward as ak
+import numpy as np
+import pytest
+
+from fastshower.geometry import build_geometry, save
+from fastshower.simhits import ShowerBatch, SimHitWriter, read_sample
+from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.jobs import simulate
+from fastshower.validation.metrics import (
+    compare,
+    compare_with_floor,
+    frechet_distance,
+    kernel_distance,
+    roc_auc,
+)
+from fastshower.validation.observables import depth_x0, high_level, radial_profile
+from fastshower.validation.report import validate
+
+
+def handmade(geom, cells, energies):
+    """One shower along +z from the origin with the given cell ids and energies (MeV)."""
+    one = {"primary_pdg": np.array([11]), "primary_energy": np.array([1000.0]),
+           "primary_x": np.zeros(1), "primary_y": np.zeros(1), "primary_z": np.zeros(1),
+           "primary_dx": np.zeros(1), "primary_dy": np.zeros(1), "primary_dz": np.ones(1)}
+    return ShowerBatch(one, ak.Array([cells]), ak.Array([energies]), ak.Array([[1.0] * len(cells)]),
+                       np.zeros(1))
+
+
+def test_observables_of_a_handmade_shower():
+    geom = build_geometry("grid", neighbours=False)
+    on_axis = geom.lookup(np.array([0, 2, 2, 4]), np.array([0.0, 0.0, 25.5, 0.0]), np.zeros(4))
+    batch = handmade(geom, on_axis.tolist(), [1.0, 3.0, 4.0, 0.05])
+    hl = {k: v[0] for k, v in high_level(batch, geom).items()}
+    d = depth_x0(geom)
+    assert hl["e_vis"] == pytest.approx(8.05)
+    assert hl["response"] == pytest.approx(8.05 / 1000)
+    assert hl["n_hits"] == 3  # 0.05 MeV is below half a MIP in 0.5 mm of silicon (0.097 MeV)
+    assert hl["start_layer"] == 0 and hl["max_layer"] == 2
+    assert hl["centroid_depth_x0"] == pytest.approx((d[0] + 7 * d[2] + 0.05 * d[4]) / 8.05)
+    assert hl["centre_x"] == pytest.approx(4 * 25.5 / 8.05, rel=1e-5)
+    assert hl["width_r"] == pytest.approx(np.sqrt(4 * 25.5**2 / 8.05), rel=1e-5)
+    assert hl["core_fraction"] == pytest.approx(4.05 / 8.05)
+    ring = radial_profile(batch, geom)[0]
+    assert ring[0] == pytest.approx(4.05) and ring[4] == pytest.approx(4.0)  # 20-30 mm ring
+    assert ring.sum() == pytest.approx(8.05)
+
+
+def test_metric_building_blocks_against_reference_computations():
+    rng = np.random.default_rng(1)
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
+    # 1-D Gaussians: Frechet distance = (mu1 - mu2)^2 + (s1 - s2)^2
+    x, y = rng.normal(0, 1, (200_000, 1)), rng.normal(0.5, 2, (200_000, 1))
+    assert frechet_distance(x, y) == pytest.approx(0.25 + 1.0, rel=0.02)
+    # Kernel distance: the unbiased MMD^2 written out pair by pair.
+    a, b = rng.normal(size=(40, 3)), rng.normal(0.3, 1, (40, 3))
+
+    def k(u, v):
+        return (u @ v / 3 + 1) ** 3
+
+    naive = (sum(k(a[i], a[j]) for i in range(40) for j in range(40) if i != j) / (40 * 39)
+             + sum(k(b[i], b[j]) for i in range(40) for j in range(40) if i != j) / (40 * 39)
+             - 2 * sum(k(a[i], b[j]) for i in range(40) for j in range(40)) / 1600)
+    assert kernel_distance(a, b, block=40) == pytest.approx(naive, rel=1e-9)
+
+
+def test_identical_samples_are_indistinguishable():
+    rng = np.random.default_rng(2)
+    feats = {f"f{i}": rng.normal(size=600) for i in range(4)}
+    m = compare(feats, feats)
+    assert all(v == pytest.approx(0.0, abs=1e-12) for o in m["observables"].values()
+               for v in o.values())
+    assert m["fpd"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(m["kpd"]) < 0.05  # unbiased estimate: fluctuates around zero
+    shifted = compare(feats, {k: v + 0.5 for k, v in feats.items()})
+    assert shifted["kpd"] > 20 * abs(m["kpd"])
+    assert m["classifier"]["auc"] == pytest.approx(0.5, abs=0.08)
+
+
+@pytest.fixture(scope="module")
+def geant4_sample(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("val")
+    geom = build_geometry("hgcal")
+    gpath = save(geom, tmp / "g.h5")
+    files = simulate(gpath, GunConfig(particle="e-", energy=[5.0]), 400, tmp / "ref", jobs=2,
+                     seed=5, show_progress=False)
+    batch, meta = read_sample(tmp / "ref")
+    return geom, gpath, batch, meta, files, tmp
+
+
+def shifted_one_layer(batch: ShowerBatch, geom) -> ShowerBatch:
+    """Every hit moved to the cell behind it in the next layer."""
+    ids = ak.to_numpy(ak.flatten(batch.cell_id)).astype(np.int64)
+    c = geom.cells
+    deeper = geom.lookup(np.minimum(c["layer"][ids] + 1, len(geom.layers) - 1), c["x"][ids],
+                         c["y"][ids])
+    keep = deeper >= 0
+    counts = ak.num(batch.cell_id)
+    kept = ak.unflatten(keep, counts)
+    return ShowerBatch(batch.primaries, ak.unflatten(deeper, counts)[kept],
+                       batch.cell_energy[kept], batch.cell_time[kept], batch.lost_energy)
+
+
+def test_distortions_are_detected_above_the_noise_floor(geant4_sample):
+    geom, _, batch, _, _, _ = geant4_sample
+    ref = high_level(batch, geom)
+    scaled = high_level(ShowerBatch(batch.primaries, batch.cell_id, batch.cell_energy * 1.05,
+                                    batch.cell_time, batch.lost_energy), geom)
+    m = compare_with_floor(ref, scaled, seed=1)
+    g, f = m["generated"], m["floor"]
+    assert g["observables"]["e_vis"]["wasserstein"] > 3 * f["observables"]["e_vis"]["wasserstein"]
+    assert g["classifier"]["auc"] > f["classifier"]["auc"] + 0.1
+    assert g["fpd"] > f["fpd"]  # at 200 showers FPD is dominated by its small-sample bias
+
+    deeper = high_level(shifted_one_layer(batch, geom), geom)
+    m = compare_with_floor(ref, deeper, seed=1)
+    g, f = m["generated"], m["floor"]
+    w = g["observables"]["centroid_depth_x0"]["wasserstein"]
+    assert w > 3 * f["observables"]["centroid_depth_x0"]["wasserstein"]
+    assert g["classifier"]["auc"] > f["classifier"]["auc"] + 0.1
+
+
+def test_validate_writes_report_and_metrics(geant4_sample):
+    geom, gpath, batch, meta, files, tmp = geant4_sample
+    writer = SimHitWriter(tmp / "gen.root", {**meta, "generator": "test-scaled"})
+    writer.write(ShowerBatch(batch.primaries, batch.cell_id, batch.cell_energy * 1.05,
+                             batch.cell_time, batch.lost_energy))
+    writer.close()
+    m = validate(tmp / "ref", tmp / "gen.root", gpath, tmp / "report")
+    saved = json.loads((tmp / "report" / "metrics.json").read_text())
+    assert saved["generated"]["classifier"]["auc"] == pytest.approx(m["generated"]["classifier"]
+                                                                    ["auc"])
+    assert saved["n_reference"] == 400 and saved["geometry_hash"] == geom.hash
+    page = (tmp / "report" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 4
+    assert "not recorded" in page  # the model questions, for a generator without a run folder

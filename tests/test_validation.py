@@ -141,3 +141,33 @@ def test_validate_writes_report_and_metrics(geant4_sample):
     page = (tmp / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4
     assert "not recorded" in page  # the model questions, for a generator without a run folder
+
+
+def test_calochallenge_export_round_trip(geant4_sample):
+    import h5py
+
+    from fastshower.validation.export import Binning, export_calochallenge
+    from fastshower.validation.observables import dedx_weights, weighted_energy
+
+    geom, _, batch, _, _, tmp = geant4_sample
+    info = export_calochallenge(batch, geom, tmp / "ref.h5")
+    with h5py.File(tmp / "ref.h5") as f:
+        assert set(f) == {"incident_energies", "showers"}
+        e_inc, showers = f["incident_energies"][...], f["showers"][...]
+    assert e_inc.shape == (400, 1) and e_inc.dtype == np.float64 and showers.dtype == np.float64
+    assert np.array_equal(e_inc[:, 0], batch.primaries["primary_energy"])
+    assert np.all(np.isfinite(showers)) and showers.min() >= 0
+    binning = Binning.from_xml((tmp / "ref.xml").read_text())
+    assert showers.shape[1] == binning.n_voxels == info["n_voxels"]
+    assert binning.r_edges[0] and not binning.r_edges[-1]  # the last layer holds no EM energy
+    ratio = showers.sum(axis=1) / e_inc[:, 0]
+    assert ratio.mean() == pytest.approx(1.0, rel=1e-6) and 0.5 < ratio.min() < ratio.max() < 1.5
+    # Voxel sums are the weighted cell energies (those within 150 mm of the axis), scaled.
+    weighted = weighted_energy(batch, dedx_weights(geom)) * info["scale"]
+    assert np.all(showers.sum(axis=1) <= weighted * (1 + 1e-9))
+    assert np.median(showers.sum(axis=1) / weighted) > 0.95
+
+    again = export_calochallenge(batch, geom, tmp / "gen.h5", like=tmp / "ref.h5")
+    with h5py.File(tmp / "gen.h5") as f:
+        assert np.array_equal(f["showers"][...], showers)
+    assert again["scale"] == info["scale"]

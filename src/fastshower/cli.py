@@ -224,6 +224,33 @@ def validate(
 
 
 @app.command()
+def export(
+    input_: Annotated[str, typer.Option("--input", help="Sample: file, folder or glob.")],
+    out: Annotated[Path, typer.Option(help="Output HDF5 file.")],
+    format_: Annotated[str, typer.Option("--format", help="Export format.")] = "calochallenge",
+    geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
+        DEFAULT_GEOMETRY),
+    like: Annotated[Path | None, typer.Option(
+        help="A reference export whose binning and energy scale to reuse.")] = None,
+) -> None:
+    """Export showers in the CaloChallenge 2022 HDF5 format (+ binning XML, scale JSON)."""
+    from fastshower.geometry import load
+    from fastshower.simhits import read_sample
+    from fastshower.validation.export import export_calochallenge
+
+    if format_ != "calochallenge":
+        raise FastShowerError(f"unknown export format {format_!r}; available: calochallenge")
+    batch, meta = read_sample(input_)
+    geom = load(geometry)
+    if meta.get("geometry_hash") != geom.hash:
+        raise FastShowerError(f"{input_} was not made with the geometry {geometry}")
+    info = export_calochallenge(batch, geom, out, like=like)
+    console.print(f"wrote {out} ({info['n_showers']} showers x {info['n_voxels']} voxels), "
+                  f"{out.with_suffix('.xml')} and {out.with_suffix('.json')} "
+                  f"(energy scale {info['scale']:.2f})")
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
     n: Annotated[int, typer.Option("--n", help="Geant4 showers to simulate.")] = 20,

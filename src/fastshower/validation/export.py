@@ -1,0 +1,141 @@
+"""Export showers in the HDF5 format of the Fast Calorimeter Simulation Challenge 2022.
+
+Voxels are cylindrical bins around the shower axis in every layer: radial bins x angular bins,
+written as the challenge's binning XML. Each cell's energy goes to the voxel holding the cell
+centre (an approximation where a cell straddles a voxel edge). Energies are visible energies
+times the HGCAL dE/dx layer weights times one global factor, so that a shower's voxels sum to
+about its incident energy; the factor and the scheme go into a JSON file beside the export, and
+a generated sample is exported with the reference's binning and factor (``like=``).
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry
+from fastshower.simhits import ShowerBatch
+from fastshower.validation.observables import axis_offsets, dedx_weights
+
+PARTICLE_NAMES = {11: "electron", -11: "electron", 22: "photon", 211: "pion", -211: "pion"}
+DEFAULT_R_EDGES = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 110.0, 150.0)  # mm
+DEFAULT_N_ALPHA = 8
+
+
+@dataclass
+class Binning:
+    """Per layer: radial edges (mm; an empty tuple for an empty layer) and angular bin count."""
+
+    r_edges: list[tuple[float, ...]]
+    n_alpha: list[int]
+    pid: int = 11
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([max(len(r) - 1, 0) * a for r, a in zip(self.r_edges, self.n_alpha,
+                                                                 strict=True)])
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.sizes.sum())
+
+    def to_xml(self) -> str:
+        root = ET.Element("Bins")
+        b = ET.SubElement(root, "Bin", pid=str(self.pid),
+                          name=PARTICLE_NAMES.get(self.pid, "electron"))
+        for i, (r, a) in enumerate(zip(self.r_edges, self.n_alpha, strict=True)):
+            ET.SubElement(b, "Layer", id=str(i),
+                          r_edges=",".join(f"{v:g}" for v in r) if r else "0",
+                          n_bin_alpha=str(a))
+        ET.indent(root)
+        return ET.tostring(root, encoding="unicode") + "\n"
+
+    @staticmethod
+    def from_xml(text: str) -> Binning:
+        b = ET.fromstring(text).find("Bin")
+        r_edges, n_alpha = [], []
+        for layer in b.findall("Layer"):
+            edges = tuple(float(v) for v in layer.get("r_edges").split(","))
+            r_edges.append(edges if len(edges) > 1 else ())
+            n_alpha.append(int(layer.get("n_bin_alpha")))
+        return Binning(r_edges, n_alpha, int(b.get("pid")))
+
+
+def default_binning(geom: Geometry, batch: ShowerBatch) -> Binning:
+    """The default cylindrical binning; layers without energy in ``batch`` are declared empty
+    (the challenge's tools need energy in every declared layer)."""
+    event, ids, energy, _, _ = axis_offsets(batch, geom)
+    per_layer = np.bincount(geom.cells["layer"][ids], weights=energy,
+                            minlength=len(geom.layers))
+    r = [DEFAULT_R_EDGES if e > 0 else () for e in per_layer]
+    return Binning(r, [DEFAULT_N_ALPHA] * len(geom.layers),
+                   int(batch.primaries["primary_pdg"][0]))
+
+
+def voxelise(batch: ShowerBatch, geom: Geometry, binning: Binning, scale: float) -> np.ndarray:
+    """(n_showers, n_voxels) float64 voxel energies: cell energy x dE/dx weight x scale."""
+    event, ids, energy, dx, dy = axis_offsets(batch, geom)
+    layer = geom.cells["layer"][ids]
+    energy = energy * dedx_weights(geom)[ids] * scale
+    r, alpha = np.hypot(dx, dy), np.arctan2(dy, dx)
+    out = np.zeros((len(batch), binning.n_voxels))
+    for lay, (edges, n_alpha) in enumerate(zip(binning.r_edges, binning.n_alpha, strict=True)):
+        sel = (layer == lay) & bool(edges)
+        if not sel.any():
+            continue
+        edges = np.asarray(edges)
+        i_r = np.searchsorted(edges, r[sel], side="right") - 1
+        i_a = np.clip(((alpha[sel] + np.pi) / (2 * np.pi) * n_alpha).astype(int), 0, n_alpha - 1)
+        ok = (i_r >= 0) & (i_r < len(edges) - 1)
+        index = binning.offsets[lay] + i_a[ok] * (len(edges) - 1) + i_r[ok]
+        np.add.at(out, (event[sel][ok], index), energy[sel][ok])
+    return out
+
+
+def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
+                         like: str | Path | None = None) -> dict:
+    """Write OUT (.h5), its binning XML and a JSON of the energy scale; returns that JSON.
+
+    ``like``: a previous export whose binning and scale to reuse (the reference's).
+    """
+    out = Path(out)
+    if like is not None:
+        like = Path(like)
+        try:
+            binning = Binning.from_xml(like.with_suffix(".xml").read_text())
+            info = json.loads(like.with_suffix(".json").read_text())
+        except (OSError, ValueError, AttributeError) as err:
+            raise FastShowerError(f"cannot reuse the binning of {like}: {err}") from None
+        if info["geometry_hash"] != geom.hash:
+            raise FastShowerError(f"{like} was exported with another geometry")
+        scale = info["scale"]
+    else:
+        binning = default_binning(geom, batch)
+        raw = voxelise(batch, geom, binning, 1.0).sum(axis=1)
+        scale = float(np.mean(batch.primaries["primary_energy"]) / max(raw.mean(), 1e-12))
+        info = {"scale": scale, "geometry_hash": geom.hash,
+                "scheme": "voxel energy = visible cell energy x HGCAL dE/dx layer weight x "
+                          "scale; scale makes the mean voxel sum equal the mean incident "
+                          "energy of the reference sample",
+                "cell_to_voxel": "by cell centre"}
+    showers = voxelise(batch, geom, binning, scale)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("incident_energies", data=batch.primaries["primary_energy"]
+                         .astype(np.float64).reshape(-1, 1))
+        f.create_dataset("showers", data=showers, compression="gzip")
+    tmp.replace(out)
+    out.with_suffix(".xml").write_text(binning.to_xml())
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+    return {**info, "n_showers": len(batch), "n_voxels": binning.n_voxels}

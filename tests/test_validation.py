@@ -138,6 +138,8 @@ def test_validate_writes_report_and_metrics(geant4_sample):
     assert saved["generated"]["classifier"]["auc"] == pytest.approx(m["generated"]["classifier"]
                                                                     ["auc"])
     assert saved["n_reference"] == 400 and saved["geometry_hash"] == geom.hash
+    assert 0.0 <= saved["generated"]["classifier_low_level"]["auc"] <= 1.0
+    assert len(saved["energy_bins"]) == 1  # one incident energy
     page = (tmp / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 4
     assert "not recorded" in page  # the model questions, for a generator without a run folder
@@ -171,3 +173,14 @@ def test_calochallenge_export_round_trip(geant4_sample):
     with h5py.File(tmp / "gen.h5") as f:
         assert np.array_equal(f["showers"][...], showers)
     assert again["scale"] == info["scale"]
+
+
+def test_energy_bins():
+    from fastshower.validation.metrics import energy_bins
+
+    fixed = energy_bins(np.repeat([5e3, 10e3, 50e3], 10))
+    assert len(fixed) == 4 and fixed[0] < 5e3 < fixed[1] < 10e3 < fixed[2] < 50e3 < fixed[3]
+    e = np.exp(np.random.default_rng(0).uniform(np.log(1e3), np.log(5e5), 1000))
+    edges = energy_bins(e, max_bins=4)
+    counts = np.histogram(e, edges)[0]
+    assert len(edges) == 5 and counts.sum() == 1000 and counts.min() >= 240

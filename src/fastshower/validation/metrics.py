@@ -142,12 +142,16 @@ def classifier_test(ref: np.ndarray, gen: np.ndarray, seed: int = 0, repeats: in
             "n_test": runs[0]["n_test"], "repeats": repeats}
 
 
-def compare(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray], seed: int = 0) -> dict:
-    """All metrics for per-shower observables ``ref`` and ``gen`` (same keys)."""
+def compare(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray], seed: int = 0,
+            joint: bool = True) -> dict:
+    """All metrics for per-shower observables ``ref`` and ``gen`` (same keys); ``joint=False``
+    keeps the per-observable ones only (no FPD, KPD, classifier)."""
     names = list(ref)
     out = {"observables": {k: {"wasserstein": wasserstein(ref[k], gen[k]),
                                "separation_power": separation_power(ref[k], gen[k]),
                                "ks": ks(ref[k], gen[k])} for k in names}}
+    if not joint:
+        return out
     xr = np.stack([ref[k] for k in names], axis=1)
     xg = np.stack([gen[k] for k in names], axis=1)
     sr, sg = standardise(xr, xg)
@@ -158,10 +162,13 @@ def compare(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray], seed: int = 
 
 
 def compare_with_floor(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
-                       seed: int = 0) -> dict:
+                       seed: int = 0, low_ref: np.ndarray | None = None,
+                       low_gen: np.ndarray | None = None, joint: bool = True) -> dict:
     """Metrics of gen vs half of ref, and the noise floor: that half vs the other half.
 
     Both comparisons use samples of the same size, so their numbers can be set side by side.
+    ``low_ref`` / ``low_gen``: optional (n, d) low-level features (e.g. voxel energies) for a
+    second classifier test.
     """
     rng = np.random.default_rng(seed)
     n = len(next(iter(ref.values())))
@@ -169,6 +176,41 @@ def compare_with_floor(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
     first, second = perm[: n // 2], perm[n // 2:]
     pick = rng.permutation(len(next(iter(gen.values()))))[: len(second)]
     half = {k: v[first] for k, v in ref.items()}
-    return {"generated": compare(half, {k: v[pick] for k, v in gen.items()}, seed),
-            "floor": compare(half, {k: v[second] for k, v in ref.items()}, seed),
-            "n_reference_half": len(first), "n_generated": len(pick)}
+    out = {"generated": compare(half, {k: v[pick] for k, v in gen.items()}, seed, joint),
+           "floor": compare(half, {k: v[second] for k, v in ref.items()}, seed, joint),
+           "n_reference_half": len(first), "n_generated": len(pick)}
+    if low_ref is not None and low_gen is not None:
+        out["generated"]["classifier_low_level"] = classifier_test(low_ref[first], low_gen[pick],
+                                                                   seed=seed)
+        out["floor"]["classifier_low_level"] = classifier_test(low_ref[first], low_ref[second],
+                                                               seed=seed)
+    return out
+
+
+def energy_bins(e_ref: np.ndarray, max_bins: int = 4, max_fixed: int = 8) -> np.ndarray:
+    """Edges (MeV) of incident-energy bins: one per energy for up to ``max_fixed`` fixed
+    energies, else ``max_bins`` equal-population bins in log E."""
+    values = np.unique(e_ref)
+    if len(values) <= max_fixed:
+        mids = np.sqrt(values[1:] * values[:-1])
+        return np.concatenate([[values[0] * 0.99], mids, [values[-1] * 1.01]])
+    edges = np.exp(np.quantile(np.log(e_ref), np.linspace(0, 1, max_bins + 1)))
+    edges[0], edges[-1] = edges[0] * 0.999, edges[-1] * 1.001
+    return edges
+
+
+def compare_in_energy_bins(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
+                           e_ref: np.ndarray, e_gen: np.ndarray, seed: int = 0,
+                           min_showers: int = 20) -> list[dict]:
+    """Per-observable metrics with their floor in bins of incident energy (MeV)."""
+    edges = energy_bins(e_ref)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        r, g = (e_ref >= lo) & (e_ref < hi), (e_gen >= lo) & (e_gen < hi)
+        if r.sum() < min_showers or g.sum() < min_showers // 2:
+            continue
+        m = compare_with_floor({k: v[r] for k, v in ref.items()},
+                               {k: v[g] for k, v in gen.items()}, seed=seed, joint=False)
+        out.append({"e_min_mev": float(lo), "e_max_mev": float(hi), "n_reference": int(r.sum()),
+                    "n_generated": int(g.sum()), **m})
+    return out

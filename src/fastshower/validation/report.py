@@ -13,13 +13,15 @@ from pathlib import Path
 
 import awkward as ak
 import matplotlib.pyplot as plt
+import numpy as np
 
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.simhits import read_sample
 from fastshower.validation.display import plot_shower
-from fastshower.validation.metrics import compare_with_floor
+from fastshower.validation.export import default_binning, voxelise
+from fastshower.validation.metrics import compare_in_energy_bins, compare_with_floor
 from fastshower.validation.observables import (
     RADIAL_EDGES,
     depth_x0,
@@ -29,6 +31,8 @@ from fastshower.validation.observables import (
 )
 from fastshower.validation.plots import observables_figure, profiles_figure
 
+LOW_LEVEL = ("voxel energies, log(1 + 1000 E_voxel / E_inc), in the cylindrical binning of the "
+             "CaloChallenge export")
 MODEL_QUESTIONS = {
     "particles_and_conditions": "particle types and conditions",
     "training_set_size": "training-set size",
@@ -67,7 +71,12 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
         raise FastShowerError(f"too few showers to compare ({len(ref)} reference, {len(gen)} "
                               "generated): need at least 20 and 10")
     hl_r, hl_g = high_level(ref, geom), high_level(gen, geom)
-    metrics = compare_with_floor(hl_r, hl_g, seed=seed)
+    binning = default_binning(geom, ref)
+    low_r, low_g = (np.log1p(1e3 * voxelise(b, geom, binning, 1.0)
+                             / b.primaries["primary_energy"][:, None]) for b in (ref, gen))
+    metrics = compare_with_floor(hl_r, hl_g, seed=seed, low_ref=low_r, low_gen=low_g)
+    metrics["energy_bins"] = compare_in_energy_bins(
+        hl_r, hl_g, ref.primaries["primary_energy"], gen.primaries["primary_energy"], seed=seed)
     metrics.update({"reference_path": str(reference), "generated_path": str(generated),
                     "n_reference": len(ref), "n_generated_total": len(gen),
                     "geometry_hash": geom.hash, "fastshower_version": __version__,
@@ -87,6 +96,21 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
         figures[name] = base64.b64encode(path.read_bytes()).decode()
     (out / "report.html").write_text(_html(metrics, figures))
     return metrics
+
+
+def _bins_table(bins: list[dict]) -> str:
+    if not bins:
+        return "<p>No bin holds enough showers.</p>"
+    names = list(bins[0]["generated"]["observables"])
+    head = "<tr><th>observable</th>" + "".join(
+        f"<th>{b['e_min_mev'] / 1e3:.3g}-{b['e_max_mev'] / 1e3:.3g} GeV "
+        f"({b['n_reference']} / {b['n_generated']})</th>" for b in bins) + "</tr>"
+    rows = "".join(
+        f"<tr><td>{k}</td>" + "".join(
+            f"<td>{b['generated']['observables'][k]['wasserstein']:.3f} <span class=floor>"
+            f"{b['floor']['observables'][k]['wasserstein']:.3f}</span></td>" for b in bins)
+        + "</tr>" for k in names)
+    return f"<table>{head}{rows}</table>"
 
 
 def _html(m: dict, figures: dict[str, str]) -> str:
@@ -129,12 +153,18 @@ floor: the same metric for the other half of the reference.</p>
 {g['classifier']['repeats']} splits)</td>
 <td>{g['classifier']['auc']:.3f} ± {g['classifier']['auc_std']:.3f}</td>
 <td class=floor>{f['classifier']['auc']:.3f} ± {f['classifier']['auc_std']:.3f}</td></tr>
+<tr><td>classifier AUC, low level ({LOW_LEVEL})</td>
+<td>{g['classifier_low_level']['auc']:.3f} ± {g['classifier_low_level']['auc_std']:.3f}</td>
+<td class=floor>{f['classifier_low_level']['auc']:.3f} ±
+{f['classifier_low_level']['auc_std']:.3f}</td></tr>
 <tr><td>FPD (standardised high-level features)</td><td>{g['fpd']:.4f}</td>
 <td class=floor>{f['fpd']:.4f}</td></tr>
 <tr><td>KPD</td><td>{g['kpd']:.5f}</td><td class=floor>{f['kpd']:.5f}</td></tr></table>
 <h2>Per observable</h2>
 <table><tr><th>observable</th><th>W1 / σ</th><th>floor</th><th>separation power</th>
 <th>floor</th><th>KS</th><th>floor</th></tr>{rows}</table>
+<h2>In bins of incident energy</h2>
+<p>W1 / σ per observable (floor in grey) in each bin.</p>{_bins_table(m["energy_bins"])}
 <h2>Fast-simulation questions</h2>{questions}
 <h2>Plots</h2>{imgs}
 </body></html>

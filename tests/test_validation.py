@@ -141,7 +141,7 @@ def test_validate_writes_report_and_metrics(geant4_sample):
     assert 0.0 <= saved["generated"]["classifier_low_level"]["auc"] <= 1.0
     assert len(saved["energy_bins"]) == 1  # one incident energy
     page = (tmp / "report" / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 4
+    assert page.count("data:image/png;base64,") == 5
     assert "not recorded" in page  # the model questions, for a generator without a run folder
 
 

@@ -253,16 +253,18 @@ def export(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
-    n: Annotated[int, typer.Option("--n", help="Geant4 showers to simulate.")] = 20,
+    n: Annotated[int, typer.Option("--n", help="Geant4 showers per sample (two samples).")] = 100,
 ) -> None:
-    """The main job: default geometry and its picture, then Geant4 electron showers in it."""
+    """The main job: default geometry and its picture, Geant4 electron showers in it, and a
+    validation report of Geant4 against an independent Geant4 sample (the noise floor)."""
     from fastshower.geometry import build_geometry, save
     from fastshower.geometry.plot import border_layer, plot_layer
-    from fastshower.simhits import read_showers
+    from fastshower.simhits import read_sample
     from fastshower.simulation.gun import GunConfig
     from fastshower.simulation.jobs import simulate as run
     from fastshower.validation.display import plot_shower
     from fastshower.validation.observables import visible_energy
+    from fastshower.validation.report import validate as validate_samples
 
     out.mkdir(parents=True, exist_ok=True)
     with console.status("building the default HGCAL-like geometry (region of interest)"):
@@ -276,14 +278,21 @@ def demo(
                   f"{layer} -> {out / 'geometry.png'}")
 
     gun = GunConfig(particle="e-", energy=[20.0])
-    files = run(geometry_file, gun, n, out / "geant4_e-_20GeV", jobs=2, seed=1, force=True)
-    batch = read_showers(files[0])
-    fraction = np.concatenate([visible_energy(read_showers(f)) for f in files]) / 20_000.0
+    samples = [out / "geant4_e-_20GeV", out / "geant4_e-_20GeV_independent"]
+    for seed, folder in enumerate(samples, start=1):
+        run(geometry_file, gun, n, folder, jobs=2, seed=seed, force=True)
+    batch, _ = read_sample(samples[0])
+    fraction = visible_energy(batch) / 20_000.0
     plot_shower(batch, 0, geom, out / "shower.png")
-    console.print(f"Geant4: {n} electrons of 20 GeV at eta 2 -> {out / 'geant4_e-_20GeV'}; "
-                  f"visible energy / incident = {100 * fraction.mean():.2f} % "
-                  f"(spread {100 * fraction.std() / fraction.mean():.1f} %); one shower -> "
+    console.print(f"Geant4: {n} electrons of 20 GeV at eta 2 -> {samples[0]}; visible energy / "
+                  f"incident = {100 * fraction.mean():.2f} % (spread "
+                  f"{100 * fraction.std() / fraction.mean():.1f} %); one shower -> "
                   f"{out / 'shower.png'}")
+    with console.status("validating Geant4 against an independent Geant4 sample"):
+        m = validate_samples(samples[0], samples[1], geometry_file, out / "validation")
+    auc = m["generated"]["classifier"]
+    console.print(f"Geant4 vs Geant4: classifier AUC {auc['auc']:.2f} ± {auc['auc_std']:.2f} "
+                  f"(0.5 = indistinguishable) -> {out / 'validation' / 'report.html'}")
 
 
 def main() -> None:

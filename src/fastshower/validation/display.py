@@ -20,8 +20,8 @@ from fastshower.simhits import ShowerBatch  # noqa: E402
 
 def plot_shower(batch: ShowerBatch, index: int, geom: Geometry, out: str | Path,
                 n_maps: int = 4) -> Path:
-    """Write a PNG of shower ``index``: energy maps of the layers around its maximum, and the
-    energy per layer against depth in X0."""
+    """Write a PNG of shower ``index``: a 3-D view of its cells, energy maps of the layers
+    around its maximum, and the energy per layer against depth in X0."""
     ids = ak.to_numpy(batch.cell_id[index]).astype(np.int64)
     energy = ak.to_numpy(batch.cell_energy[index]).astype(np.float64)
     c = geom.cells
@@ -31,8 +31,18 @@ def plot_shower(batch: ShowerBatch, index: int, geom: Geometry, out: str | Path,
     shown = [lay for lay in np.arange(peak - n_maps // 2, peak + n_maps) if profile[lay] > 0]
     shown = shown[:n_maps] if len(shown) >= n_maps else shown
     plt.style.use(mplhep.style.CMS)
-    fig, axes = plt.subplots(1, len(shown) + 1, figsize=(6 * (len(shown) + 1), 6))
+    n_panels = len(shown) + 2
+    fig = plt.figure(figsize=(6 * n_panels, 6))
+    ax3d = fig.add_subplot(1, n_panels, 1, projection="3d")
+    axes = [fig.add_subplot(1, n_panels, i + 2) for i in range(n_panels - 1)]
     norm = LogNorm(vmin=max(energy.min(), 1e-3), vmax=energy.max())
+    big = energy > 1e-3 * energy.max()
+    ax3d.scatter(c["z"][ids][big], c["x"][ids][big], c["y"][ids][big], c=energy[big],
+                 cmap="viridis", norm=norm, s=4 + 40 * energy[big] / energy.max())
+    ax3d.set_xlabel("z [mm]", fontsize=11)
+    ax3d.set_ylabel("x [mm]", fontsize=11)
+    ax3d.set_zlabel("y [mm]", fontsize=11)
+    ax3d.tick_params(labelsize=8)
     for ax, lay in zip(axes[:-1], shown, strict=True):
         mine = ids[layer == lay]
         polys = [p[:n] for p, n in zip(c["corners"][mine], c["n_corners"][mine], strict=True)]
@@ -49,6 +59,7 @@ def plot_shower(batch: ShowerBatch, index: int, geom: Geometry, out: str | Path,
     fig.colorbar(coll, ax=axes[:-1], label="cell energy [MeV]", shrink=0.8)
     depth = [lay.depth_x0 for lay in geom.layers]
     axes[-1].step(depth, profile, where="mid")
+    axes[-1].set_xlim(0, depth[min(len(depth) - 1, int(np.flatnonzero(profile > 0)[-1]) + 1)])
     axes[-1].set_xlabel("depth [X0]", fontsize=14)
     axes[-1].set_ylabel("energy per layer [MeV]", fontsize=14)
     e0 = batch.primaries["primary_energy"][index] / 1000

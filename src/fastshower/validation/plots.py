@@ -100,3 +100,45 @@ def profiles_figure(long_r, long_g, depth, rad_r, rad_g, radial_edges, hits_r, h
     top.set_yscale("log")
     bottom.set_xlabel("cell energy [MeV]", fontsize=12)
     return fig
+
+
+def summary_figure(ref: dict, gen: dict, long_r, long_g, depth, metrics: dict,
+                   names=("Geant4", "generated")):
+    """One page: response, depth and hit count histograms, the longitudinal profile, and the
+    headline metrics beside their noise floor."""
+    plt.style.use(mplhep.style.CMS)
+    fig = plt.figure(figsize=(18, 11))
+    outer = fig.add_gridspec(2, 3, hspace=0.35, wspace=0.3)
+    for i, k in enumerate(("e_dedx_over_e_inc", "centroid_depth_x0", "n_hits",
+                           "width_r")):
+        spec = outer[i // 3, i % 3].subgridspec(2, 1, height_ratios=[3, 1], hspace=0.05)
+        top, bottom = _ratio_axes(fig, spec)
+        lo, hi = np.quantile(np.concatenate([ref[k], gen[k]]), [0.002, 0.998])
+        _hist_pair(top, bottom, ref[k], gen[k], np.linspace(lo, hi if hi > lo else lo + 1, 31),
+                   names)
+        bottom.set_xlabel(LABELS.get(k, k), fontsize=13)
+        if i == 0:
+            top.legend(fontsize=12)
+    ax = fig.add_subplot(outer[1, 1])
+    ax.plot(depth, long_r.mean(0), "-", color="black", label=names[0])
+    ax.plot(depth, long_g.mean(0), "--", color="tab:red", label=names[1])
+    ax.set_xlabel("depth [X0]", fontsize=13)
+    ax.set_ylabel("mean energy per layer [MeV]", fontsize=13)
+    ax.legend(fontsize=12)
+    ax = fig.add_subplot(outer[1, 2])
+    ax.axis("off")
+    g, f = metrics["generated"], metrics["floor"]
+    lines = [f"{'':24s}{'value':>9s}{'floor':>9s}",
+             f"{'classifier AUC (high)':24s}{g['classifier']['auc']:9.3f}"
+             f"{f['classifier']['auc']:9.3f}"]
+    if "classifier_low_level" in g:
+        lines.append(f"{'classifier AUC (low)':24s}{g['classifier_low_level']['auc']:9.3f}"
+                     f"{f['classifier_low_level']['auc']:9.3f}")
+    lines += [f"{'FPD':24s}{g['fpd']:9.3f}{f['fpd']:9.3f}",
+              f"{'KPD':24s}{g['kpd']:9.4f}{f['kpd']:9.4f}"]
+    worst = sorted(g["observables"], key=lambda k: -g["observables"][k]["wasserstein"])[:4]
+    lines += ["", "largest W1/σ:"] + [
+        f"  {k:22s}{g['observables'][k]['wasserstein']:9.3f}"
+        f"{f['observables'][k]['wasserstein']:9.3f}" for k in worst]
+    ax.text(0.0, 1.0, "\n".join(lines), family="monospace", fontsize=13, va="top")
+    return fig

@@ -29,7 +29,7 @@ from fastshower.validation.observables import (
     layer_energies,
     radial_profile,
 )
-from fastshower.validation.plots import observables_figure, profiles_figure
+from fastshower.validation.plots import observables_figure, profiles_figure, summary_figure
 
 LOW_LEVEL = ("voxel energies, log(1 + 1000 E_voxel / E_inc), in the cylindrical binning of the "
              "CaloChallenge export")
@@ -83,10 +83,13 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
                     "reference_metadata": meta_r, "generated_metadata": meta_g})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
 
+    long_r, long_g = layer_energies(ref, geom), layer_energies(gen, geom)
     figures = {
+        "summary": _png(summary_figure(hl_r, hl_g, long_r, long_g, depth_x0(geom), metrics),
+                        out / "summary.png"),
         "observables": _png(observables_figure(hl_r, hl_g), out / "observables.png"),
         "profiles": _png(profiles_figure(
-            layer_energies(ref, geom), layer_energies(gen, geom), depth_x0(geom),
+            long_r, long_g, depth_x0(geom),
             radial_profile(ref, geom), radial_profile(gen, geom), RADIAL_EDGES,
             ak.to_numpy(ak.flatten(ref.cell_energy)), ak.to_numpy(ak.flatten(gen.cell_energy))),
             out / "profiles.png"),

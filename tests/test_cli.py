@@ -15,8 +15,8 @@ def fastshower(*args, cwd=None):
 
 
 @pytest.mark.parametrize("cmd", [[], ["geometry"], ["geometry", "build"], ["geometry", "info"],
-                                 ["geometry", "plot"], ["simulate"], ["validate"], ["export"],
-                                 ["demo"]])
+                                 ["geometry", "plot"], ["simulate"], ["preprocess"],
+                                 ["validate"], ["export"], ["demo"]])
 def test_every_command_has_help(cmd):
     proc = fastshower(*cmd, "--help")
     assert proc.returncode == 0

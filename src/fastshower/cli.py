@@ -205,6 +205,26 @@ def simulate(
 
 
 @app.command()
+def preprocess(
+    input_: Annotated[str, typer.Option("--input", help="Sim-hit sample: file, folder, glob.")],
+    geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
+        DEFAULT_GEOMETRY),
+    out: Annotated[Path, typer.Option(help="Cache root folder.")] = Path("cache"),
+    threshold_mip: Annotated[float, typer.Option(help="Cell threshold in MIPs.")] = 0.5,
+    max_hits: Annotated[int | None, typer.Option(help="Keep the N most energetic hits.")] = None,
+    workers: Annotated[int, typer.Option(help="Transform worker processes.")] = 1,
+) -> None:
+    """Turn sim-hit files into cached graph shards (train/val/test) for training."""
+    from fastshower.data.cache import preprocess as run
+    from fastshower.data.transform import TransformConfig
+
+    folder = run(input_, geometry, out, TransformConfig(threshold_mip=threshold_mip,
+                                                        max_hits=max_hits), workers=workers)
+    counts = json.loads((folder / "manifest.json").read_text())["counts"]
+    console.print(f"cache {folder}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+
+
+@app.command()
 def validate(
     reference: Annotated[str, typer.Option(help="Reference sample: file, folder or glob.")],
     generated: Annotated[str, typer.Option(help="Sample to test: file, folder or glob.")],

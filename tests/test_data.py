@@ -1,0 +1,108 @@
+"""Data pipeline: sim hits -> graphs (vectorised), cache shards, batches; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import awkward as ak
+import numpy as np
+import pytest
+import torch
+
+from fastshower.data.cache import batches, preprocess
+from fastshower.data.transform import Scaler, TransformConfig, select_hits, to_graphs
+from fastshower.errors import FastShowerError
+from fastshower.geometry import build_geometry, save
+from fastshower.simhits import ShowerBatch, SimHitWriter, read_sample
+from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.jobs import simulate
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("data")
+    geom = build_geometry("hgcal")
+    gpath = save(geom, tmp / "g.h5")
+    simulate(gpath, GunConfig(particle="gamma", energy=[2.0, 8.0], spectrum="uniform"), 60,
+             tmp / "sim", jobs=2, seed=3, show_progress=False)
+    return geom, gpath, tmp
+
+
+def test_graphs_match_a_per_hit_reading_of_the_showers(sample):
+    geom, _, tmp = sample
+    batch, _ = read_sample(tmp / "sim")
+    cfg = TransformConfig(threshold_mip=0.5)
+    graphs = to_graphs(batch, geom, cfg)
+    assert len(graphs) == len(batch)
+    for i in range(3):  # per-hit check, written the slow obvious way for three showers
+        ids = ak.to_numpy(batch.cell_id[i]).astype(int)
+        e = ak.to_numpy(batch.cell_energy[i]).astype(float)
+        thr = 0.5 * 0.1 * 1.664 * 2.33 * geom.cells["thickness"][ids]
+        thr = np.where(geom.cells["type"][ids] == 0, thr,
+                       0.5 * 0.1 * 1.936 * 1.06 * geom.cells["thickness"][ids])
+        keep = e > thr
+        g = graphs[i]
+        assert g.cell_id.tolist() == sorted(ids[keep].tolist())
+        assert np.allclose(g.x[:, 0].numpy(), e[keep][np.argsort(ids[keep])], rtol=1e-6)
+        # every edge is a geometry edge between two hit cells, and all of them are there
+        cells = g.cell_id.numpy()
+        pairs = {(a, b) for a, b in zip(*geom.edges.tolist(), strict=True)
+                 if a in set(cells) and b in set(cells)}
+        got = {(cells[a], cells[b]) for a, b in g.edge_index.t().tolist()}
+        assert got == pairs and len(pairs) > 0
+    cond = graphs[0].cond[0]
+    assert float(cond[1]) == pytest.approx(2.0, abs=1e-4) and int(cond[3]) == 22
+    assert np.log(2.0) <= float(cond[0]) <= np.log(8.0)
+
+
+def test_max_hits_keeps_the_most_energetic(sample):
+    geom, _, tmp = sample
+    batch, _ = read_sample(tmp / "sim")
+    event, ids, energy = select_hits(batch, geom, TransformConfig(max_hits=10))
+    assert np.bincount(event).max() == 10
+    full_event, _, full_energy = select_hits(batch, geom, TransformConfig())
+    for i in range(3):
+        assert np.sort(energy[event == i]).tolist() == np.sort(full_energy[full_event == i])[
+            -10:].tolist()
+
+
+def test_cache_splits_batches_and_scaler(sample, tmp_path):
+    geom, gpath, tmp = sample
+    folder = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7, shard_size=10,
+                        show_progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["counts"] == {"train": 48, "val": 6, "test": 6}
+    assert manifest["geometry_hash"] == geom.hash
+    again = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7, shard_size=10,
+                       show_progress=False)
+    assert again == folder  # found in the cache
+    two = preprocess(tmp / "sim", gpath, tmp_path / "cache2", chunk=7, shard_size=10,
+                     workers=2, show_progress=False)
+    first = [b.x for b in batches(folder, "train", batch_size=16)]
+    second = [b.x for b in batches(two, "train", batch_size=16)]
+    assert len(first) == 3 and all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    xs = torch.cat(first)
+    assert abs(float(xs[:, 1:4].mean())) < 0.5
+    assert float(xs[:, 0].std()) == pytest.approx(1, abs=0.1)
+    shuffled = [b.cell_id for b in batches(folder, "train", batch_size=16, shuffle=True, seed=1)]
+    again = [b.cell_id for b in batches(folder, "train", batch_size=16, shuffle=True, seed=1)]
+    assert all(torch.equal(a, b) for a, b in zip(shuffled, again, strict=True))
+    scaler = Scaler.from_dict(manifest["scaler"])
+    raw = torch.load(sorted(folder.glob("shard_train_*.pt"))[0], weights_only=False)[0]
+    back = scaler.inverse_energy(scaler.transform(raw).x[:, 0])
+    assert torch.allclose(back, raw.x[:, 0], rtol=1e-4)
+
+
+def test_bad_input_names_the_file_and_shower(sample, tmp_path):
+    geom, gpath, tmp = sample
+    batch, meta = read_sample(tmp / "sim")
+    bad = ShowerBatch(batch.primaries, batch.cell_id, batch.cell_energy * -1.0, batch.cell_time,
+                      batch.lost_energy)
+    w = SimHitWriter(tmp_path / "neg.root", meta)
+    w.write(bad)
+    w.close()
+    with pytest.raises(FastShowerError, match="neg.root.*shower 0.*negative"):
+        preprocess(tmp_path / "neg.root", gpath, tmp_path / "c", show_progress=False)
+    other = save(build_geometry("hgcal", {"roi_radius": 100.0}), tmp_path / "other.h5")
+    with pytest.raises(FastShowerError, match="geometry"):
+        preprocess(tmp / "sim", other, tmp_path / "c", show_progress=False)

@@ -41,6 +41,12 @@ class ShowerBatch:
     def __len__(self) -> int:
         return len(self.lost_energy)
 
+    def subset(self, index) -> ShowerBatch:
+        """The showers picked by a slice, index array or mask."""
+        return ShowerBatch({k: v[index] for k, v in self.primaries.items()},
+                           self.cell_id[index], self.cell_energy[index], self.cell_time[index],
+                           self.lost_energy[index])
+
     def to_branches(self) -> dict:
         out = {k: np.asarray(v) for k, v in self.primaries.items()}
         out["lost_energy"] = np.asarray(self.lost_energy, dtype=np.float32)

@@ -74,19 +74,32 @@ def select_hits(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig, where:
     return event, ids, energy
 
 
+DENSE_LOOKUP_LIMIT = 1 << 24  # (showers in a chunk) x (cells): above this, binary search
+
+
 def graph_edges(geom: Geometry, event: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(2, E) global hit-index pairs: geometry edges between hit cells of the same shower."""
-    src_all, dst_all = geom.edges
-    indptr = np.searchsorted(src_all, np.arange(geom.n_cells + 1))
+    """(2, E) global hit-index pairs: geometry edges between hit cells of the same shower.
+
+    ``event``/``ids`` sorted by (event, id). Neighbours come from the geometry's CSR rows; a
+    neighbour is kept when it is a hit of the same shower, found through a dense
+    (shower, cell) -> hit table when it fits in memory, else by binary search.
+    """
+    indptr, dst_all = geom.csr
     counts = indptr[ids + 1] - indptr[ids]
     hit = np.repeat(np.arange(len(ids)), counts)
-    starts = np.repeat(indptr[ids], counts)
-    nbr = dst_all[starts + (np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts,
-                                                                 counts))]
-    keys = event * geom.n_cells + ids  # sorted, unique
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    nbr = dst_all[np.repeat(indptr[ids], counts) + offsets]
+    n_events = int(event.max()) + 1 if len(event) else 0
+    keys = event * geom.n_cells + ids
     want = event[hit] * geom.n_cells + nbr
-    pos = np.clip(np.searchsorted(keys, want), 0, len(keys) - 1)
-    found = keys[pos] == want
+    if n_events * geom.n_cells <= DENSE_LOOKUP_LIMIT:
+        table = np.full(n_events * geom.n_cells, -1, dtype=np.int64)
+        table[keys] = np.arange(len(keys))
+        pos = table[want]
+        found = pos >= 0
+    else:
+        pos = np.clip(np.searchsorted(keys, want), 0, max(len(keys) - 1, 0))
+        found = keys[pos] == want
     return np.stack([hit[found], pos[found]])
 
 

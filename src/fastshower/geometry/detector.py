@@ -89,6 +89,11 @@ class Geometry:
         h.update(np.ascontiguousarray(self.edge_kind).tobytes())
         return h.hexdigest()
 
+    @cached_property
+    def csr(self) -> tuple[np.ndarray, np.ndarray]:
+        """The neighbour graph as CSR: (indptr (n_cells + 1,), neighbour ids)."""
+        return np.searchsorted(self.edges[0], np.arange(self.n_cells + 1)), self.edges[1]
+
     @property
     def short_hash(self) -> str:
         return self.hash[:12]

@@ -106,3 +106,33 @@ def test_bad_input_names_the_file_and_shower(sample, tmp_path):
     other = save(build_geometry("hgcal", {"roi_radius": 100.0}), tmp_path / "other.h5")
     with pytest.raises(FastShowerError, match="geometry"):
         preprocess(tmp / "sim", other, tmp_path / "c", show_progress=False)
+
+
+def test_sigterm_stops_preprocessing_without_leaking_workers(sample, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, gpath, tmp = sample
+    proc = subprocess.Popen([sys.executable, "-m", "fastshower", "preprocess", "--input",
+                             str(tmp / "sim"), "--geometry", str(gpath), "--out",
+                             str(tmp_path / "c"), "--workers", "2"],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 60
+    children: list[str] = []
+    while len(children) < 3 and time.monotonic() < deadline:  # main + two spawned workers
+        time.sleep(0.1)
+        children = subprocess.run(["pgrep", "-g", str(os.getpgid(proc.pid))],
+                                  capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    time.sleep(1.0)
+    alive = subprocess.run(["pgrep", "-a", "-g", str(proc.pid)], capture_output=True,
+                           text=True).stdout.splitlines()
+    assert len(children) >= 3  # the main process and its workers were running
+    running = [p for p in alive if "<defunct>" not in p]  # exited, awaiting its reaper
+    assert running == []  # nothing of that process group is left running
+    assert not list((tmp_path / "c").glob("*/manifest.json"))  # no cache that looks complete

@@ -68,8 +68,12 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
         if meta.get("geometry_hash") != geom.hash:
             raise FastShowerError(f"{f} was made with geometry "
                                   f"{str(meta.get('geometry_hash'))[:12]}, not {geom.short_hash}")
-        with uproot.open(f) as handle:
-            sizes.append(int(handle[TREE].num_entries))
+        try:
+            with uproot.open(f) as handle:
+                sizes.append(int(handle[TREE].num_entries))
+        except (OSError, KeyError, ValueError) as err:
+            raise FastShowerError(f"{f}: cannot read its shower tree (truncated or corrupt?): "
+                                  f"{err}") from None
     folder = Path(out) / cache_key(files, geom.hash, cfg, tuple(fractions))
     if (folder / "manifest.json").is_file():
         return folder

@@ -31,7 +31,6 @@ from fastshower.validation.observables import (
 )
 from fastshower.validation.plots import observables_figure, profiles_figure, summary_figure
 
-BIN_OBSERVABLES = ("e_dedx_over_e_inc", "n_hits", "centroid_depth_x0", "width_r")
 LOW_LEVEL = ("voxel energies, log(1 + 1000 E_voxel / E_inc), in the cylindrical binning of the "
              "CaloChallenge export")
 MODEL_QUESTIONS = {
@@ -100,8 +99,8 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
         r = (e_r >= b["e_min_mev"]) & (e_r < b["e_max_mev"])
         g = (e_g >= b["e_min_mev"]) & (e_g < b["e_max_mev"])
         name = f"{b['e_min_mev'] / 1e3:.3g}-{b['e_max_mev'] / 1e3:.3g} GeV"
-        figures[name] = _png(observables_figure({k: hl_r[k][r] for k in BIN_OBSERVABLES},
-                                                {k: hl_g[k][g] for k in BIN_OBSERVABLES}),
+        figures[name] = _png(observables_figure({k: v[r] for k, v in hl_r.items()},
+                                                {k: v[g] for k, v in hl_g.items()}),
                              out / f"energy_bin_{i}.png")
     for name, batch in (("reference shower", ref), ("generated shower", gen)):
         path = plot_shower(batch, 0, geom, out / f"{name.replace(' ', '_')}.png")

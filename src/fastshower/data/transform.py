@@ -93,7 +93,7 @@ def graph_edges(geom: Geometry, event: np.ndarray, ids: np.ndarray) -> np.ndarra
     keys = event * geom.n_cells + ids
     want = event[hit] * geom.n_cells + nbr
     if n_events * geom.n_cells <= DENSE_LOOKUP_LIMIT:
-        table = np.full(n_events * geom.n_cells, -1, dtype=np.int64)
+        table = np.full(n_events * geom.n_cells, -1, dtype=np.int32)
         table[keys] = np.arange(len(keys))
         pos = table[want]
         found = pos >= 0

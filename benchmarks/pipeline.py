@@ -27,12 +27,11 @@ from fastshower.data.cache import batches, preprocess
 from fastshower.data.transform import TransformConfig, to_graphs
 from fastshower.geometry import load
 from fastshower.simhits import read_sample
-from fastshower.validation.observables import mip_energy
 
 
 def naive_transform(batch, geom, threshold_mip: float = 0.5) -> list[tuple]:
     """The same transform, one shower and one hit at a time (the baseline)."""
-    mip = mip_energy(geom)
+    mip = geom.mip_energy
     neighbours: dict[int, list[int]] = {}
     for a, b in zip(*geom.edges.tolist(), strict=True):
         neighbours.setdefault(a, []).append(b)

@@ -41,6 +41,13 @@ class ShowerBatch:
     def __len__(self) -> int:
         return len(self.lost_energy)
 
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(shower index, cell id, energy MeV) of every hit, flattened over showers."""
+        counts = ak.to_numpy(ak.num(self.cell_id))
+        ids = ak.to_numpy(ak.flatten(self.cell_id)).astype(np.int64)
+        energy = ak.to_numpy(ak.flatten(self.cell_energy)).astype(np.float64)
+        return np.repeat(np.arange(len(counts)), counts), ids, energy
+
     def subset(self, index) -> ShowerBatch:
         """The showers picked by a slice, index array or mask."""
         return ShowerBatch({k: v[index] for k, v in self.primaries.items()},

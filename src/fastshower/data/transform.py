@@ -16,7 +16,6 @@ from torch_geometric.data import Data
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.simhits import ShowerBatch
-from fastshower.validation.observables import flat_hits, mip_energy
 
 NODE_FEATURES = ("energy", "x", "y", "z", "layer", "type", "size")
 CONDITION = ("log_energy_gev", "eta", "phi", "pdg")
@@ -48,7 +47,7 @@ def select_hits(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig, where:
     Duplicate (shower, cell) entries are summed; bad values raise a clear error naming
     ``where`` (a file) and the shower.
     """
-    event, ids, energy = flat_hits(batch)
+    event, ids, energy = batch.flat()
     bad = ~np.isfinite(energy) | (energy < 0)
     if bad.any():
         raise FastShowerError(f"{where}: shower {event[bad][0]} has a NaN, infinite or "
@@ -62,7 +61,7 @@ def select_hits(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig, where:
     energy = np.bincount(inverse, weights=energy)
     event, ids = uniq // geom.n_cells, uniq % geom.n_cells
     threshold = (cfg.threshold_kev * 1e-3 if cfg.threshold_kev is not None
-                 else cfg.threshold_mip * mip_energy(geom)[ids])
+                 else cfg.threshold_mip * geom.mip_energy[ids])
     keep = energy > threshold
     event, ids, energy = event[keep], ids[keep], energy[keep]
     if cfg.max_hits is not None:

@@ -18,6 +18,7 @@ import numpy as np
 from fastshower.errors import GeometryError
 from fastshower.geometry import grid, hgcal
 from fastshower.geometry.layers import Layer, next_layer
+from fastshower.geometry.materials import material
 from fastshower.geometry.neighbours import (
     in_layer_pairs,
     longitudinal_pairs,
@@ -88,6 +89,13 @@ class Geometry:
         h.update(np.ascontiguousarray(self.edges).tobytes())
         h.update(np.ascontiguousarray(self.edge_kind).tobytes())
         return h.hexdigest()
+
+    @cached_property
+    def mip_energy(self) -> np.ndarray:
+        """Mean energy (MeV) a minimum-ionising particle leaves in each cell's sensor."""
+        per_mm = np.where(self.cells["type"] == 0, material("G4_Si").mip_mev_per_mm,
+                          material("G4_POLYSTYRENE").mip_mev_per_mm)
+        return per_mm * self.cells["thickness"]
 
     @cached_property
     def csr(self) -> tuple[np.ndarray, np.ndarray]:

@@ -24,17 +24,9 @@ def visible_energy(batch: ShowerBatch) -> np.ndarray:
     return ak.to_numpy(ak.sum(batch.cell_energy, axis=1))
 
 
-def flat_hits(batch: ShowerBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(shower index, cell id, energy MeV) of every hit, flattened over showers."""
-    counts = ak.to_numpy(ak.num(batch.cell_id))
-    ids = ak.to_numpy(ak.flatten(batch.cell_id)).astype(np.int64)
-    energy = ak.to_numpy(ak.flatten(batch.cell_energy)).astype(np.float64)
-    return np.repeat(np.arange(len(counts)), counts), ids, energy
-
-
 def layer_energies(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
     """(n_showers, n_layers) energy per layer in MeV (the longitudinal profile)."""
-    event, ids, energy = flat_hits(batch)
+    event, ids, energy = batch.flat()
     out = np.zeros((len(batch), len(geom.layers)))
     np.add.at(out, (event, geom.cells["layer"][ids]), energy)
     return out
@@ -54,20 +46,12 @@ def dedx_weights(geom: Geometry) -> np.ndarray:
     """
     absorber = np.array([sum(t * material(m).mip_mev_per_mm for m, t in lay.absorbers)
                          for lay in geom.layers])
-    return absorber[geom.cells["layer"]] / mip_energy(geom) + 1.0
-
-
-def mip_energy(geom: Geometry) -> np.ndarray:
-    """Mean MIP energy loss in each cell's sensor (MeV)."""
-    c = geom.cells
-    per_mm = np.where(c["type"] == 0, material("G4_Si").mip_mev_per_mm,
-                      material("G4_POLYSTYRENE").mip_mev_per_mm)
-    return per_mm * c["thickness"]
+    return absorber[geom.cells["layer"]] / geom.mip_energy + 1.0
 
 
 def weighted_energy(batch: ShowerBatch, weights: np.ndarray) -> np.ndarray:
     """Sum over cells of energy times per-cell weight, per shower (MeV)."""
-    event, ids, energy = flat_hits(batch)
+    event, ids, energy = batch.flat()
     return np.bincount(event, weights=energy * weights[ids], minlength=len(batch))
 
 
@@ -85,7 +69,7 @@ def start_layer(profile: np.ndarray, threshold: float = 5 * MIP_SI_300UM) -> np.
 def axis_offsets(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, ...]:
     """(shower index, cell id, energy, dx, dy) of every hit, with (dx, dy) the cell centre's
     offset in mm from the shower axis in the cell's layer plane."""
-    event, ids, energy = flat_hits(batch)
+    event, ids, energy = batch.flat()
     p = batch.primaries
     c = geom.cells
     steps = (c["z"][ids] - p["primary_z"][event]) / p["primary_dz"][event]
@@ -118,7 +102,7 @@ def high_level(batch: ShowerBatch, geom: Geometry, threshold_mip: float = 0.5) -
     e_vis = profile.sum(axis=1)
     safe = np.maximum(e_vis, 1e-12)
     r2 = dx**2 + dy**2
-    above = energy > threshold_mip * mip_energy(geom)[ids]
+    above = energy > threshold_mip * geom.mip_energy[ids]
     return {
         "e_vis": e_vis,
         "response": e_vis / e_inc,

@@ -103,6 +103,8 @@ def test_bad_input_names_the_file_and_shower(sample, tmp_path):
     w.close()
     with pytest.raises(FastShowerError, match="neg.root.*shower 0.*negative"):
         preprocess(tmp_path / "neg.root", gpath, tmp_path / "c", show_progress=False)
+    with pytest.raises(FastShowerError, match="neg.root.*shower 0.*negative"):  # from a worker
+        preprocess(tmp_path / "neg.root", gpath, tmp_path / "c", workers=2, show_progress=False)
     data = sorted((tmp / "sim").glob("*.root"))[0].read_bytes()
     (tmp_path / "cut.root").write_bytes(data[: len(data) // 2])
     with pytest.raises(FastShowerError, match="cut.root"):

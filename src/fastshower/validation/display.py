@@ -28,8 +28,8 @@ def plot_shower(batch: ShowerBatch, index: int, geom: Geometry, out: str | Path,
     layer = c["layer"][ids]
     profile = np.bincount(layer, weights=energy, minlength=len(geom.layers))
     peak = int(np.argmax(profile))
-    shown = [lay for lay in np.arange(peak - n_maps // 2, peak + n_maps) if profile[lay] > 0]
-    shown = shown[:n_maps] if len(shown) >= n_maps else shown
+    window = np.arange(max(peak - n_maps // 2, 0), min(peak + n_maps, len(profile)))
+    shown = [lay for lay in window if profile[lay] > 0][:n_maps]
     plt.style.use(mplhep.style.CMS)
     n_panels = len(shown) + 2
     fig = plt.figure(figsize=(6 * n_panels, 6))

@@ -13,7 +13,7 @@ import pytest
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
-from fastshower.simhits import read_metadata, read_showers
+from fastshower.simhits import read_metadata, read_sample, read_showers
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
 from fastshower.validation.observables import (
@@ -95,18 +95,9 @@ def test_em_shower_physics_small_statistics(geometry, tmp_path):
     depth = depth_x0(geom)
     result = {}
     for particle, energy, n in (("e-", 5.0, 24), ("gamma", 5.0, 24), ("e-", 40.0, 8)):
-        files = run(path, tmp_path / f"{particle}{energy}", particle=particle, energy=energy,
-                    n=n, jobs=2)
-        batch = read_showers(files[0])
-        for f in files[1:]:
-            other = read_showers(f)
-            batch = type(batch)(
-                {k: np.concatenate([batch.primaries[k], other.primaries[k]])
-                 for k in batch.primaries},
-                ak.concatenate([batch.cell_id, other.cell_id]),
-                ak.concatenate([batch.cell_energy, other.cell_energy]),
-                ak.concatenate([batch.cell_time, other.cell_time]),
-                np.concatenate([batch.lost_energy, other.lost_energy]))
+        run(path, tmp_path / f"{particle}{energy}", particle=particle, energy=energy, n=n,
+            jobs=2)
+        batch, _ = read_sample(tmp_path / f"{particle}{energy}")
         profile = layer_energies(batch, geom)
         result[particle, energy] = {
             "fraction": visible_energy(batch) / (energy * 1000.0),

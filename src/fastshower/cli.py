@@ -154,6 +154,24 @@ def default_geometry(path: Path) -> Path:
     return path
 
 
+def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: str,
+             direction: str | None, vertex_sigma: str):
+    """The particle gun of `simulate` and `generate`, with one-line errors."""
+    from pydantic import ValidationError
+
+    from fastshower.simulation.gun import GunConfig
+
+    energies, spec = parse_energy(energy, spectrum)
+    try:
+        return GunConfig(particle=particle, energy=energies, spectrum=spec,
+                         eta=_range(eta, "eta"), phi_deg=_range(phi, "phi"),
+                         direction=_vector(direction, "direction") if direction else None,
+                         vertex_sigma=_vector(vertex_sigma, "vertex-sigma"))
+    except ValidationError as err:
+        raise FastShowerError("; ".join(e["msg"].removeprefix("Value error, ")
+                                        for e in err.errors())) from None
+
+
 @app.command()
 def simulate(
     particle: Annotated[str, typer.Option(help="e-, e+, gamma, mu-, mu+, pi-, pi+.")] = "e-",
@@ -177,25 +195,14 @@ def simulate(
     force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
 ) -> None:
     """Simulate showers with Geant4 and write sim-hit ROOT files (resumable)."""
-    from pydantic import ValidationError
-
     from fastshower.simulation.g4data import describe_mode
-    from fastshower.simulation.gun import GunConfig
     from fastshower.simulation.jobs import simulate as run
 
     if physics not in ("auto", "full", "offline"):
         raise FastShowerError(f"--physics must be auto, full or offline, not {physics!r}")
     if em_option not in (0, 1):
         raise FastShowerError(f"--em-option must be 0 or 1, not {em_option}")
-    energies, spec = parse_energy(energy, spectrum)
-    try:
-        gun = GunConfig(particle=particle, energy=energies, spectrum=spec,
-                        eta=_range(eta, "eta"), phi_deg=_range(phi, "phi"),
-                        direction=_vector(direction, "direction") if direction else None,
-                        vertex_sigma=_vector(vertex_sigma, "vertex-sigma"))
-    except ValidationError as err:
-        raise FastShowerError("; ".join(e["msg"].removeprefix("Value error, ")
-                                        for e in err.errors())) from None
+    gun = make_gun(particle, energy, spectrum, eta, phi, direction, vertex_sigma)
     try:
         console.print(describe_mode(physics, em_option))
     except RuntimeError as err:
@@ -269,6 +276,75 @@ def export(
     console.print(f"wrote {out} ({info['n_showers']} showers x {info['n_voxels']} voxels), "
                   f"{out.with_suffix('.xml')} and {out.with_suffix('.json')} "
                   f"(energy scale {info['scale']:.2f})")
+
+
+@app.command()
+def train(
+    data: Annotated[str, typer.Option(help="Geant4 sample(s): folder, file or glob; "
+                                           "several joined by commas.")],
+    out: Annotated[Path, typer.Option(help="Run folder (rerun the same command to resume).")],
+    model: Annotated[str, typer.Option(help="flowgnn or parametric.")] = "flowgnn",
+    config: Annotated[Path | None, typer.Option(help="YAML training config.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config key: max_steps=2000, flowgnn.gnn_hidden=32.")] = None,
+    geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
+        DEFAULT_GEOMETRY),
+) -> None:
+    """Train a generator on the train split of a Geant4 sample (run folder, resumable)."""
+    from pydantic import ValidationError
+
+    from fastshower.training.loop import TrainConfig
+    from fastshower.training.loop import train as run
+
+    values = {"model": model, **_load_yaml(config)}
+    for key, value in _parse_set(set_ or []).items():
+        *parents, leaf = key.split(".")
+        node = values
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        cfg = TrainConfig(**values)
+    except ValidationError as err:
+        raise FastShowerError("bad training config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    record = run(data, geometry, out, cfg)
+    console.print(f"{cfg.model}: step {record.get('step')}, separation power (mean over "
+                  f"observables) {record.get('sep_power_mean', float('nan')):.3f} on the "
+                  f"validation split -> {out / 'model.pt'}")
+
+
+@app.command()
+def generate(
+    run: Annotated[Path, typer.Option(help="Training run folder (or its model.pt).")],
+    out: Annotated[Path, typer.Option(help="Output sim-hit ROOT file.")],
+    particle: Annotated[str, typer.Option(help="e-, e+, gamma, ...")] = "e-",
+    energy: Annotated[str, typer.Option(help="GeV: 10 | 10,50,100 | 1:500 (a range).")] = "10",
+    spectrum: Annotated[str | None, typer.Option(
+        help="fixed, list, uniform or log-uniform (default from --energy).")] = None,
+    eta: Annotated[str, typer.Option(help="Pseudorapidity or range.")] = "2.0",
+    phi: Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")] = "90",
+    n: Annotated[int, typer.Option("--n", help="Number of showers.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed of conditions and generation.")] = 1,
+    batch_size: Annotated[int, typer.Option(help="Showers per generation batch.")] = 500,
+    allow_extrapolation: Annotated[bool, typer.Option(
+        help="Generate outside the training range (logged, and flagged in the file).")] = False,
+    geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
+        DEFAULT_GEOMETRY),
+) -> None:
+    """Generate showers with a trained model into a sim-hit ROOT file (same schema as Geant4)."""
+    from fastshower.geometry import load
+    from fastshower.inference.generate import Generator, generate_file
+    from fastshower.simulation.gun import sample_primaries
+
+    if n <= 0 or batch_size <= 0:
+        raise FastShowerError("--n and --batch-size must be positive")
+    gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
+    generator = Generator(run, load(default_geometry(geometry)), allow_extrapolation)
+    primaries = sample_primaries(gun, n, np.random.default_rng(seed))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = generate_file(generator, primaries, out, seed=seed, batch_size=batch_size)
+    console.print(f"wrote {n} {generator.name} showers -> {path}")
 
 
 @app.command()

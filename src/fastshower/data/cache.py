@@ -18,17 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import uproot
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import IterableDataset, get_worker_info
 from torch_geometric.loader import DataLoader
 
+from fastshower.data.splits import SPLITS, file_sizes, split_bounds
 from fastshower.data.transform import Scaler, TransformConfig, to_graphs
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
-from fastshower.simhits import TREE, read_metadata, read_showers, sample_files
+from fastshower.simhits import read_showers, sample_files
 
-SPLITS = ("train", "val", "test")
 _GEOMETRY = {}  # per worker process: geometry loaded once
 
 
@@ -62,18 +61,7 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
     cfg = cfg or TransformConfig()
     geom = load(geometry)
     files = sample_files(inputs)
-    sizes = []
-    for f in files:
-        meta = read_metadata(f)
-        if meta.get("geometry_hash") != geom.hash:
-            raise FastShowerError(f"{f} was made with geometry "
-                                  f"{str(meta.get('geometry_hash'))[:12]}, not {geom.short_hash}")
-        try:
-            with uproot.open(f) as handle:
-                sizes.append(int(handle[TREE].num_entries))
-        except (OSError, KeyError, ValueError) as err:
-            raise FastShowerError(f"{f}: cannot read its shower tree (truncated or corrupt?): "
-                                  f"{err}") from None
+    sizes = file_sizes(files, geom)
     folder = Path(out) / cache_key(files, geom.hash, cfg, tuple(fractions))
     if (folder / "manifest.json").is_file():
         return folder
@@ -82,7 +70,7 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
 
     ranges, tasks = [], []
     for f, n in zip(files, sizes, strict=True):
-        bounds = np.round(np.cumsum([0, *fractions]) * n).astype(int)
+        bounds = split_bounds(n, fractions)
         for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
             ranges.append({"file": str(f), "split": split, "start": int(lo), "stop": int(hi)})
             tasks += [(split, (str(geometry), cfg.model_dump(), str(f), s, min(s + chunk, hi)))

@@ -1,0 +1,98 @@
+"""The layer-level view of showers that the generators share: where the shower axis crosses each
+layer, energy and hit count per layer, cells around the axis, and generated hits -> ShowerBatch.
+
+Units: MeV, mm, ns. A "hit" is a cell above ``THRESHOLD_MIP`` times its sensor's MIP energy,
+the threshold the validation suite counts hits with.
+"""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry
+from fastshower.simhits import PARTICLES, ShowerBatch
+
+THRESHOLD_MIP = 0.5
+C_MM_PER_NS = 299.792458
+PARTICLE_OF_PDG = {pdg: name for name, pdg in PARTICLES.items()}
+
+
+def layer_z(geom: Geometry) -> np.ndarray:
+    """(L,) z of every layer's sensor plane in mm."""
+    return np.array([lay.z for lay in geom.layers])
+
+
+def axis_points(primaries: dict[str, np.ndarray], geom: Geometry) -> np.ndarray:
+    """(n, L, 2) x, y (mm) where each primary's straight line crosses each layer's plane."""
+    p = primaries
+    steps = (layer_z(geom)[None, :] - p["primary_z"][:, None]) / p["primary_dz"][:, None]
+    return np.stack([p["primary_x"][:, None] + steps * p["primary_dx"][:, None],
+                     p["primary_y"][:, None] + steps * p["primary_dy"][:, None]], -1)
+
+
+def merged_hits(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(shower index, cell id, energy MeV) with duplicate (shower, cell) entries summed."""
+    event, ids, energy = batch.flat()
+    key = event * geom.n_cells + ids
+    order = np.argsort(key, kind="stable")
+    key = key[order]
+    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+    summed = np.add.reduceat(energy[order], first) if len(key) else energy[:0]
+    return key[first] // geom.n_cells, key[first] % geom.n_cells, summed
+
+
+def layer_summary(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """(n, L) energy per layer (MeV, all cells) and (n, L) hits per layer above threshold."""
+    event, ids, energy = merged_hits(batch, geom)
+    layer = geom.cells["layer"][ids]
+    shape = (len(batch), len(geom.layers))
+    e_layer = np.zeros(shape)
+    np.add.at(e_layer, (event, layer), energy)
+    above = energy > THRESHOLD_MIP * geom.mip_energy[ids]
+    n_layer = np.zeros(shape)
+    np.add.at(n_layer, (event[above], layer[above]), 1.0)
+    return e_layer, n_layer
+
+
+def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
+    """Index of each PDG id in ``particles``; a clear error for a particle a model never saw."""
+    known = np.array([PARTICLES[p] for p in particles])
+    hit = pdg[:, None] == known[None, :]
+    if not hit.any(axis=1).all():
+        bad = int(pdg[~hit.any(axis=1)][0])
+        raise FastShowerError(f"this model was trained on {', '.join(particles)}; it cannot "
+                              f"generate {PARTICLE_OF_PDG.get(bad, bad)}")
+    return hit.argmax(axis=1)
+
+
+def direction_eta_phi(primaries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudorapidity and azimuth (rad) of the primaries' directions."""
+    dx, dy, dz = primaries["primary_dx"], primaries["primary_dy"], primaries["primary_dz"]
+    theta = np.arctan2(np.hypot(dx, dy), dz)
+    return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)
+
+
+def to_batch(primaries: dict[str, np.ndarray], geom: Geometry, event: np.ndarray,
+             ids: np.ndarray, energy: np.ndarray) -> ShowerBatch:
+    """Generated hits -> ShowerBatch: duplicates summed, hits outside cells (id -1) dropped,
+    sorted by cell id; time = straight time of flight from the vertex to the cell centre
+    (an approximation: generators do not model the shower's time structure)."""
+    n = len(primaries["primary_energy"])
+    ok = ids >= 0
+    key = event[ok].astype(np.int64) * geom.n_cells + ids[ok]
+    uniq, inverse = np.unique(key, return_inverse=True)
+    e = np.bincount(inverse, weights=energy[ok]).astype(np.float32)
+    ev, cid = uniq // geom.n_cells, uniq % geom.n_cells
+    c, p = geom.cells, primaries
+    dist = np.sqrt((c["x"][cid] - p["primary_x"][ev]) ** 2 + (c["y"][cid] - p["primary_y"][ev]) ** 2
+                   + (c["z"][cid] - p["primary_z"][ev]) ** 2)
+    counts = np.bincount(ev, minlength=n)
+    return ShowerBatch(
+        primaries={k: np.asarray(v) for k, v in primaries.items()},
+        cell_id=ak.unflatten(cid.astype(np.int32), counts),
+        cell_energy=ak.unflatten(e, counts),
+        cell_time=ak.unflatten((dist / C_MM_PER_NS).astype(np.float32), counts),
+        lost_energy=np.zeros(n, dtype=np.float32),
+    )

@@ -1,0 +1,200 @@
+"""Training of the generators: `train` fits a model on the train split of a Geant4 sample and
+writes a run folder (see runs.py); validation every N steps with the validation suite's
+metrics, early stopping, best and last checkpoints, and an exact resume after a crash: the
+mini-batches of step k depend only on (seed, k), so a resumed run replays the same steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from fastshower.data.splits import read_split
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry, load
+from fastshower.models.flowgnn import FlowGNN, FlowGNNConfig, TrainingData, fit_norms
+from fastshower.models.parametric import ParametricShower
+from fastshower.models.showers import PARTICLE_OF_PDG
+from fastshower.simhits import ShowerBatch
+from fastshower.training.runs import RunFolder, save_atomic
+from fastshower.validation.metrics import compare, frechet_distance, standardise
+from fastshower.validation.observables import high_level
+
+MODELS = ("flowgnn", "parametric")
+console = Console()
+
+
+class TrainConfig(BaseModel):
+    """Everything that defines a training run (saved as RUN/config.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "flowgnn"
+    seed: int = 0
+    max_steps: int = Field(6000, gt=0)
+    max_minutes: float = Field(110.0, gt=0)
+    flow_batch: int = Field(256, gt=0)
+    cell_pairs: int = Field(24, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    warmup_steps: int = Field(200, ge=0)
+    val_every: int = Field(250, gt=0)
+    patience: int = Field(8, gt=0)
+    val_showers: int = Field(300, gt=9)
+    flowgnn: FlowGNNConfig = FlowGNNConfig()
+
+
+def fidelity(ref: ShowerBatch, gen: ShowerBatch, geom: Geometry) -> dict:
+    """Quick validation-suite metrics of generated vs Geant4 showers: mean and maximum
+    separation power of the high-level observables, and the Frechet distance (FPD)."""
+    hl_r, hl_g = high_level(ref, geom), high_level(gen, geom)
+    per = compare(hl_r, hl_g, joint=False)["observables"]
+    sep = {k: v["separation_power"] for k, v in per.items()}
+    names = list(hl_r)
+    sr, sg = standardise(np.stack([hl_r[k] for k in names], 1),
+                         np.stack([hl_g[k] for k in names], 1))
+    worst = max(sep, key=sep.get)
+    return {"sep_power_mean": float(np.mean(list(sep.values()))), "sep_power_max": sep[worst],
+            "sep_power_worst": worst, "fpd": frechet_distance(sr, sg)}
+
+
+def particles_of(batch: ShowerBatch) -> list[str]:
+    return sorted(PARTICLE_OF_PDG[int(p)] for p in np.unique(batch.primaries["primary_pdg"]))
+
+
+def train(data: str, geometry: str | Path, out: str | Path, cfg: TrainConfig,
+          show_progress: bool = True) -> dict:
+    """Train ``cfg.model`` on the train split of ``data``; returns the last validation record."""
+    if cfg.model not in MODELS:
+        raise FastShowerError(f"unknown model {cfg.model!r}; available: {', '.join(MODELS)}")
+    geom = load(geometry)
+    train_set, val_set = (read_split(data, geom, s) for s in ("train", "val"))
+    if len(train_set) < 20 or len(val_set) < 5:
+        raise FastShowerError(f"{data}: {len(train_set)} training and {len(val_set)} validation "
+                              "showers are too few (need at least 20 and 5)")
+    run = RunFolder(out, {**cfg.model_dump(), "data": str(data), "geometry": str(geometry),
+                          "geometry_hash": geom.hash})
+    if cfg.model == "parametric":
+        return _train_parametric(run, train_set, val_set, geom, cfg)
+    return _train_flowgnn(run, train_set, val_set, geom, cfg, show_progress)
+
+
+def _train_parametric(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig) -> dict:
+    start = time.time()
+    with console.status("fitting the parametrised model to the training split"):
+        model = ParametricShower.fit(train_set, geom, seed=cfg.seed)
+    gen = model.sample(val_set.primaries, geom, np.random.default_rng(cfg.seed))
+    record = {"step": 1, "elapsed_s": time.time() - start, **fidelity(val_set, gen, geom)}
+    run.log(record)
+    save_atomic({"model": "parametric", "params": model.to_dict(), "geometry_hash": geom.hash},
+                run.model_file)
+    return record
+
+
+def _schedule(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(cfg.max_steps - cfg.warmup_steps, 1)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def _losses(model: FlowGNN, data: TrainingData, cfg: TrainConfig, rng) -> dict:
+    x, c = data.flow_batch(model, rng.choice(len(data), min(cfg.flow_batch, len(data)),
+                                             replace=False), rng)
+    inputs, edges, hit, log_e = data.cell_batch(model, cfg.cell_pairs, rng)
+    bce, nll = model.cell_loss(inputs, edges, hit, log_e)
+    flow = model.flow_loss(x, c)
+    return {"loss": flow + bce + 0.1 * nll, "flow_nll": flow, "cell_bce": bce, "cell_nll": nll}
+
+
+@torch.no_grad()
+def _validate(model: FlowGNN, val: TrainingData, geom: Geometry, cfg: TrainConfig) -> dict:
+    model.eval()
+    rng = np.random.default_rng(12345)  # the same validation batches every time
+    losses = [_losses(model, val, cfg, rng) for _ in range(4)]
+    record = {f"val_{k}": float(np.mean([loss[k].item() for loss in losses])) for k in losses[0]}
+    n = min(cfg.val_showers, len(val))
+    gen = model.generate({k: v[:n] for k, v in val.primaries.items()}, np.random.default_rng(0))
+    record.update(fidelity(val.batch.subset(slice(0, n)), gen, geom))
+    model.train()
+    return record
+
+
+def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
+                   show_progress: bool) -> dict:
+    from torch.utils.tensorboard import SummaryWriter
+
+    tr, va = TrainingData(train_set, geom), TrainingData(val_set, geom)
+    state = run.load("last")
+    norms = state["norms"] if state else fit_norms(tr, particles_of(train_set), cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = FlowGNN(geom, particles_of(train_set), cfg.flowgnn, norms)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
+    step, best, bad, elapsed = 0, math.inf, 0, 0.0
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, best, bad, elapsed = state["step"], state["best"], state["bad"], state["elapsed"]
+        run.truncate_history(step)
+        console.print(f"resuming {run.path} at step {step}")
+    writer = SummaryWriter(run.path / "tensorboard", purge_step=step if state else None)
+    record, started, stop = {}, time.time() - elapsed, bad >= cfg.patience
+    columns = [TextColumn("training flowgnn"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}"),
+               TimeRemainingColumn()]
+    model.train()
+    with Progress(*columns, disable=not show_progress, console=console) as bar:
+        task = bar.add_task("train", total=cfg.max_steps, completed=step, loss=0.0, val="-")
+        while step < cfg.max_steps and not stop:
+            rng = np.random.default_rng([cfg.seed, step])
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            losses = _losses(model, tr, cfg, rng)
+            opt.zero_grad()
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            step += 1
+            if step % 10 == 0:
+                for k, v in losses.items():
+                    writer.add_scalar(f"train/{k}", v.item(), step)
+            bar.update(task, completed=step, loss=losses["loss"].item())
+            out_of_time = time.time() - started > 60 * cfg.max_minutes
+            if step % cfg.val_every and step < cfg.max_steps and not out_of_time:
+                continue
+            record = {"step": step, "elapsed_s": round(time.time() - started, 1),
+                      "lr": sched.get_last_lr()[0],
+                      **{f"train_{k}": v.item() for k, v in losses.items()},
+                      **_validate(model, va, geom, cfg)}
+            for k, v in record.items():
+                if isinstance(v, float):
+                    writer.add_scalar(f"val/{k}", v, step)
+            if record["val_loss"] < best - 1e-4:
+                best, bad = record["val_loss"], 0
+                save_atomic(model.export(), run.model_file)
+            else:
+                bad += 1
+            record["best_val_loss"] = best
+            run.log(record)
+            stop = bad >= cfg.patience or out_of_time
+            run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "scheduler": sched.state_dict(), "step": step, "best": best, "bad": bad,
+                      "elapsed": time.time() - started, "norms": norms})
+            bar.update(task, val=f"{record['val_loss']:.3f} sep {record['sep_power_mean']:.3f}")
+            console.print(f"step {step}: val loss {record['val_loss']:.4f} (best {best:.4f}), "
+                          f"separation power mean {record['sep_power_mean']:.4f}, FPD "
+                          f"{record['fpd']:.3f}, {record['elapsed_s'] / 60:.1f} min")
+    writer.close()
+    if stop and bad >= cfg.patience:
+        console.print(f"early stop at step {step}: no better validation loss for {bad} checks")
+    return record or (run.history()[-1] if run.history() else {})

@@ -17,12 +17,14 @@ to their odds approximates the conditional Bernoulli law; hit times are times of
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import zuko
 from pydantic import BaseModel, ConfigDict
 from torch import nn
-from torch_geometric.nn import GraphConv
+from torch_geometric.nn import MessagePassing
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
@@ -71,59 +73,78 @@ class LayerFlow(nn.Module):
         return self.flow(c).sample()
 
 
+class SharedGraphConv(MessagePassing):
+    """GraphConv (x_i W_root + mean_j x_j W_rel) on P showers that share one cell graph.
+
+    x: (N, P, H) for N cells and P showers; adj: (N, N) row-normalised sparse CSR adjacency.
+    Message passing is fused into one sparse-dense product over all P showers at once.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__(aggr="sum")
+        self.lin_rel = nn.Linear(hidden, hidden)
+        self.lin_root = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        n, p, h = x.shape
+        mean = self.propagate(adj, x=x.reshape(n, p * h)).reshape(n, p, h)
+        return self.lin_rel(mean) + self.lin_root(x)
+
+    def message_and_aggregate(self, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return adj @ x
+
+
 class CellNet(nn.Module):
-    """Per-cell (hit log-odds, mu, log sigma) from node features (N, F) on the cell graph."""
+    """Per-cell (hit log-odds, mu, log sigma) (N, P, 3) from node features (N, P, F)."""
 
     def __init__(self, features: int, cfg: FlowGNNConfig):
         super().__init__()
         h = cfg.gnn_hidden
         self.embed = nn.Sequential(nn.Linear(features, h), nn.SiLU(), nn.Linear(h, h))
-        self.convs = nn.ModuleList(GraphConv(h, h, aggr="mean") for _ in range(cfg.gnn_layers))
+        self.convs = nn.ModuleList(SharedGraphConv(h) for _ in range(cfg.gnn_layers))
         self.head = nn.Sequential(nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 3))
 
-    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
         h = self.embed(x)
         for conv in self.convs:
-            h = h + torch.nn.functional.silu(conv(h, edge_index))
+            h = h + torch.nn.functional.silu(conv(h, adj))
         return self.head(h)
 
 
 class LayerGraphs:
-    """The geometry's cells grouped by layer (contiguous id ranges) with in-layer edges in
-    local indices: the node sets CellNet runs on."""
+    """The geometry's cells grouped by layer (contiguous id ranges, as geometry keys sort them)
+    and each layer's in-layer neighbour graph as a row-normalised sparse adjacency."""
 
     def __init__(self, geom: Geometry):
         layer = geom.cells["layer"]
         self.n_layers = len(geom.layers)
-        self.start = np.searchsorted(layer, np.arange(self.n_layers + 1))
         if not np.all(np.diff(layer) >= 0):
             raise FastShowerError("FlowGNN needs cells sorted by layer (geometry keys are)")
+        self.start = np.searchsorted(layer, np.arange(self.n_layers + 1))
         src, dst = geom.edges.astype(np.int64)
         same = layer[src] == layer[dst]
         src, dst = src[same], dst[same]
-        order = np.argsort(layer[src], kind="stable")
-        src, dst = src[order], dst[order]
-        bounds = np.searchsorted(layer[src], np.arange(self.n_layers + 1))
-        self.edges = [np.stack([src[bounds[i]:bounds[i + 1]] - self.start[i],
-                                dst[bounds[i]:bounds[i + 1]] - self.start[i]])
-                      for i in range(self.n_layers)]
+        self.adj = []
+        for i in range(self.n_layers):
+            lo, n = self.start[i], self.start[i + 1] - self.start[i]
+            sel = layer[src] == i
+            rows, cols = torch.from_numpy(dst[sel] - lo), torch.from_numpy(src[sel] - lo)
+            deg = torch.bincount(rows, minlength=n).clamp(min=1).float()
+            with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+                warnings.simplefilter("ignore", UserWarning)
+                self.adj.append(torch.sparse_coo_tensor(
+                    torch.stack([rows, cols]), 1.0 / deg[rows], (n, n),
+                    check_invariants=True).coalesce().to_sparse_csr())
         c = geom.cells
         self.static = np.stack([np.log(c["area"] / 100.0), c["type"].astype(np.float64),
                                 c["thickness"] / 0.3], -1).astype(np.float32)
         self.threshold = (THRESHOLD_MIP * geom.mip_energy).astype(np.float32)
 
-    def size(self, layer: np.ndarray) -> np.ndarray:
-        return self.start[layer + 1] - self.start[layer]
+    def size(self, layer) -> np.ndarray:
+        return self.start[np.asarray(layer) + 1] - self.start[np.asarray(layer)]
 
-    def batch(self, layers: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """For pairs on ``layers`` (P,): (cell ids (N,), pair index (N,), edge_index (2, E))."""
-        sizes = self.size(layers)
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        pair = np.repeat(np.arange(len(layers)), sizes)
-        ids = self.start[layers][pair] + np.arange(offsets[-1]) - offsets[pair]
-        edges = np.concatenate([self.edges[lay] + offsets[k] for k, lay in enumerate(layers)],
-                               axis=1) if len(layers) else np.zeros((2, 0), np.int64)
-        return ids, pair, edges
+    def ids(self, layer: int) -> np.ndarray:
+        return np.arange(self.start[layer], self.start[layer + 1])
 
 
 class FlowGNN(nn.Module):
@@ -188,41 +209,51 @@ class FlowGNN(nn.Module):
         return energy, hits.astype(np.int64), x[:, 2 * n_l:] * CENTRE_SCALE
 
     # ---- stage 2 node features ---------------------------------------------------------------
-    def node_inputs(self, ids, pair, pair_event, pair_layer, axis, centre, e_layer, n_layer,
-                    ctx, mean_depth) -> torch.Tensor:
-        """(N, F) features of the cells of (shower, layer) pairs; see the module docstring."""
+    def group_inputs(self, layer: int, events: np.ndarray, axis, centre, e_layer, n_layer, ctx,
+                     mean_depth) -> torch.Tensor:
+        """(N, P, F) features of the N cells of ``layer`` for the P showers ``events``: offset
+        from the shower axis, cell shape, the layer-level quantities, the conditions."""
+        ids = self._graphs.ids(layer)
         c = self._geom.cells
-        ev, lay = pair_event[pair], pair_layer[pair]
-        dx = (c["x"][ids] - axis[ev, lay, 0] - centre[ev, 0]) / OFFSET_SCALE
-        dy = (c["y"][ids] - axis[ev, lay, 1] - centre[ev, 1]) / OFFSET_SCALE
+        dx = (c["x"][ids, None] - axis[None, events, layer, 0] - centre[None, events, 0])
+        dy = (c["y"][ids, None] - axis[None, events, layer, 1] - centre[None, events, 1])
+        dx, dy = dx / OFFSET_SCALE, dy / OFFSET_SCALE
         r = np.hypot(dx, dy)
-        e_l, n_hits = e_layer[ev, lay], n_layer[ev, lay]
-        depth = self._depth[lay]
-        per_pair = np.stack([
+        e_l, n_hits = e_layer[events, layer], n_layer[events, layer]
+        depth = self._depth[layer]
+        per_pair = np.concatenate([np.stack([
             np.log(np.maximum(e_l, 1e-3)) / 5.0, np.log1p(n_hits) / 5.0,
             np.log(np.maximum(e_l / np.maximum(n_hits, 1), 1e-3)),
-            depth / 10.0, (depth - mean_depth[ev]) / 5.0], -1)
-        x = np.concatenate([np.stack([dx, dy, r, np.log(r + 0.05)], -1), self._graphs.static[ids],
-                            per_pair, ctx[ev]], -1)
+            np.full(len(events), depth / 10.0), (depth - mean_depth[events]) / 5.0], -1),
+            ctx[events]], -1)
+        n, p = r.shape
+        x = np.concatenate([np.stack([dx, dy, r, np.log(r + 0.05)], -1),
+                            np.broadcast_to(self._graphs.static[ids, None], (n, p, 3)),
+                            np.broadcast_to(per_pair[None], (n, p, per_pair.shape[1]))], -1)
         return torch.from_numpy(x.astype(np.float32))
 
     # ---- training ----------------------------------------------------------------------------
     def flow_loss(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return -self.flow.log_prob(x, c).mean() / x.shape[1]
 
-    def cell_loss(self, inputs: torch.Tensor, edges: torch.Tensor, is_hit: torch.Tensor,
-                  log_e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(BCE of hit / no hit, Gaussian NLL of ln(e / mean hit energy) for hits)."""
-        out = self.cells(inputs, edges)
-        bce = nn.functional.binary_cross_entropy_with_logits(out[:, 0], is_hit)
-        mu, log_sigma = out[is_hit > 0, 1], out[is_hit > 0, 2].clamp(-4, 2)
-        nll = (log_sigma + 0.5 * ((log_e - mu) / log_sigma.exp()) ** 2).mean()
-        return bce, nll
+    def cell_loss(self, groups: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """(BCE of hit / no hit, Gaussian NLL of ln(e / mean hit energy) for hits), averaged
+        over groups of (layer, inputs (N, P, F), hit flags (N, P), ln energies of the hits)."""
+        bce, nll, n_cells, n_hits = 0.0, 0.0, 0, 0
+        for layer, inputs, is_hit, log_e in groups:
+            out = self.cells(inputs, self._graphs.adj[layer])
+            bce = bce + nn.functional.binary_cross_entropy_with_logits(
+                out[..., 0], is_hit, reduction="sum")
+            hit = is_hit > 0
+            mu, log_sigma = out[..., 1][hit], out[..., 2][hit].clamp(-4, 2)
+            nll = nll + (log_sigma + 0.5 * ((log_e - mu) / log_sigma.exp()) ** 2).sum()
+            n_cells, n_hits = n_cells + is_hit.numel(), n_hits + int(hit.sum())
+        return bce / n_cells, nll / max(n_hits, 1)
 
     # ---- generation --------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, primaries: dict[str, np.ndarray], rng: np.random.Generator,
-                 pairs_per_chunk: int = 256, allow_extrapolation: bool = False) -> ShowerBatch:
+                 showers_per_chunk: int = 256, allow_extrapolation: bool = False) -> ShowerBatch:
         """Showers for the given primaries (MeV, mm), placed on the geometry's cells.
         Conditions outside the training range raise, unless ``allow_extrapolation``."""
         self.eval()
@@ -237,24 +268,24 @@ class FlowGNN(nn.Module):
         e_layer, n_layer, centre = self.decode_layers(x, e_inc)
         mean_depth = (e_layer @ self._depth) / np.maximum(e_layer.sum(1), 1e-9)
         axis = axis_points(primaries, self._geom)
-        pair_event, pair_layer = np.nonzero(n_layer)
+        ctx = ctx.numpy()
         out_ev, out_id, out_e = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
-        for lo in range(0, len(pair_event), pairs_per_chunk):
-            pe, pl = pair_event[lo:lo + pairs_per_chunk], pair_layer[lo:lo + pairs_per_chunk]
-            ids, pair, edges = self._graphs.batch(pl)
-            inputs = self.node_inputs(ids, pair, pe, pl, axis, centre, e_layer, n_layer,
-                                      ctx.numpy(), mean_depth)
-            out = self.cells(inputs, torch.from_numpy(edges)).numpy().astype(np.float64)
-            keep = gumbel_top_k(out[:, 0], pair, n_layer[pe, pl], rng)
-            ids, pair, out = ids[keep], pair[keep], out[keep]
-            mean_e = e_layer[pe, pl] / n_layer[pe, pl]
-            e = mean_e[pair] * np.exp(out[:, 1] + np.exp(np.clip(out[:, 2], -4, 2))
-                                      * rng.standard_normal(len(ids)))
-            scale = e_layer[pe, pl] / np.maximum(np.bincount(pair, e, len(pe)), 1e-12)
-            e = np.maximum(e * scale[pair], 1.02 * self._graphs.threshold[ids])
-            out_ev.append(pe[pair])
-            out_id.append(ids)
-            out_e.append(e)
+        for layer in range(self.n_layers):
+            active = np.flatnonzero(n_layer[:, layer])
+            for lo in range(0, len(active), showers_per_chunk):
+                events = active[lo:lo + showers_per_chunk]
+                inputs = self.group_inputs(layer, events, axis, centre, e_layer, n_layer, ctx,
+                                           mean_depth)
+                out = self.cells(inputs, self._graphs.adj[layer]).numpy().astype(np.float64)
+                cell, col = gumbel_top_k(out[..., 0], n_layer[events, layer], rng)
+                ids = self._graphs.ids(layer)[cell]
+                mu, log_sigma = out[cell, col, 1], np.clip(out[cell, col, 2], -4, 2)
+                e = np.exp(mu + np.exp(log_sigma) * rng.standard_normal(len(cell)))
+                scale = e_layer[events, layer] / np.maximum(np.bincount(col, e, len(events)),
+                                                            1e-12)
+                out_ev.append(events[col])
+                out_id.append(ids)
+                out_e.append(np.maximum(e * scale[col], 1.02 * self._graphs.threshold[ids]))
         return to_batch(primaries, self._geom, np.concatenate(out_ev), np.concatenate(out_id),
                         np.concatenate(out_e))
 
@@ -270,19 +301,19 @@ class FlowGNN(nn.Module):
             raise FastShowerError(f"this model was trained on geometry {d['geometry_hash'][:12]}, "
                                   f"not {geom.short_hash}")
         model = cls(geom, d["particles"], FlowGNNConfig(**d["config"]), d["norms"])
-        model.load_state_dict(d["state_dict"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in d["state_dict"].items()})
         return model.eval()
 
 
-def gumbel_top_k(logits: np.ndarray, group: np.ndarray, k: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Indices of k[g] elements per group g drawn without replacement, each draw with
-    probability proportional to exp(logit) among those left (Gumbel-top-k)."""
-    score = logits + rng.gumbel(size=len(logits))
-    order = np.lexsort((-score, group))
-    starts = np.searchsorted(group[order], np.arange(len(k)))
-    rank = np.arange(len(order)) - starts[group[order]]
-    return np.sort(order[rank < k[group[order]]])
+def gumbel_top_k(logits: np.ndarray, k: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """For logits (N, P): k[p] rows of every column p drawn without replacement, each draw
+    with probability proportional to exp(logit) among those left (the Gumbel-top-k trick).
+    Returns (row, column) index arrays."""
+    order = np.argsort(-(logits + rng.gumbel(size=logits.shape)), axis=0)
+    take = np.arange(len(logits))[:, None] < k[None, :]
+    return order[take], np.broadcast_to(np.arange(logits.shape[1]), logits.shape)[take]
 
 
 class TrainingData:
@@ -317,23 +348,27 @@ class TrainingData:
         ctx = model.context({k: v[index] for k, v in self.primaries.items()})
         return torch.from_numpy(x.astype(np.float32)), ctx
 
-    def cell_batch(self, model: FlowGNN, n_pairs: int, rng: np.random.Generator):
-        """Random (shower, layer) pairs with hits: node inputs, edges, hit flags, ln energies."""
+    def cell_batch(self, model: FlowGNN, n_pairs: int, rng: np.random.Generator) -> list:
+        """Random (shower, layer) pairs with hits, grouped by layer: a list of (layer,
+        node inputs (N, P, F), hit flags (N, P), ln(energy / mean hit energy) of the hits)."""
         active_event, active_layer = np.nonzero(self.n_layer)
-        pick = rng.choice(len(active_event), n_pairs, replace=False)
-        pe, pl = active_event[pick], active_layer[pick]
-        ids, pair, edges = model._graphs.batch(pl)
+        pick = rng.choice(len(active_event), min(n_pairs, len(active_event)), replace=False)
         ctx = model.context(self.primaries).numpy()
         mean_depth = (self.e_layer @ model._depth) / np.maximum(self.e_layer.sum(1), 1e-9)
-        inputs = model.node_inputs(ids, pair, pe, pl, self.axis, self.centre, self.e_layer,
-                                   self.n_layer, ctx, mean_depth)
-        key = pe[pair] * self.n_cells + ids
-        pos = np.clip(np.searchsorted(self.hit_key, key), 0, len(self.hit_key) - 1)
-        hit = self.hit_key[pos] == key
-        mean_e = self.e_layer[pe, pl] / self.n_layer[pe, pl]
-        log_e = np.log(self.hit_energy[pos[hit]] / mean_e[pair[hit]])
-        return (inputs, torch.from_numpy(edges), torch.from_numpy(hit.astype(np.float32)),
-                torch.from_numpy(log_e.astype(np.float32)))
+        groups = []
+        for layer in np.unique(active_layer[pick]):
+            events = np.sort(active_event[pick][active_layer[pick] == layer])
+            inputs = model.group_inputs(layer, events, self.axis, self.centre, self.e_layer,
+                                        self.n_layer, ctx, mean_depth)
+            ids = model._graphs.ids(layer)
+            key = events[None, :] * self.n_cells + ids[:, None]  # (N, P)
+            pos = np.clip(np.searchsorted(self.hit_key, key), 0, len(self.hit_key) - 1)
+            hit = self.hit_key[pos] == key
+            mean_e = self.e_layer[events, layer] / self.n_layer[events, layer]
+            log_e = np.log(self.hit_energy[pos[hit]] / np.broadcast_to(mean_e, hit.shape)[hit])
+            groups.append((int(layer), inputs, torch.from_numpy(hit.astype(np.float32)),
+                           torch.from_numpy(log_e.astype(np.float32))))
+        return groups
 
 
 def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:

@@ -1,7 +1,7 @@
 """Classical parametrised fast simulation in the spirit of GFlash (Grindhammer & Peters).
 
 Per shower: a longitudinal Gamma profile whose parameters (ln alpha, ln T = ln of the mean
-depth, ln of the dE/dx-weighted response) are drawn from a Gaussian with energy-dependent mean
+depth, ln of the visible response) are drawn from a Gaussian with energy-dependent mean
 and covariance (the correlated fluctuations); per layer: Gamma-distributed sampling
 fluctuations; transversely: a core + tail radial profile, f(r) = p f_C + (1 - p) f_T with
 f_R(r) = 2 r R^2 / (r^2 + R^2)^2, whose R_C, R_T, p depend on the depth relative to the mean
@@ -53,8 +53,17 @@ def gamma_fractions(alpha: np.ndarray, mean_depth: np.ndarray, edges: np.ndarray
     return np.diff(cdf, axis=1)
 
 
+def layer_profile(visible: np.ndarray, alpha: np.ndarray, mean_depth: np.ndarray,
+                  weights: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """(n, L) sensor energies (MeV): the Gamma profile of the deposited energy seen through
+    each layer's sampling (1 / dE/dx weight), scaled to ``visible`` (n,) MeV in total."""
+    seen = gamma_fractions(alpha, mean_depth, edges) / weights
+    return visible[:, None] * seen / np.maximum(seen.sum(1, keepdims=True), 1e-30)
+
+
 def profile_moments(weighted: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """(n, 3): ln alpha, ln mean depth, ln total of dE/dx-weighted layer energies (n, L)."""
+    """(n, 3): ln alpha, ln mean depth, ln total of dE/dx-weighted layer energies (n, L)
+    (the caller replaces the last column by the ln visible response)."""
     total = np.maximum(weighted.sum(axis=1), 1e-9)
     mean = weighted @ depth / total
     var = np.maximum(weighted @ depth**2 / total - mean**2, 1e-3)
@@ -93,7 +102,7 @@ class ParametricShower:
         w, depth = layer_weights(geom), depth_x0(geom)
         y = profile_moments(e_layer * w, depth)
         log_e = np.log(batch.primaries["primary_energy"])
-        y[:, 2] -= log_e  # ln of the weighted response
+        y[:, 2] = np.log(np.maximum(e_layer.sum(1), 1e-9)) - log_e  # ln of the response
         pdg = batch.primaries["primary_pdg"]
         particles = sorted({PARTICLE_OF_PDG[int(p)] for p in np.unique(pdg)})
         per_particle = {}
@@ -103,8 +112,8 @@ class ParametricShower:
 
         # sampling fluctuations: relative variance of layer energies about each shower's own
         # fitted Gamma profile, a / E_pred + b
-        pred = (np.exp(y[:, 2] + log_e)[:, None]
-                * gamma_fractions(np.exp(y[:, 0]), np.exp(y[:, 1]), depth_bins(geom)) / w)
+        pred = layer_profile(np.exp(y[:, 2] + log_e), np.exp(y[:, 0]), np.exp(y[:, 1]), w,
+                             depth_bins(geom))
         ok = pred > 1.0
         rel2 = (e_layer[ok] / pred[ok] - 1.0) ** 2
         a, b = np.linalg.lstsq(np.stack([1 / pred[ok], np.ones(ok.sum())], -1), rel2,
@@ -154,11 +163,11 @@ class ParametricShower:
         alpha = np.clip(np.exp(y[:, 0]), 1.05, 60.0)
         mean_depth = np.clip(np.exp(y[:, 1]), 0.5, 40.0)
         w, depth = layer_weights(geom), depth_x0(geom)
-        e_layer = (np.exp(y[:, 2] + log_e)[:, None]
-                   * gamma_fractions(alpha, mean_depth, depth_bins(geom)) / w)
+        e_layer = layer_profile(np.exp(y[:, 2] + log_e), alpha, mean_depth, w, depth_bins(geom))
         a, b = p["sampling"]
         shape = 1.0 / (a / np.maximum(e_layer, 1e-6) + b)
-        e_layer = rng.gamma(shape, e_layer / shape)
+        fluctuated = rng.gamma(shape, e_layer / shape)  # shape only: the total stays as drawn
+        e_layer = fluctuated * (e_layer.sum(1) / np.maximum(fluctuated.sum(1), 1e-12))[:, None]
 
         # spots: equal-energy deposits around the axis, per (shower, layer)
         n_spots = np.ceil(e_layer / p["spot_mev"])

@@ -90,6 +90,14 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     return [Path(s.out) for s in specs]
 
 
+def geant4_cpu_per_shower(out: str | Path) -> float:
+    """CPU seconds per shower of a finished production (from its jobs' timing files)."""
+    runs = [json.loads(f.read_text()) for f in sorted(Path(out).glob("logs/job_*.json"))]
+    if not runs:
+        raise FastShowerError(f"{out} has no job timing files (logs/job_*.json)")
+    return sum(r["cpu_seconds"] for r in runs) / sum(r["n"] for r in runs)
+
+
 def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                   show_progress: bool) -> None:
     ctx = mp.get_context("spawn")
@@ -126,6 +134,8 @@ def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                 if kind == "done":
                     finished.add(index)
                     done[index] = payload["n"]
+                    (out / "logs" / f"job_{index:03d}.json").write_text(json.dumps(
+                        {k: payload[k] for k in ("n", "cpu_seconds")}))
                 else:
                     done[index] = payload
                 n_done = sum(done.values())

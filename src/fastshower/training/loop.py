@@ -109,8 +109,7 @@ def _schedule(cfg: TrainConfig):
 def _losses(model: FlowGNN, data: TrainingData, cfg: TrainConfig, rng) -> dict:
     x, c = data.flow_batch(model, rng.choice(len(data), min(cfg.flow_batch, len(data)),
                                              replace=False), rng)
-    inputs, edges, hit, log_e = data.cell_batch(model, cfg.cell_pairs, rng)
-    bce, nll = model.cell_loss(inputs, edges, hit, log_e)
+    bce, nll = model.cell_loss(data.cell_batch(model, cfg.cell_pairs, rng))
     flow = model.flow_loss(x, c)
     return {"loss": flow + bce + 0.1 * nll, "flow_nll": flow, "cell_bce": bce, "cell_nll": nll}
 

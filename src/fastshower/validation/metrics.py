@@ -201,8 +201,9 @@ def energy_bins(e_ref: np.ndarray, max_bins: int = 4, max_fixed: int = 8) -> np.
 
 def compare_in_energy_bins(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
                            e_ref: np.ndarray, e_gen: np.ndarray, seed: int = 0,
-                           min_showers: int = 20) -> list[dict]:
-    """Per-observable metrics with their floor in bins of incident energy (MeV)."""
+                           min_showers: int = 20, joint: bool = True) -> list[dict]:
+    """Metrics with their floor in bins of incident energy (MeV); ``joint=False`` keeps the
+    per-observable ones only (no classifier, FPD, KPD)."""
     edges = energy_bins(e_ref)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -210,7 +211,7 @@ def compare_in_energy_bins(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray
         if r.sum() < min_showers or g.sum() < min_showers // 2:
             continue
         m = compare_with_floor({k: v[r] for k, v in ref.items()},
-                               {k: v[g] for k, v in gen.items()}, seed=seed, joint=False)
+                               {k: v[g] for k, v in gen.items()}, seed=seed, joint=joint)
         out.append({"e_min_mev": float(lo), "e_max_mev": float(hi), "n_reference": int(r.sum()),
                     "n_generated": int(g.sum()), **m})
     return out

@@ -116,7 +116,11 @@ def _bins_table(bins: list[dict]) -> str:
     head = "<tr><th>observable</th>" + "".join(
         f"<th>{b['e_min_mev'] / 1e3:.3g}-{b['e_max_mev'] / 1e3:.3g} GeV "
         f"({b['n_reference']} / {b['n_generated']})</th>" for b in bins) + "</tr>"
-    rows = "".join(
+    auc = "<tr><td><b>classifier AUC</b></td>" + "".join(
+        f"<td><b>{b['generated']['classifier']['auc']:.3f}</b> <span class=floor>"
+        f"{b['floor']['classifier']['auc']:.3f}</span></td>" for b in bins
+        if "classifier" in b["generated"]) + "</tr>" if "classifier" in bins[0]["generated"] else ""
+    rows = auc + "".join(
         f"<tr><td>{k}</td>" + "".join(
             f"<td>{b['generated']['observables'][k]['wasserstein']:.3f} <span class=floor>"
             f"{b['floor']['observables'][k]['wasserstein']:.3f}</span></td>" for b in bins)
@@ -175,7 +179,8 @@ floor: the same metric for the other half of the reference.</p>
 <table><tr><th>observable</th><th>W1 / σ</th><th>floor</th><th>separation power</th>
 <th>floor</th><th>KS</th><th>floor</th></tr>{rows}</table>
 <h2>In bins of incident energy</h2>
-<p>W1 / σ per observable (floor in grey) in each bin.</p>{_bins_table(m["energy_bins"])}
+<p>High-level classifier AUC, then W1 / σ per observable (floor in grey), per bin.</p>
+{_bins_table(m["energy_bins"])}
 <h2>Fast-simulation questions</h2>{questions}
 <h2>Plots</h2>{imgs}
 </body></html>

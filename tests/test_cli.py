@@ -16,7 +16,7 @@ def fastshower(*args, cwd=None):
 
 @pytest.mark.parametrize("cmd", [[], ["geometry"], ["geometry", "build"], ["geometry", "info"],
                                  ["geometry", "plot"], ["simulate"], ["preprocess"],
-                                 ["validate"], ["export"], ["demo"]])
+                                 ["validate"], ["export"], ["train"], ["generate"], ["demo"]])
 def test_every_command_has_help(cmd):
     proc = fastshower(*cmd, "--help")
     assert proc.returncode == 0

@@ -181,3 +181,19 @@ def test_cli_refuses_what_a_model_cannot_do(sample):
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
     assert "outside the training range" in read_metadata(tmp / "x.root")["extrapolation"][0]
+
+
+def test_shipped_models_fit_the_default_geometry_and_respond_like_geant4():
+    """The models in the package were trained on this geometry; their 20 GeV photons have the
+    sampling fraction Geant4 gives (0.88-0.92 %, docs/physics.md)."""
+    from fastshower.models.pretrained import FOLDER, pretrained
+
+    geom = build_geometry("hgcal")
+    gun = GunConfig(particle="gamma", energy=[20.0], eta=(1.99, 2.01), phi_deg=(89.5, 90.5))
+    primaries = sample_primaries(gun, 30, np.random.default_rng(4))
+    for name in ("flowgnn", "parametric"):
+        assert pretrained(name).stat().st_size < 6e6
+        showers = Generator(pretrained(name), geom).generate(primaries, seed=1)
+        response = high_level(showers, geom)["response"].mean()
+        assert 0.0085 < response < 0.0095, (name, response)
+    assert sorted(p.stem for p in FOLDER.glob("*.pt")) == ["flowgnn", "parametric"]

@@ -51,9 +51,9 @@ class FlowGNNConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     flow_transforms: int = 6
-    flow_hidden: int = 256
+    flow_hidden: int = 128
     flow_bins: int = 8
-    gnn_hidden: int = 48
+    gnn_hidden: int = 32
     gnn_layers: int = 3
 
 
@@ -290,10 +290,14 @@ class FlowGNN(nn.Module):
                         np.concatenate(out_e))
 
     # ---- persistence -------------------------------------------------------------------------
-    def export(self) -> dict:
+    def export(self, stages: dict[str, dict] | None = None) -> dict:
+        """Everything generation needs; ``stages`` optionally gives the state of the flow and
+        of the cell network separately (e.g. each at its best validation loss)."""
+        state = self.state_dict() if stages is None else {
+            **{f"flow.{k}": v for k, v in stages["flow"].items()},
+            **{f"cells.{k}": v for k, v in stages["cells"].items()}}
         return {"model": self.name, "config": self.cfg.model_dump(), "particles": self.particles,
-                "geometry_hash": self.geom_hash, "norms": self.norms,
-                "state_dict": self.state_dict()}
+                "geometry_hash": self.geom_hash, "norms": self.norms, "state_dict": state}
 
     @classmethod
     def from_export(cls, d: dict, geom: Geometry) -> FlowGNN:

@@ -5,7 +5,8 @@ depth, ln of the visible response) are drawn from a Gaussian with energy-depende
 and covariance (the correlated fluctuations); per layer: Gamma-distributed sampling
 fluctuations; transversely: a core + tail radial profile, f(r) = p f_C + (1 - p) f_T with
 f_R(r) = 2 r R^2 / (r^2 + R^2)^2, whose R_C, R_T, p depend on the depth relative to the mean
-depth; energy spots of equal energy placed on cells by the geometry lookup.
+depth, around a per-shower shifted centre; energy spots of equal energy placed on cells by the
+geometry lookup.
 
 Every parameter is fitted to a Geant4 sample (``fit``). Approximations, named:
 the profile is fitted by moments of the dE/dx-weighted layer energies (not a full likelihood);
@@ -136,6 +137,7 @@ class ParametricShower:
                   "spot_mev": 0.1}
         model = cls(params)
         model.params["spot_mev"] = model._fit_spot(batch, geom, n_layer.sum(), seed)
+        model.params["centre"] = model._fit_centre(batch, geom, seed)
         return model
 
     def _fit_spot(self, batch: ShowerBatch, geom: Geometry, n_hits: float, seed: int) -> float:
@@ -148,6 +150,21 @@ class ParametricShower:
             more = layer_summary(gen, geom)[1].sum() > n_hits  # smaller spots -> more hits
             lo, hi = (mid, hi) if more else (lo, mid)
         return float(np.exp(0.5 * (lo + hi)))
+
+    def _fit_centre(self, batch: ShowerBatch, geom: Geometry, seed: int) -> dict:
+        """Per-shower shift of the transverse centre (mm), in bins of ln E: the mean and the
+        variance that Geant4 shows beyond what the spots' own sampling gives."""
+        gen = self.sample(batch.primaries, geom, np.random.default_rng(seed))
+        c_data, c_model = shower_centre(batch, geom), shower_centre(gen, geom)
+        log_e = np.log(batch.primaries["primary_energy"])
+        edges = np.quantile(log_e, np.linspace(0, 1, N_ENERGY_BINS + 1))
+        which = np.clip(np.digitize(log_e, edges) - 1, 0, N_ENERGY_BINS - 1)
+        rows = [(float(log_e[which == k].mean()),
+                 (c_data[which == k].mean(0) - c_model[which == k].mean(0)).tolist(),
+                 np.sqrt(np.maximum(c_data[which == k].var(0) - c_model[which == k].var(0),
+                                    0.0)).tolist()) for k in range(N_ENERGY_BINS)]
+        return {"log_e_centres": [r[0] for r in rows], "mean": [r[1] for r in rows],
+                "sigma": [r[2] for r in rows]}
 
     def sample(self, primaries: dict[str, np.ndarray], geom: Geometry,
                rng: np.random.Generator) -> ShowerBatch:
@@ -182,6 +199,12 @@ class ParametricShower:
         r = np.where(rng.uniform(size=len(pair)) < pc, rc, rt) * np.sqrt(u / (1 - u))
         phi = rng.uniform(0, 2 * np.pi, len(pair))
         axis = axis_points(primaries, geom)[event, layer]
+        if "centre" in p:  # absent while the centre itself is being fitted
+            c = p["centre"]
+            k = np.abs(log_e[:, None] - np.asarray(c["log_e_centres"])[None]).argmin(axis=1)
+            shift = np.asarray(c["mean"])[k] + np.asarray(c["sigma"])[k] * rng.standard_normal(
+                (n, 2))
+            axis = axis + shift[event]
         ids = geom.lookup(layer, axis[:, 0] + r * np.cos(phi), axis[:, 1] + r * np.sin(phi))
         return to_batch(primaries, geom, event, ids, spot_e)
 
@@ -191,6 +214,14 @@ class ParametricShower:
     @classmethod
     def from_dict(cls, d: dict) -> ParametricShower:
         return cls(d)
+
+
+def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
+    """(n, 2) energy-weighted mean offset (mm) of the hits from the shower axis."""
+    event, _, energy, dx, dy = axis_offsets(batch, geom)
+    w = np.maximum(np.bincount(event, energy, len(batch)), 1e-12)
+    return np.stack([np.bincount(event, energy * dx, len(batch)),
+                     np.bincount(event, energy * dy, len(batch))], -1) / w[:, None]
 
 
 def _fit_moments(log_e: np.ndarray, y: np.ndarray) -> dict:

@@ -44,7 +44,7 @@ class TrainConfig(BaseModel):
     cell_pairs: int = Field(24, gt=0)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(200, ge=0)
-    val_every: int = Field(250, gt=0)
+    val_every: int = Field(300, gt=0)
     patience: int = Field(8, gt=0)
     val_showers: int = Field(300, gt=9)
     flowgnn: FlowGNNConfig = FlowGNNConfig()
@@ -138,16 +138,22 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
     model = FlowGNN(geom, particles_of(train_set), cfg.flowgnn, norms)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
-    step, best, bad, elapsed = 0, math.inf, 0, 0.0
+    # the two stages have disjoint parameters and losses: each keeps its own best state
+    step, elapsed = 0, 0.0
+    best = {"flow": math.inf, "cells": math.inf}
+    bad = {"flow": 0, "cells": 0}
+    best_state = {"flow": model.flow.state_dict(), "cells": model.cells.state_dict()}
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, best, bad, elapsed = state["step"], state["best"], state["bad"], state["elapsed"]
+        best_state = state["best_state"]
         run.truncate_history(step)
         console.print(f"resuming {run.path} at step {step}")
     writer = SummaryWriter(run.path / "tensorboard", purge_step=step if state else None)
-    record, started, stop = {}, time.time() - elapsed, bad >= cfg.patience
+    record, started = {}, time.time() - elapsed
+    stop = min(bad.values()) >= cfg.patience
     columns = [TextColumn("training flowgnn"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}"),
                TimeRemainingColumn()]
@@ -178,22 +184,33 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
             for k, v in record.items():
                 if isinstance(v, float):
                     writer.add_scalar(f"val/{k}", v, step)
-            if record["val_loss"] < best - 1e-4:
-                best, bad = record["val_loss"], 0
-                save_atomic(model.export(), run.model_file)
-            else:
-                bad += 1
-            record["best_val_loss"] = best
+            improved = []
+            for stage, loss in (("flow", record["val_flow_nll"]),
+                                ("cells", record["val_cell_bce"] + 0.1 * record["val_cell_nll"])):
+                if loss < best[stage] - 1e-4:
+                    best[stage], bad[stage] = loss, 0
+                    best_state[stage] = {k: v.clone() for k, v in
+                                         getattr(model, stage).state_dict().items()}
+                    improved.append(stage)
+                else:
+                    bad[stage] += 1
+            if improved:
+                save_atomic(model.export(best_state), run.model_file)
+            record.update({f"best_{k}": v for k, v in best.items()})
             run.log(record)
-            stop = bad >= cfg.patience or out_of_time
+            stop = min(bad.values()) >= cfg.patience or out_of_time
             run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "step": step, "best": best, "bad": bad,
-                      "elapsed": time.time() - started, "norms": norms})
+                      "best_state": best_state, "elapsed": time.time() - started,
+                      "norms": norms})
             bar.update(task, val=f"{record['val_loss']:.3f} sep {record['sep_power_mean']:.3f}")
-            console.print(f"step {step}: val loss {record['val_loss']:.4f} (best {best:.4f}), "
-                          f"separation power mean {record['sep_power_mean']:.4f}, FPD "
-                          f"{record['fpd']:.3f}, {record['elapsed_s'] / 60:.1f} min")
+            console.print(f"step {step}: val loss flow {record['val_flow_nll']:.4f}, cells "
+                          f"{record['val_cell_bce']:.4f} + 0.1 x {record['val_cell_nll']:.4f} "
+                          f"(improved: {', '.join(improved) or 'none'}); separation power mean "
+                          f"{record['sep_power_mean']:.4f}, FPD {record['fpd']:.3f}, "
+                          f"{record['elapsed_s'] / 60:.1f} min")
     writer.close()
-    if stop and bad >= cfg.patience:
-        console.print(f"early stop at step {step}: no better validation loss for {bad} checks")
+    if min(bad.values()) >= cfg.patience:
+        console.print(f"early stop at step {step}: no better validation loss for "
+                      f"{min(bad.values())} checks")
     return record or (run.history()[-1] if run.history() else {})

@@ -50,8 +50,8 @@ class FlowGNNConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    flow_transforms: int = 6
-    flow_hidden: int = 128
+    flow_transforms: int = 4
+    flow_hidden: int = 64
     flow_bins: int = 8
     gnn_hidden: int = 32
     gnn_layers: int = 3

@@ -38,14 +38,14 @@ class TrainConfig(BaseModel):
 
     model: str = "flowgnn"
     seed: int = 0
-    max_steps: int = Field(6000, gt=0)
+    max_steps: int = Field(3000, gt=0)
     max_minutes: float = Field(110.0, gt=0)
     flow_batch: int = Field(256, gt=0)
     cell_pairs: int = Field(24, gt=0)
     lr: float = Field(1e-3, gt=0)
     warmup_steps: int = Field(200, ge=0)
-    val_every: int = Field(300, gt=0)
-    patience: int = Field(8, gt=0)
+    val_every: int = Field(250, gt=0)
+    patience: int = Field(6, gt=0)
     val_showers: int = Field(300, gt=9)
     flowgnn: FlowGNNConfig = FlowGNNConfig()
 

@@ -10,8 +10,10 @@ hit and the distribution of its energy, given the layer-level quantities of stag
 N hits are drawn without replacement with the Gumbel-top-N trick on the hit log-odds, their
 energies from the predicted log-normal, rescaled to the layer energy.
 
-Approximations, named: given the layer-level quantities, cells are independent apart from the
-fixed hit count and energy sum of their layer; drawing N cells with probability proportional
+Approximations, named: every layer-level value the flow draws is clipped to the training
+sample's range of that value (+5 %), which cuts the flow's rare far-tail outliers; given the
+layer-level quantities, cells are independent apart from the fixed hit count and energy sum of
+their layer; drawing N cells with probability proportional
 to their odds approximates the conditional Bernoulli law; hit times are times of flight.
 """
 
@@ -265,6 +267,9 @@ class FlowGNN(nn.Module):
         ctx = self.context(primaries)
         torch.manual_seed(int(rng.integers(2**62)))
         x = self.flow.sample(ctx).numpy() * self.norms["flow_std"] + self.norms["flow_mean"]
+        if "flow_min" in self.norms:  # no value beyond the training sample's range (+5 %)
+            lo, hi = np.asarray(self.norms["flow_min"]), np.asarray(self.norms["flow_max"])
+            x = np.clip(x, lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         e_layer, n_layer, centre = self.decode_layers(x, e_inc)
         mean_depth = (e_layer @ self._depth) / np.maximum(e_layer.sum(1), 1e-9)
         axis = axis_points(primaries, self._geom)
@@ -384,6 +389,7 @@ def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
                              np.random.default_rng(seed))
     return {"context_mean": num.mean(0).tolist(), "context_std": (num.std(0) + 1e-6).tolist(),
             "flow_mean": x.mean(0).tolist(), "flow_std": (x.std(0) + 1e-3).tolist(),
+            "flow_min": x.min(0).tolist(), "flow_max": x.max(0).tolist(),
             "particles": particles,
             "ranges": {"energy (GeV)": [float(p["primary_energy"].min() / 1e3),
                                         float(p["primary_energy"].max() / 1e3)],

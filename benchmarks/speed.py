@@ -91,9 +91,9 @@ def main() -> None:
                                                batches, args.seconds))
             for row in m["batches"]:
                 row["speedup_vs_geant4"] = g4 / row["s_per_shower"]
-                ms = 1e3 * row["s_per_shower"]
-                print(f"  {m['model']:10s} batch {row['batch']:5d}: {ms:8.2f} ms/shower (warm-up {1e3 * row['warmup_s_per_shower']:8.2f}) -> "
-                      f"{row['speedup_vs_geant4']:7.1f}x Geant4; peak RSS "
+                ms, warm = 1e3 * row["s_per_shower"], 1e3 * row["warmup_s_per_shower"]
+                print(f"  {m['model']:10s} batch {row['batch']:5d}: {ms:8.2f} ms/shower "
+                      f"(warm-up {warm:8.2f}) -> {row['speedup_vs_geant4']:7.1f}x Geant4; peak RSS "
                       f"{row['peak_rss_mb']:.0f} MB")
             results.append({"particle": args.particle, "energy_gev": energy,
                             "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})

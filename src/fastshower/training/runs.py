@@ -2,8 +2,8 @@
 
 RUN/config.yaml (the resolved configuration), RUN/environment.json (package versions, git
 commit, command line), RUN/history.jsonl (one line per validation), RUN/tensorboard/,
-RUN/checkpoints/{last,best}.pt (written atomically: a temporary file renamed over the old one),
-RUN/model.pt (the exported best model that ``generate`` and ``validate`` load).
+RUN/checkpoints/last.pt (everything to resume; written atomically: a temporary file renamed
+over the old one), RUN/model.pt (the exported best model that ``generate`` loads).
 """
 
 from __future__ import annotations
@@ -51,8 +51,9 @@ def environment() -> dict:
             "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def save_atomic(obj, path: Path) -> None:
+def save_atomic(obj, path: str | Path) -> None:
     """torch.save to a temporary name, then rename: a crash never leaves half a file."""
+    path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -172,15 +172,24 @@ def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: st
                                         for e in err.errors())) from None
 
 
+# options shared by `simulate` and `generate` (the particle gun)
+Particle = Annotated[str, typer.Option(help="e-, e+, gamma, mu-, mu+, pi-, pi+.")]
+Energy = Annotated[str, typer.Option(help="GeV: 10 | 10,50,100 | 1:500 (a range).")]
+Spectrum = Annotated[str | None, typer.Option(
+    help="fixed, list, uniform or log-uniform (default from --energy).")]
+Eta = Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")]
+Phi = Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")]
+Count = Annotated[int, typer.Option("--n", help="Number of showers.")]
+
+
 @app.command()
 def simulate(
-    particle: Annotated[str, typer.Option(help="e-, e+, gamma, mu-, mu+, pi-, pi+.")] = "e-",
-    energy: Annotated[str, typer.Option(help="GeV: 10 | 10,50,100 | 1:500 (a range).")] = "10",
-    spectrum: Annotated[str | None, typer.Option(
-        help="fixed, list, uniform or log-uniform (default from --energy).")] = None,
-    eta: Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")] = "2.0",
-    phi: Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")] = "90",
-    n: Annotated[int, typer.Option("--n", help="Number of showers.")] = 100,
+    particle: Particle = "e-",
+    energy: Energy = "10",
+    spectrum: Spectrum = None,
+    eta: Eta = "2.0",
+    phi: Phi = "90",
+    n: Count = 100,
     jobs: Annotated[int, typer.Option(help="Parallel Geant4 processes.")] = 1,
     seed: Annotated[int, typer.Option(help="Production seed (jobs get distinct seeds).")] = 1,
     geometry: Annotated[Path, typer.Option(help="Geometry file.")] = DEFAULT_GEOMETRY,
@@ -318,13 +327,12 @@ def train(
 def generate(
     run: Annotated[Path, typer.Option(help="Training run folder (or its model.pt).")],
     out: Annotated[Path, typer.Option(help="Output sim-hit ROOT file.")],
-    particle: Annotated[str, typer.Option(help="e-, e+, gamma, ...")] = "e-",
-    energy: Annotated[str, typer.Option(help="GeV: 10 | 10,50,100 | 1:500 (a range).")] = "10",
-    spectrum: Annotated[str | None, typer.Option(
-        help="fixed, list, uniform or log-uniform (default from --energy).")] = None,
-    eta: Annotated[str, typer.Option(help="Pseudorapidity or range.")] = "2.0",
-    phi: Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")] = "90",
-    n: Annotated[int, typer.Option("--n", help="Number of showers.")] = 100,
+    particle: Particle = "e-",
+    energy: Energy = "10",
+    spectrum: Spectrum = None,
+    eta: Eta = "2.0",
+    phi: Phi = "90",
+    n: Count = 100,
     seed: Annotated[int, typer.Option(help="Seed of conditions and generation.")] = 1,
     batch_size: Annotated[int, typer.Option(help="Showers per generation batch.")] = 500,
     allow_extrapolation: Annotated[bool, typer.Option(

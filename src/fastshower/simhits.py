@@ -63,6 +63,13 @@ class ShowerBatch:
         return out
 
 
+def direction_eta_phi(primaries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Pseudorapidity and azimuth (rad) of the primaries' directions."""
+    dx, dy, dz = primaries["primary_dx"], primaries["primary_dy"], primaries["primary_dz"]
+    theta = np.arctan2(np.hypot(dx, dy), dz)
+    return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)
+
+
 class SimHitWriter:
     """Appends shower batches to a sim-hit file; the file gets its final name on ``close``."""
 

@@ -15,7 +15,7 @@ from torch_geometric.data import Data
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.simhits import ShowerBatch
+from fastshower.simhits import ShowerBatch, direction_eta_phi
 
 NODE_FEATURES = ("energy", "x", "y", "z", "layer", "type", "size")
 CONDITION = ("log_energy_gev", "eta", "phi", "pdg")
@@ -34,10 +34,8 @@ class TransformConfig(BaseModel):
 
 def conditions(primaries: dict[str, np.ndarray]) -> np.ndarray:
     """(n, 4) float32: log(E/GeV), eta and phi of the primary direction, PDG id."""
-    dx, dy, dz = primaries["primary_dx"], primaries["primary_dy"], primaries["primary_dz"]
-    theta = np.arctan2(np.hypot(dx, dy), dz)
-    eta = -np.log(np.tan(theta / 2))
-    return np.stack([np.log(primaries["primary_energy"] / 1000.0), eta, np.arctan2(dy, dx),
+    eta, phi = direction_eta_phi(primaries)
+    return np.stack([np.log(primaries["primary_energy"] / 1000.0), eta, phi,
                      primaries["primary_pdg"].astype(np.float64)], -1).astype(np.float32)
 
 

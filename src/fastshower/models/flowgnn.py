@@ -28,18 +28,18 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
+from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.showers import (
     THRESHOLD_MIP,
     axis_points,
-    direction_eta_phi,
     layer_summary,
-    merged_hits,
     particle_index,
+    shower_centre,
     to_batch,
 )
-from fastshower.simhits import ShowerBatch
+from fastshower.simhits import ShowerBatch, direction_eta_phi
 from fastshower.validation.observables import depth_x0
 
 CENTRE_SCALE = 5.0  # mm
@@ -332,19 +332,11 @@ class TrainingData:
         self.batch = batch
         self.primaries = batch.primaries
         self.e_layer, self.n_layer = layer_summary(batch, geom)
-        event, ids, energy = merged_hits(batch, geom)
-        axis = axis_points(batch.primaries, geom)
-        layer = geom.cells["layer"][ids]
-        dx = geom.cells["x"][ids] - axis[event, layer, 0]
-        dy = geom.cells["y"][ids] - axis[event, layer, 1]
-        w = np.bincount(event, energy, len(batch))
-        self.centre = np.stack([np.bincount(event, energy * dx, len(batch)),
-                                np.bincount(event, energy * dy, len(batch))], -1) / np.maximum(
-            w, 1e-12)[:, None]
-        above = energy > THRESHOLD_MIP * geom.mip_energy[ids]
-        self.hit_event, self.hit_id, self.hit_energy = event[above], ids[above], energy[above]
+        self.centre = shower_centre(batch, geom)
+        self.hit_event, self.hit_id, self.hit_energy = select_hits(batch, geom,
+                                                                   TransformConfig())
         self.hit_key = self.hit_event * geom.n_cells + self.hit_id  # sorted
-        self.axis = axis
+        self.axis = axis_points(batch.primaries, geom)
         self.n_cells = geom.n_cells
 
     def __len__(self) -> int:

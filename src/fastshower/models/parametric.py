@@ -25,6 +25,7 @@ from fastshower.models.showers import (
     axis_points,
     layer_summary,
     particle_index,
+    shower_centre,
     to_batch,
 )
 from fastshower.simhits import ShowerBatch
@@ -214,14 +215,6 @@ class ParametricShower:
     @classmethod
     def from_dict(cls, d: dict) -> ParametricShower:
         return cls(d)
-
-
-def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
-    """(n, 2) energy-weighted mean offset (mm) of the hits from the shower axis."""
-    event, _, energy, dx, dy = axis_offsets(batch, geom)
-    w = np.maximum(np.bincount(event, energy, len(batch)), 1e-12)
-    return np.stack([np.bincount(event, energy * dx, len(batch)),
-                     np.bincount(event, energy * dy, len(batch))], -1) / w[:, None]
 
 
 def _fit_moments(log_e: np.ndarray, y: np.ndarray) -> dict:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
+from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.simhits import PARTICLES, ShowerBatch
+from fastshower.validation.observables import axis_offsets
 
 THRESHOLD_MIP = 0.5
 C_MM_PER_NS = 299.792458
@@ -32,20 +34,9 @@ def axis_points(primaries: dict[str, np.ndarray], geom: Geometry) -> np.ndarray:
                      p["primary_y"][:, None] + steps * p["primary_dy"][:, None]], -1)
 
 
-def merged_hits(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(shower index, cell id, energy MeV) with duplicate (shower, cell) entries summed."""
-    event, ids, energy = batch.flat()
-    key = event * geom.n_cells + ids
-    order = np.argsort(key, kind="stable")
-    key = key[order]
-    first = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    summed = np.add.reduceat(energy[order], first) if len(key) else energy[:0]
-    return key[first] // geom.n_cells, key[first] % geom.n_cells, summed
-
-
 def layer_summary(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
     """(n, L) energy per layer (MeV, all cells) and (n, L) hits per layer above threshold."""
-    event, ids, energy = merged_hits(batch, geom)
+    event, ids, energy = select_hits(batch, geom, TransformConfig(threshold_kev=0.0))
     layer = geom.cells["layer"][ids]
     shape = (len(batch), len(geom.layers))
     e_layer = np.zeros(shape)
@@ -67,11 +58,12 @@ def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
     return hit.argmax(axis=1)
 
 
-def direction_eta_phi(primaries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudorapidity and azimuth (rad) of the primaries' directions."""
-    dx, dy, dz = primaries["primary_dx"], primaries["primary_dy"], primaries["primary_dz"]
-    theta = np.arctan2(np.hypot(dx, dy), dz)
-    return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)
+def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
+    """(n, 2) energy-weighted mean offset (mm) of the hits from the shower axis."""
+    event, _, energy, dx, dy = axis_offsets(batch, geom)
+    w = np.maximum(np.bincount(event, energy, len(batch)), 1e-12)
+    return np.stack([np.bincount(event, energy * dx, len(batch)),
+                     np.bincount(event, energy * dy, len(batch))], -1) / w[:, None]
 
 
 def to_batch(primaries: dict[str, np.ndarray], geom: Geometry, event: np.ndarray,

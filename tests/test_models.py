@@ -176,6 +176,9 @@ def test_cli_refuses_what_a_model_cannot_do(sample):
         assert res.returncode == 2 and message in " ".join(res.stdout.split()), res.stdout
         assert "Traceback" not in res.stdout + res.stderr
         assert not (tmp / "x.root").exists()
+    res = subprocess.run([*gen, "--run", str(out), "--energy", "30", "--out", str(tmp / "x.root")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "outside the training range" in " ".join(res.stdout.split())
     res = subprocess.run([*gen, "--run", str(flow), "--energy", "12", "--n", "5",
                           "--allow-extrapolation", "--out", str(tmp / "x.root")],
                          capture_output=True, text=True)

@@ -44,14 +44,17 @@ class Generator:
 
     def generate(self, primaries: dict[str, np.ndarray], seed: int = 0) -> ShowerBatch:
         """Showers for n primaries (MeV, mm; see simulation.gun.sample_primaries)."""
+        outside = self.outside_range(primaries)
+        if outside and not self.allow_extrapolation:
+            raise FastShowerError("; ".join(outside) + " (allow extrapolation to generate anyway)")
         rng = np.random.default_rng(seed)
         if self.name == "parametric":
             return self.model.sample(primaries, self.geom, rng)
-        return self.model.generate(primaries, rng, allow_extrapolation=self.allow_extrapolation)
+        return self.model.generate(primaries, rng, allow_extrapolation=True)
 
     def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
-        """Conditions outside the training range (the parametric model has none)."""
-        return [] if self.name == "parametric" else self.model.outside_range(primaries)
+        """Conditions outside the model's training range, as readable lines."""
+        return self.model.outside_range(primaries)
 
     def metadata(self, seed: int) -> dict:
         return {"generator": f"fastshower {self.name}", "model_source": self.source,

@@ -209,6 +209,15 @@ class ParametricShower:
         ids = geom.lookup(layer, axis[:, 0] + r * np.cos(phi), axis[:, 1] + r * np.sin(phi))
         return to_batch(primaries, geom, event, ids, spot_e)
 
+    def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
+        """Incident energies outside the fitted range (3 % margin), as a readable line."""
+        lo, hi = (e / 1e3 for e in self.params["energy_range_mev"])
+        e = primaries["primary_energy"] / 1e3
+        if e.min() < 0.97 * lo or e.max() > 1.03 * hi:
+            return [f"energy (GeV) {e.min():.4g}..{e.max():.4g} is outside the training range "
+                    f"{lo:.4g}..{hi:.4g}"]
+        return []
+
     def to_dict(self) -> dict:
         return self.params
 

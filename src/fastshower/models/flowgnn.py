@@ -40,7 +40,7 @@ from fastshower.models.showers import (
     to_batch,
 )
 from fastshower.simhits import ShowerBatch, direction_eta_phi
-from fastshower.validation.observables import depth_x0
+from fastshower.validation.observables import centroid_depth, depth_x0
 
 CENTRE_SCALE = 5.0  # mm
 OFFSET_SCALE = 30.0  # mm
@@ -271,7 +271,7 @@ class FlowGNN(nn.Module):
             lo, hi = np.asarray(self.norms["flow_min"]), np.asarray(self.norms["flow_max"])
             x = np.clip(x, lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
         e_layer, n_layer, centre = self.decode_layers(x, e_inc)
-        mean_depth = (e_layer @ self._depth) / np.maximum(e_layer.sum(1), 1e-9)
+        mean_depth = centroid_depth(e_layer, self._depth)
         axis = axis_points(primaries, self._geom)
         ctx = ctx.numpy()
         out_ev, out_id, out_e = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0)]
@@ -337,6 +337,7 @@ class TrainingData:
                                                                    TransformConfig())
         self.hit_key = self.hit_event * geom.n_cells + self.hit_id  # sorted
         self.axis = axis_points(batch.primaries, geom)
+        self.mean_depth = centroid_depth(self.e_layer, depth_x0(geom))
         self.n_cells = geom.n_cells
 
     def __len__(self) -> int:
@@ -355,12 +356,11 @@ class TrainingData:
         active_event, active_layer = np.nonzero(self.n_layer)
         pick = rng.choice(len(active_event), min(n_pairs, len(active_event)), replace=False)
         ctx = model.context(self.primaries).numpy()
-        mean_depth = (self.e_layer @ model._depth) / np.maximum(self.e_layer.sum(1), 1e-9)
         groups = []
         for layer in np.unique(active_layer[pick]):
             events = np.sort(active_event[pick][active_layer[pick] == layer])
             inputs = model.group_inputs(layer, events, self.axis, self.centre, self.e_layer,
-                                        self.n_layer, ctx, mean_depth)
+                                        self.n_layer, ctx, self.mean_depth)
             ids = model._graphs.ids(layer)
             key = events[None, :] * self.n_cells + ids[:, None]  # (N, P)
             pos = np.clip(np.searchsorted(self.hit_key, key), 0, len(self.hit_key) - 1)

@@ -325,8 +325,10 @@ def train(
 
 @app.command()
 def generate(
-    run: Annotated[Path, typer.Option(help="Training run folder (or its model.pt).")],
+    run: Annotated[Path, typer.Option(
+        help="Training run folder or model.pt (torch), or export folder (onnx).")],
     out: Annotated[Path, typer.Option(help="Output sim-hit ROOT file.")],
+    backend: Annotated[str, typer.Option(help="torch or onnx (ONNX Runtime).")] = "torch",
     particle: Particle = "e-",
     energy: Energy = "10",
     spectrum: Spectrum = None,
@@ -342,17 +344,78 @@ def generate(
 ) -> None:
     """Generate showers with a trained model into a sim-hit ROOT file (same schema as Geant4)."""
     from fastshower.geometry import load
-    from fastshower.inference.generate import Generator, generate_file
+    from fastshower.inference.generate import generate_file, load_generator
     from fastshower.simulation.gun import sample_primaries
 
     if n <= 0 or batch_size <= 0:
         raise FastShowerError("--n and --batch-size must be positive")
     gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
-    generator = Generator(run, load(default_geometry(geometry)), allow_extrapolation)
+    generator = load_generator(run, load(default_geometry(geometry)), backend,
+                               allow_extrapolation)
     primaries = sample_primaries(gun, n, np.random.default_rng(seed))
     out.parent.mkdir(parents=True, exist_ok=True)
     path = generate_file(generator, primaries, out, seed=seed, batch_size=batch_size)
     console.print(f"wrote {n} {generator.name} showers -> {path}")
+
+
+@app.command("export-model")
+def export_model(
+    run: Annotated[Path, typer.Option(help="Training run folder (or its model.pt).")],
+    out: Annotated[Path, typer.Option(help="Output folder for model.onnx and its files.")],
+    geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
+        DEFAULT_GEOMETRY),
+    triton: Annotated[bool, typer.Option(
+        help="Also write a Triton model repository under OUT/triton.")] = False,
+) -> None:
+    """Export a generator to ONNX with its side file and model card (checked against PyTorch)."""
+    from fastshower.geometry import load
+    from fastshower.inference.generate import Generator
+    from fastshower.inference.onnx import export_model as export
+
+    generator = Generator(run, load(default_geometry(geometry)))
+    with console.status("exporting to ONNX and checking ONNX Runtime against PyTorch"):
+        folder = export(generator, out)
+    card = json.loads((folder / "model_card.json").read_text())
+    console.print(f"wrote {folder / 'model.onnx'} ({card['model_bytes'] / 1e6:.1f} MB); ONNX "
+                  f"Runtime vs PyTorch: largest hit-energy difference "
+                  f"{card['check']['max_abs_diff_mev']:.2e} MeV over {card['check']['hits']} hits")
+    if triton:
+        from fastshower.inference.serve import triton_repository
+
+        console.print(f"Triton model repository -> {triton_repository(folder, out / 'triton')}")
+
+
+@app.command()
+def serve(
+    model: Annotated[Path, typer.Option(help="Export folder (fastshower export-model).")],
+    host: Annotated[str, typer.Option(help="Address to bind; localhost by default.")] = (
+        "127.0.0.1"),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    name: Annotated[str, typer.Option(help="Model name in the URLs.")] = "fastshower",
+    max_showers: Annotated[int, typer.Option(help="Most showers in one request.")] = 256,
+    max_batch: Annotated[int, typer.Option(help="Most showers in one model call.")] = 32,
+    max_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
+    threads: Annotated[int, typer.Option(help="ONNX Runtime threads.")] = 1,
+    allow_extrapolation: Annotated[bool, typer.Option(
+        help="Serve conditions outside the training range.")] = False,
+    geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
+        DEFAULT_GEOMETRY),
+) -> None:
+    """Serve a generator over HTTP with the KServe v2 (Triton) inference protocol."""
+    import logging
+
+    from fastshower.geometry import load
+    from fastshower.inference.serve import ServeConfig
+    from fastshower.inference.serve import serve as run
+
+    if min(max_showers, max_batch, threads) <= 0:
+        raise FastShowerError("--max-showers, --max-batch and --threads must be positive")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = ServeConfig(host=host, port=port, model_name=name, max_showers=max_showers,
+                      max_batch=max_batch, max_delay_ms=max_delay_ms, threads=threads,
+                      allow_extrapolation=allow_extrapolation)
+    console.print(f"serving {model} as {name!r} on http://{host}:{port}/v2 (Ctrl-C stops)")
+    run(model, load(default_geometry(geometry)), cfg)
 
 
 @app.command()

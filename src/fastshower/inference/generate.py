@@ -63,7 +63,24 @@ class Generator:
                 "extrapolation_allowed": self.allow_extrapolation}
 
 
-def generate_file(generator: Generator, primaries: dict[str, np.ndarray], out: str | Path,
+def load_generator(path: str | Path, geom: Geometry, backend: str = "torch",
+                   allow_extrapolation: bool = False, threads: int = 1):
+    """A run folder (or model.pt) with PyTorch, or an export folder with ONNX Runtime."""
+    if backend == "torch":
+        if (Path(path) / "model.onnx").is_file():
+            raise FastShowerError(f"{path} is an ONNX export: use --backend onnx")
+        return Generator(path, geom, allow_extrapolation)
+    if backend == "onnx":
+        from fastshower.inference.onnx import OnnxGenerator
+
+        if (Path(path) / "model.pt").is_file() or Path(path).suffix == ".pt":
+            raise FastShowerError(f"{path} is a PyTorch model: export it first with "
+                                  f"`fastshower export-model --run {path} --out DIR`")
+        return OnnxGenerator(path, geom, allow_extrapolation, threads=threads)
+    raise FastShowerError(f"--backend must be torch or onnx, not {backend!r}")
+
+
+def generate_file(generator, primaries: dict[str, np.ndarray], out: str | Path,
                   seed: int = 0, batch_size: int = 500, show_progress: bool = True) -> Path:
     """Generate showers for ``primaries`` in batches and write one sim-hit ROOT file."""
     n = len(primaries["primary_energy"])

@@ -35,6 +35,7 @@ from fastshower.models.showers import (
     THRESHOLD_MIP,
     axis_points,
     layer_summary,
+    outside_range,
     particle_index,
     shower_centre,
     to_batch,
@@ -179,20 +180,8 @@ class FlowGNN(nn.Module):
         return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
 
     def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
-        """The conditions outside the training range (3 % margin on energy, 2 % of the
-        range on angles), as readable lines; empty when all are inside."""
-        eta, phi = direction_eta_phi(primaries)
-        values = {"energy (GeV)": primaries["primary_energy"] / 1e3, "eta": eta,
-                  "phi (deg)": np.rad2deg(phi)}
-        out = []
-        for name, (lo, hi) in self.norms["ranges"].items():
-            v = values[name]
-            margin = (0.03 * lo, 0.03 * hi) if name.startswith("energy") else (
-                (0.02 * (hi - lo) + 1e-6,) * 2)
-            if v.min() < lo - margin[0] or v.max() > hi + margin[1]:
-                out.append(f"{name} {v.min():.4g}..{v.max():.4g} is outside the training range "
-                           f"{lo:.4g}..{hi:.4g}")
-        return out
+        """The conditions outside the training range, as readable lines (see showers)."""
+        return outside_range(self.norms["ranges"], primaries)
 
     @staticmethod
     def layer_vector(e_layer, n_layer, centre, e_inc, rng: np.random.Generator) -> np.ndarray:

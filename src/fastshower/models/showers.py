@@ -13,7 +13,7 @@ import numpy as np
 from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.simhits import PARTICLES, ShowerBatch
+from fastshower.simhits import PARTICLES, ShowerBatch, direction_eta_phi
 from fastshower.validation.observables import axis_offsets
 
 THRESHOLD_MIP = 0.5
@@ -56,6 +56,23 @@ def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
         raise FastShowerError(f"this model was trained on {', '.join(particles)}; it cannot "
                               f"generate {PARTICLE_OF_PDG.get(bad, bad)}")
     return hit.argmax(axis=1)
+
+
+def outside_range(ranges: dict[str, list[float]], primaries: dict[str, np.ndarray]) -> list[str]:
+    """The conditions outside a model's training ``ranges`` (3 % margin on energy, 2 % of the
+    range on angles), as readable lines; empty when all are inside."""
+    eta, phi = direction_eta_phi(primaries)
+    values = {"energy (GeV)": primaries["primary_energy"] / 1e3, "eta": eta,
+              "phi (deg)": np.rad2deg(phi)}
+    out = []
+    for name, (lo, hi) in ranges.items():
+        v = values[name]
+        margin = (0.03 * lo, 0.03 * hi) if name.startswith("energy") else (
+            (0.02 * (hi - lo) + 1e-6,) * 2)
+        if v.min() < lo - margin[0] or v.max() > hi + margin[1]:
+            out.append(f"{name} {v.min():.4g}..{v.max():.4g} is outside the training range "
+                       f"{lo:.4g}..{hi:.4g}")
+    return out
 
 
 def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:

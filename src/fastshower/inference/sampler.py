@@ -1,0 +1,162 @@
+"""FlowGNN generation as one tensor program, so that it exports to ONNX as a single graph.
+
+``FlowGNN.generate`` walks the layers in Python and skips (shower, layer) pairs without hits;
+an ONNX graph cannot hold that loop, so here every layer is padded to the largest layer's M
+cells and the whole detector is one (L, M) slot grid. The maths is the same (same weights,
+same features, same Gumbel-top-N and log-normal energies); what differs:
+- every (shower, layer) pair is evaluated, also those the flow gives no hits (their output is
+  masked), and padded slots cost compute too: about 1.2x FlowGNN.generate's work;
+- message passing runs as K gathers over a padded neighbour table (K = the largest in-layer
+  degree) instead of a sparse-dense product: the same sum, in operators ONNX has;
+- everything is float32 (FlowGNN.generate post-processes in float64).
+All randomness comes in as inputs (flow noise z, Gumbel noise, normal noise), so the same
+noise gives the same showers in PyTorch and in ONNX Runtime.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastshower.models.flowgnn import CENTRE_SCALE, OFFSET_SCALE, FlowGNN
+from fastshower.models.showers import layer_z
+
+PAD_SCORE = -1.0e4  # Gumbel score of padded slots: never among the top N
+
+
+class NeighbourTable(nn.Module):
+    """Mean over in-layer neighbours as K gathers: (S, F) -> (S, F), S = L * M slots."""
+
+    def __init__(self, index: np.ndarray, weight: np.ndarray):
+        super().__init__()
+        self.register_buffer("index", torch.from_numpy(index))
+        self.register_buffer("weight", torch.from_numpy(weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.weight[:, 0, None] * x[self.index[:, 0]]
+        for k in range(1, self.index.shape[1]):
+            out = out + self.weight[:, k, None] * x[self.index[:, k]]
+        return out
+
+
+def slot_grid(model: FlowGNN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(L, M) cell id of every slot (-1 = padding), and the padded neighbour table (S, K) with
+    its weights (1 / degree; 0 for padding) of the geometry's in-layer graph."""
+    graphs, geom = model._graphs, model._geom
+    sizes = graphs.size(np.arange(graphs.n_layers))
+    m = int(sizes.max())
+    j = np.arange(m)[None, :]
+    cell = np.where(j < sizes[:, None], graphs.start[:-1, None] + j, -1)
+    slot_of_cell = np.flatnonzero(cell.ravel() >= 0)  # cells are contiguous by layer
+    layer = geom.cells["layer"]
+    src, dst = geom.edges.astype(np.int64)
+    same = layer[src] == layer[dst]
+    dst, src = slot_of_cell[dst[same]], slot_of_cell[src[same]]
+    order = np.argsort(dst, kind="stable")
+    dst, src = dst[order], src[order]
+    deg = np.bincount(dst, minlength=cell.size)
+    k = int(deg.max())
+    rank = np.arange(len(dst)) - np.repeat(np.cumsum(deg) - deg, deg)[: len(dst)]
+    index = np.zeros((cell.size, k), np.int64)
+    weight = np.zeros((cell.size, k), np.float32)
+    index[dst, rank] = src
+    weight[dst, rank] = 1.0 / deg[dst]
+    return cell, index, weight
+
+
+class FlowGNNSampler(nn.Module):
+    """(energy MeV (P,), position mm (P, 3), unit direction (P, 3), particle index (P,),
+    flow noise (P, D), Gumbel noise (P, L, M), normal noise (P, L, M)) -> hits as
+    (shower index, cell id, energy MeV), one entry per hit."""
+
+    def __init__(self, model: FlowGNN):
+        super().__init__()
+        self.flow, self.cells = model.flow.flow, model.cells
+        cell, index, weight = slot_grid(model)
+        self.n_layers, self.width = cell.shape
+        self.table = NeighbourTable(index, weight)
+        c, safe = model._geom.cells, np.maximum(cell, 0)
+        n = model.norms
+        lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
+        buffers = {
+            "cell": cell, "valid": cell >= 0,
+            "cell_x": c["x"][safe], "cell_y": c["y"][safe],
+            "static": model._graphs.static[safe],
+            "threshold": 1.02 * model._graphs.threshold[safe],
+            "sizes": model._graphs.size(np.arange(self.n_layers)),
+            "layer_z": layer_z(model._geom), "depth": model._depth,
+            "context_mean": n["context_mean"], "context_std": n["context_std"],
+            "flow_mean": n["flow_mean"], "flow_std": n["flow_std"],
+            "flow_lo": lo - 0.05 * (hi - lo), "flow_hi": hi + 0.05 * (hi - lo),
+            "onehot": np.eye(len(model.particles)),
+        }
+        for name, value in buffers.items():
+            value = np.asarray(value)
+            dtype = (torch.bool if value.dtype == bool else torch.int64
+                     if np.issubdtype(value.dtype, np.integer) else torch.float32)
+            self.register_buffer(name, torch.as_tensor(value, dtype=dtype))
+        self.flow_dim = len(n["flow_mean"])
+
+    def layer_level(self, energy, direction, particle, z):
+        """Conditions and flow noise -> (context (P, C), E_l (P, L), N_l (P, L), centre (P, 2))."""
+        dx, dy, dz = direction.unbind(-1)
+        eta = -torch.log(torch.tan(0.5 * torch.atan2(torch.sqrt(dx * dx + dy * dy), dz)))
+        num = torch.stack([torch.log(energy), eta, torch.atan2(dy, dx)], -1)
+        num = (num - self.context_mean) / self.context_std
+        ctx = torch.cat([num, self.onehot[particle]], -1)
+        x = self.flow(ctx).transform.inv(z) * self.flow_std + self.flow_mean
+        x = torch.minimum(torch.maximum(x, self.flow_lo), self.flow_hi)
+        n_l = self.n_layers
+        hits = torch.floor(torch.exp(x[:, n_l:2 * n_l].clamp(0, 12)) - 1.0)
+        hits = torch.minimum(hits, self.sizes.float())
+        e_layer = torch.exp(x[:, :n_l].clamp(-30, 2)) * energy[:, None]
+        e_layer = torch.where(hits > 0, e_layer, torch.zeros_like(e_layer))
+        return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
+
+    def node_features(self, position, direction, ctx, e_layer, hits, centre) -> torch.Tensor:
+        """(S, P, F) cell features, in FlowGNN.group_inputs' order."""
+        p = e_layer.shape[0]
+        steps = (self.layer_z[None, :] - position[:, 2:3]) / direction[:, 2:3]  # (P, L)
+        ax = position[:, 0:1] + steps * direction[:, 0:1] + centre[:, 0:1]
+        ay = position[:, 1:2] + steps * direction[:, 1:2] + centre[:, 1:2]
+        dx = (self.cell_x[None] - ax[..., None]) / OFFSET_SCALE  # (P, L, M)
+        dy = (self.cell_y[None] - ay[..., None]) / OFFSET_SCALE
+        r = torch.sqrt(dx * dx + dy * dy)
+        mean_depth = (e_layer @ self.depth) / e_layer.sum(1).clamp(min=1e-12)
+        depth = self.depth[None].expand(p, -1)
+        per_pair = torch.stack([
+            torch.log(e_layer.clamp(min=1e-3)) / 5.0, torch.log1p(hits) / 5.0,
+            torch.log((e_layer / hits.clamp(min=1)).clamp(min=1e-3)),
+            depth / 10.0, (depth - mean_depth[:, None]) / 5.0], -1)  # (P, L, 5)
+        per_pair = torch.cat([per_pair, ctx[:, None].expand(-1, self.n_layers, -1)], -1)
+        shape = (p, self.n_layers, self.width)
+        x = torch.cat([torch.stack([dx, dy, r, torch.log(r + 0.05)], -1),
+                       self.static[None].expand(*shape, -1),
+                       per_pair[:, :, None].expand(*shape, -1)], -1)  # (P, L, M, F)
+        return x.reshape(p, -1, x.shape[-1]).transpose(0, 1)
+
+    def cell_net(self, x: torch.Tensor) -> torch.Tensor:
+        """CellNet with the neighbour table: (S, P, F) -> (S, P, 3)."""
+        net = self.cells
+        h = net.embed(x)
+        s, p, hidden = h.shape
+        for conv in net.convs:
+            mean = self.table(h.reshape(s, p * hidden)).reshape(s, p, hidden)
+            h = h + torch.nn.functional.silu(conv.lin_rel(mean) + conv.lin_root(h))
+        return net.head(h)
+
+    def forward(self, energy, position, direction, particle, z, gumbel, normal):
+        ctx, e_layer, hits, centre = self.layer_level(energy, direction, particle, z)
+        x = self.node_features(position, direction, ctx, e_layer, hits, centre)
+        out = self.cell_net(x).transpose(0, 1).reshape(-1, self.n_layers, self.width, 3)
+        score = torch.where(self.valid, out[..., 0] + gumbel, torch.full_like(gumbel, PAD_SCORE))
+        ranked = torch.sort(score, dim=-1, descending=True).values
+        kth = ranked.gather(-1, (hits.long() - 1).clamp(min=0)[..., None])
+        hit = (score >= kth) & (hits[..., None] > 0) & self.valid
+        e = torch.exp(out[..., 1] + torch.exp(out[..., 2].clamp(-4, 2)) * normal)
+        e = torch.where(hit, e, torch.zeros_like(e))
+        e = e * (e_layer / e.sum(-1).clamp(min=1e-12))[..., None]
+        e = torch.where(hit, torch.maximum(e, self.threshold), torch.zeros_like(e))
+        shower, layer, slot = torch.nonzero(hit, as_tuple=True)
+        return shower, self.cell[layer, slot], e[shower, layer, slot]

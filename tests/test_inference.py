@@ -1,0 +1,241 @@
+"""Inference: ONNX export and ONNX Runtime against PyTorch, the onnx back-end of `generate`, the
+KServe v2 server driven by the official Triton HTTP client, the Triton repository layout."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import awkward as ak
+import numpy as np
+import pytest
+import torch
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import build_geometry, save
+from fastshower.inference.generate import Generator, load_generator
+from fastshower.inference.onnx import OnnxGenerator, export_model, noise_inputs, primaries_inputs
+from fastshower.inference.sampler import FlowGNNSampler
+from fastshower.models.pretrained import pretrained
+from fastshower.simhits import read_metadata, read_sample
+from fastshower.simulation.gun import GunConfig, sample_primaries
+from fastshower.validation.observables import high_level
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("inference")
+    geom = build_geometry("hgcal")
+    gpath = save(geom, tmp / "g.h5")
+    generator = Generator(pretrained("flowgnn"), geom)
+    return geom, gpath, generator, export_model(generator, tmp / "onnx"), tmp
+
+
+def photons(n: int, energy: float, seed: int) -> dict:
+    gun = GunConfig(particle="gamma", energy=[energy], eta=(1.99, 2.01), phi_deg=(89.5, 90.5))
+    return sample_primaries(gun, n, np.random.default_rng(seed))
+
+
+def test_onnx_runtime_gives_pytorch_showers_for_the_same_noise(exported):
+    geom, _, generator, folder, _ = exported
+    card = json.loads((folder / "model_card.json").read_text())
+    assert card["check"]["max_abs_diff_mev"] <= card["check"]["tolerance_mev"]
+    assert card["parameters"] == 625_859 and card["geometry_hash"] == geom.hash
+    onnx = OnnxGenerator(folder, geom)
+    # other conditions than the export check: both particles, 3 and 300 GeV, displaced starts
+    p = {**photons(6, 3.0, 1), "primary_pdg": np.array([11, 22] * 3, np.int32)}
+    p["primary_energy"][3:] = 300e3
+    p["primary_x"] = np.linspace(-20.0, 20.0, 6)
+    inputs = primaries_inputs(p, onnx.particles) | noise_inputs(6, onnx.side,
+                                                                np.random.default_rng(9))
+    got = onnx.session.run(None, inputs)
+    with torch.no_grad():
+        ref = [t.numpy() for t in FlowGNNSampler(generator.model).eval()(
+            **{k: torch.from_numpy(v) for k, v in inputs.items()})]
+    assert np.array_equal(got[0], ref[0]) and np.array_equal(got[1], ref[1])
+    assert len(got[2]) > 1000
+    np.testing.assert_allclose(got[2], ref[2], rtol=1e-4, atol=1e-3)
+    # every shower's hit energies add up to its drawn layer energies: ~1 % of E at 300 GeV
+    per_shower = np.bincount(got[0], got[2], 6)
+    assert (per_shower[3:] / 300e3 > 0.007).all() and (per_shower[3:] / 300e3 < 0.011).all()
+
+
+def test_onnx_showers_agree_with_native_pytorch_generation(exported):
+    """Same model, other evaluation order and noise: the observables agree statistically."""
+    geom, _, generator, folder, _ = exported
+    p = photons(120, 20.0, 3)
+    native = high_level(generator.generate(p, seed=1), geom)
+    onnx = high_level(OnnxGenerator(folder, geom).generate(p, seed=2), geom)
+    for name, tolerance in (("response", 0.02), ("n_hits", 0.05), ("width_r", 0.05)):
+        a, b = native[name].mean(), onnx[name].mean()
+        assert abs(a / b - 1) < tolerance, (name, a, b)
+
+
+def test_backends_refuse_the_wrong_model_kind(exported):
+    geom, _, _, folder, tmp = exported
+    with pytest.raises(FastShowerError, match="ONNX export is for neural generators"):
+        export_model(Generator(pretrained("parametric"), geom), tmp / "p")
+    with pytest.raises(FastShowerError, match="export it first"):
+        load_generator(pretrained("flowgnn"), geom, backend="onnx")
+    with pytest.raises(FastShowerError, match="use --backend onnx"):
+        load_generator(folder, geom, backend="torch")
+    with pytest.raises(FastShowerError, match="not an exported model"):
+        load_generator(tmp, geom, backend="onnx")
+    with pytest.raises(FastShowerError, match="outside the training range"):
+        OnnxGenerator(folder, geom).generate(photons(2, 900.0, 1))
+
+
+def test_generate_cli_with_the_onnx_backend(exported):
+    _, gpath, _, folder, tmp = exported
+    out = tmp / "onnx.root"
+    res = subprocess.run([sys.executable, "-m", "fastshower", "generate", "--run", str(folder),
+                          "--backend", "onnx", "--particle", "e-", "--energy", "5:50",
+                          "--spectrum", "log-uniform", "--eta", "2.0", "--n", "20",
+                          "--geometry", str(gpath), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    batch = read_sample(out)[0]
+    assert len(batch) == 20 and ak.all(ak.num(batch.cell_id) > 20)
+    assert read_metadata(out)["generator"] == "fastshower flowgnn (onnxruntime)"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(exported):
+    _, gpath, _, folder, tmp = exported
+    port = free_port()
+    log = open(tmp / "serve.log", "w")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "fastshower", "serve", "--model", str(folder),
+                             "--port", str(port), "--geometry", str(gpath), "--max-showers",
+                             "16", "--max-delay-ms", "50"], stdout=log, stderr=log)
+    url = f"127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"http://{url}/v2/health/live", timeout=1)
+                break
+            except OSError:
+                assert proc.poll() is None, (tmp / "serve.log").read_text()
+                time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        log.close()
+
+
+def triton_inputs(energy, pdg, seed=None, n=None):
+    import tritonclient.http as http
+
+    n = n or len(energy)
+    theta = 2 * np.arctan(np.exp(-2.0))
+    arrays = {"energy": ("FP32", np.asarray(energy, np.float32)),
+              "direction": ("FP32", np.tile([0.0, np.sin(theta), np.cos(theta)],
+                                            (n, 1)).astype(np.float32)),
+              "pdg": ("INT32", np.full(n, pdg, np.int32))}
+    if seed is not None:
+        arrays["seed"] = ("INT64", np.array([seed], np.int64))
+    out = []
+    for name, (dtype, a) in arrays.items():
+        t = http.InferInput(name, list(a.shape), dtype)
+        t.set_data_from_numpy(a)
+        out.append(t)
+    return out
+
+
+def test_tritonclient_talks_to_the_server_unchanged(server, exported):
+    import tritonclient.http as http
+    from tritonclient.utils import InferenceServerException
+
+    geom, _, _, folder, _ = exported
+    client = http.InferenceServerClient(server)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("fastshower")
+    meta = client.get_model_metadata("fastshower")
+    assert [t["name"] for t in meta["outputs"]] == ["hit_shower", "hit_cell", "hit_energy"]
+    result = client.infer("fastshower", triton_inputs([20e3, 50e3], 22, seed=7))
+    shower, cell, energy = (result.as_numpy(k) for k in ("hit_shower", "hit_cell", "hit_energy"))
+    assert result.get_response()["parameters"]["seed"] == 7
+    # what ONNX Runtime gives in process for the same inputs and seed
+    onnx = OnnxGenerator(folder, geom)
+    p = photons(2, 20.0, 0)
+    p["primary_energy"] = np.array([20e3, 50e3])
+    p["primary_dx"], p["primary_dy"] = np.zeros(2), np.full(2, np.sin(2 * np.arctan(np.exp(-2))))
+    p["primary_dz"] = np.full(2, np.cos(2 * np.arctan(np.exp(-2))))
+    ref = onnx.run(primaries_inputs(p, onnx.particles), np.random.default_rng(7))
+    assert np.array_equal(shower, ref[0]) and np.array_equal(cell, ref[1])
+    np.testing.assert_allclose(energy, ref[2], rtol=1e-6)
+    # JSON outputs instead of binary ones: the same numbers
+    as_json = client.infer("fastshower", triton_inputs([20e3, 50e3], 22, seed=7),
+                           outputs=[http.InferRequestedOutput("hit_energy", binary_data=False)])
+    np.testing.assert_allclose(as_json.as_numpy("hit_energy"), energy, rtol=1e-6)
+    for inputs, status, message in (
+            (triton_inputs([2e6], 22), 400, "outside the training range"),
+            (triton_inputs([20e3], 211), 400, "cannot generate pi+"),
+            (triton_inputs([20e3] * 17, 22), 400, "1 to 16 showers"),
+            (triton_inputs([-1.0], 22), 400, "positive")):
+        with pytest.raises(InferenceServerException, match=message) as err:
+            client.infer("fastshower", inputs)
+        assert err.value.status() == str(status)
+    with pytest.raises(InferenceServerException, match="unknown model") as err:
+        client.infer("other", triton_inputs([20e3], 22))
+    assert err.value.status() == "404"
+
+
+def test_server_batches_concurrent_requests_without_changing_them(server):
+    import tritonclient.http as http
+
+    def one(seed):
+        client = http.InferenceServerClient(server)
+        r = client.infer("fastshower", triton_inputs([10e3], 11, seed=seed))
+        return (r.as_numpy("hit_cell"), r.as_numpy("hit_energy"),
+                r.get_response()["parameters"]["batch_showers"])
+
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(8)))
+    alone = [one(seed) for seed in range(8)]
+    assert max(b for *_, b in together) > 1  # some requests shared a model call
+    assert all(b == 1 for *_, b in alone)
+    for (cells, energy, _), (cells1, energy1, _) in zip(together, alone, strict=True):
+        # a request's showers do not depend on batching (up to float32 rounding)
+        np.testing.assert_array_equal(cells, cells1)
+        np.testing.assert_allclose(energy, energy1, rtol=1e-5)
+
+
+def test_malformed_requests_get_a_clear_400(server):
+    url = f"http://{server}/v2/models/fastshower/infer"
+    for body, message in ((b"{not json", "not valid JSON"), (b'{"inputs": 3}', "'inputs' list"),
+                          (json.dumps({"inputs": [{"name": "energy", "shape": [2],
+                                                   "datatype": "FP32", "data": [1.0]}]}).encode(),
+                           "do not match shape")):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"))
+        assert err.value.code == 400
+        assert message in json.loads(err.value.read())["error"]
+
+
+def test_triton_repository_has_a_valid_model_config(exported):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from fastshower.inference.serve import triton_repository
+
+    _, _, _, folder, tmp = exported
+    repo = triton_repository(folder, tmp / "triton")
+    config = text_format.Parse((repo / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert config.platform == "onnxruntime_onnx"
+    assert [i.name for i in config.input] == ["energy", "position", "direction", "particle", "z",
+                                              "gumbel", "normal"]
+    assert list(config.input[5].dims) == [-1, 47, 639]
+    assert (repo / "1" / "model.onnx").stat().st_size == (folder / "model.onnx").stat().st_size

@@ -1,12 +1,17 @@
 """Time per shower of each trained generator against Geant4, for the same incident energies, on
-one CPU thread of this machine, in one run.
+this machine's CPU, in one run; each model with PyTorch or with ONNX Runtime, on 1 thread and on
+more (--threads).
 
 Geant4 runs the project's simulation (offline EM physics, step scoring, ROOT output) in a fresh
 process; each model runs in a fresh process too, at batch sizes 1, 100 and 1000: the first call
 (warm-up) is reported apart, then calls repeat for at least --seconds. Model times include
 placing the deposits on the geometry's cells (what `generate` writes). Peak memory is the
-process's maximum resident set size. Usage:
-    python benchmarks/speed.py --runs runs/flowgnn,runs/parametric [--energies 10,100]
+process's maximum resident set size. A model given as onnx:FOLDER is an export folder run by
+ONNX Runtime. Times are wall-clock per shower; "per core" divides the Geant4 CPU time by
+(wall time x threads), so more threads only help where they make more showers per core-second.
+Usage:
+    python benchmarks/speed.py --runs runs/flowgnn,onnx:exports/flowgnn [--energies 10,100]
+        [--threads 1,2]
 """
 
 from __future__ import annotations
@@ -36,36 +41,42 @@ def geant4_seconds(geometry: str, particle: str, energy: float, n: int) -> float
 
 
 def model_timings(run: str, geometry: str, particle: str, energy: float, batches: list[int],
-                  seconds: float) -> dict:
+                  seconds: float, threads: int) -> dict:
     """In a fresh process: warm-up and steady time per shower at each batch size."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     from fastshower.geometry import load
-    from fastshower.inference.generate import Generator
+    from fastshower.inference.generate import load_generator
     from fastshower.simulation.gun import GunConfig, sample_primaries
 
-    generator = Generator(run, load(geometry))
-    params = (sum(p.numel() for p in generator.model.parameters())
-              if hasattr(generator.model, "parameters") else None)
+    backend, path = run.split(":", 1) if run.startswith("onnx:") else ("torch", run)
+    generator = load_generator(path, load(geometry), backend, threads=threads)
+    model = getattr(generator, "model", None)
+    params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
+    size = sum(f.stat().st_size for f in Path(path).glob("model.*")) if Path(path).is_dir() \
+        else Path(path).stat().st_size
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for b in batches:
         primaries = sample_primaries(GunConfig(particle=particle, energy=[energy]), b,
                                      np.random.default_rng(b))
-        start = time.process_time()
+        start = time.perf_counter()
         generator.generate(primaries, seed=0)
-        warmup = time.process_time() - start
-        times = []
-        while sum(times) < seconds or len(times) < 2:
-            start = time.process_time()
+        warmup = time.perf_counter() - start
+        times, cpu = [], []
+        while sum(times) < seconds or not times:
+            start, start_cpu = time.perf_counter(), time.process_time()
             generator.generate(primaries, seed=len(times) + 1)
-            times.append(time.process_time() - start)
+            times.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
         rows.append({"batch": b, "warmup_s_per_shower": warmup / b,
-                     "s_per_shower": float(np.median(times)) / b, "calls": len(times),
+                     "s_per_shower": float(np.median(times)) / b,
+                     "cpu_s_per_shower": float(np.median(cpu)) / b, "calls": len(times),
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
-    return {"model": generator.name, "run": run, "parameters": params,
-            "rss_after_load_mb": rss_loaded, "batches": rows}
+    return {"model": generator.name, "backend": backend, "run": path, "threads": threads,
+            "parameters": params, "model_bytes": size, "rss_after_load_mb": rss_loaded,
+            "batches": rows}
 
 
 def main() -> None:
@@ -76,6 +87,7 @@ def main() -> None:
     ap.add_argument("--batches", default="1,100,1000")
     ap.add_argument("--g4-n", type=int, default=10, help="Geant4 showers per energy")
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per batch size")
+    ap.add_argument("--threads", default="1", help="comma-separated thread counts")
     ap.add_argument("--geometry", default=str(GEOMETRY))
     ap.add_argument("--out", default="benchmarks/results/speed.json")
     args = ap.parse_args()
@@ -86,19 +98,22 @@ def main() -> None:
         print(f"{args.particle} {energy:g} GeV: Geant4 {1e3 * g4:.1f} ms/shower (CPU, n="
               f"{args.g4_n})")
         for run in args.runs.split(","):
-            with mp.get_context("spawn").Pool(1) as pool:
-                m = pool.apply(model_timings, (run, args.geometry, args.particle, energy,
-                                               batches, args.seconds))
-            for row in m["batches"]:
-                row["speedup_vs_geant4"] = g4 / row["s_per_shower"]
-                ms, warm = 1e3 * row["s_per_shower"], 1e3 * row["warmup_s_per_shower"]
-                print(f"  {m['model']:10s} batch {row['batch']:5d}: {ms:8.2f} ms/shower "
-                      f"(warm-up {warm:8.2f}) -> {row['speedup_vs_geant4']:7.1f}x Geant4; peak RSS "
-                      f"{row['peak_rss_mb']:.0f} MB")
-            results.append({"particle": args.particle, "energy_gev": energy,
-                            "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})
+            for threads in (int(t) for t in args.threads.split(",")):
+                with mp.get_context("spawn").Pool(1) as pool:
+                    m = pool.apply(model_timings, (run, args.geometry, args.particle, energy,
+                                                   batches, args.seconds, threads))
+                label = f"{m['model']}/{m['backend']}/{threads}t"
+                for row in m["batches"]:
+                    row["speedup_vs_geant4_per_core"] = g4 / (row["s_per_shower"] * threads)
+                    ms, warm = 1e3 * row["s_per_shower"], 1e3 * row["warmup_s_per_shower"]
+                    print(f"  {label:22s} batch {row['batch']:5d}: {ms:8.2f} ms/shower (warm-up "
+                          f"{warm:8.2f}) -> {row['speedup_vs_geant4_per_core']:7.1f}x Geant4 per "
+                          f"core; peak RSS {row['peak_rss_mb']:.0f} MB; model "
+                          f"{m['model_bytes'] / 1e6:.1f} MB")
+                results.append({"particle": args.particle, "energy_gev": energy,
+                                "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"threads": 1, "results": results}, indent=2))
+    Path(args.out).write_text(json.dumps({"results": results}, indent=2))
     print(f"-> {args.out}")
 
 

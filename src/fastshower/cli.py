@@ -365,7 +365,7 @@ def export_model(
     geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
         DEFAULT_GEOMETRY),
     triton: Annotated[bool, typer.Option(
-        help="Also write a Triton model repository under OUT/triton.")] = False,
+        help="Also write a Triton model repository under OUT/triton_repository.")] = False,
 ) -> None:
     """Export a generator to ONNX with its side file and model card (checked against PyTorch)."""
     from fastshower.geometry import load
@@ -382,7 +382,8 @@ def export_model(
     if triton:
         from fastshower.inference.serve import triton_repository
 
-        console.print(f"Triton model repository -> {triton_repository(folder, out / 'triton')}")
+        repo = triton_repository(folder, out / "triton_repository")
+        console.print(f"Triton model repository -> {repo}")
 
 
 @app.command()

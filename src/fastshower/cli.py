@@ -202,6 +202,15 @@ def simulate(
     out: Annotated[Path, typer.Option(help="Output folder (one ROOT file per job).")] = Path(
         "samples/e-_10GeV"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
+    upstream_x0: Annotated[float, typer.Option(
+        help="Silicon in front of the calorimeter, in radiation lengths (tracker material).")
+    ] = 0.0,
+    fast_model: Annotated[Path | None, typer.Option(
+        help="Hybrid run: showers of e+-/gamma reaching the calorimeter come from this model "
+             "(run folder, model.pt, or ONNX export with --fast-backend onnx).")] = None,
+    fast_backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    fast_min_energy: Annotated[float, typer.Option(
+        help="Hybrid run: lowest energy (GeV) handed to the model.")] = 1.0,
 ) -> None:
     """Simulate showers with Geant4 and write sim-hit ROOT files (resumable)."""
     from fastshower.simulation.g4data import describe_mode
@@ -216,8 +225,12 @@ def simulate(
         console.print(describe_mode(physics, em_option))
     except RuntimeError as err:
         raise FastShowerError(str(err)) from None
+    fast = None if fast_model is None else {"model": str(fast_model), "backend": fast_backend,
+                                             "min_energy_gev": fast_min_energy}
+    if fast is not None and fast_min_energy <= 0:
+        raise FastShowerError("--fast-min-energy must be positive (GeV)")
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
-                em_option=em_option, force=force)
+                em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast)
     console.print(f"wrote {len(files)} file(s) to {out}")
 
 

@@ -37,8 +37,10 @@ class Generator:
         self.geom = geom
         if self.name == "parametric":
             self.model = ParametricShower.from_dict(saved["params"])
+            self.particles = list(saved["params"]["particles"])
         elif self.name == "flowgnn":
             self.model = FlowGNN.from_export(saved, geom)
+            self.particles = list(saved["particles"])
         else:
             raise FastShowerError(f"{run}: unknown model type {self.name!r}")
 

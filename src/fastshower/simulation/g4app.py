@@ -19,6 +19,9 @@ from fastshower.simulation.scoring import aggregate_steps
 SENSOR_MATERIALS = {SILICON: "G4_Si", SCINTILLATOR: "G4_POLYSTYRENE"}
 ROI_MARGIN = 100.0  # mm of absorber beyond the region of interest on each side
 C_LIGHT_MM_PER_NS = 299.792458
+X0_SILICON = 93.70  # mm
+UPSTREAM_PLANES = 5  # silicon planes standing for the material in front of the calorimeter
+ENTRY_GAP = 1.0  # mm: thickness of the vacuum slab in front of the calorimeter (fast-sim entry)
 SCORING = {
     "cells": "cells are Geant4 volumes scored in C++ (G4PSEnergyDeposit); cell time = straight "
              "time of flight from the vertex",
@@ -52,9 +55,16 @@ class Detector(g4.G4VUserDetectorConstruction):
     one gets disks. Ring-shaped volumes are circular where the readout uses 288-gons (sagitta
     under 0.1 mm). ``scoring``: see SCORING; with 'cells' every cell is a daughter volume whose
     copy number is its cell id (sensors then carry -1 - layer).
+
+    Options for full events: ``upstream_x0`` puts that many radiation lengths of silicon, in
+    UPSTREAM_PLANES planes between 30 % and 80 % of the calorimeter's distance, in front of it
+    (a tracker's material budget; there is no magnetic field); ``entry`` (a ShowerEntry scorer)
+    is attached to a vacuum slab just in front of the calorimeter's first absorber, where
+    particles handed to a fast-simulation model are stopped.
     """
 
-    def __init__(self, geom: Geometry, scoring: str = "steps"):
+    def __init__(self, geom: Geometry, scoring: str = "steps", upstream_x0: float = 0.0,
+                 entry: ShowerEntry | None = None):
         super().__init__()
         if scoring not in SCORING:
             raise ValueError(f"scoring must be one of {', '.join(SCORING)}, not {scoring!r}")
@@ -62,6 +72,7 @@ class Detector(g4.G4VUserDetectorConstruction):
             scoring = "steps"  # millions of cell volumes: score steps and look cells up instead
         self.geom = geom
         self.scoring = scoring
+        self.upstream_x0, self.entry = upstream_x0, entry
         self.sd = None
         self.keep: list = []  # Geant4 objects must outlive construction
         self.sensors: list = []
@@ -87,7 +98,30 @@ class Detector(g4.G4VUserDetectorConstruction):
         self.world_lv = world_lv
         for lay in layers:
             self._build_layer(lay)
+        self._build_front()
         return world
+
+    def _build_front(self) -> None:
+        """Upstream material and the fast-simulation entry slab (see the class docstring)."""
+        first = min(self.geom.layers, key=lambda lay: abs(lay.z))
+        zside = first.zside
+        front = abs(first.z) - first.sensor_gap / 2 - sum(t for _, t in first.absorbers)
+        shape = self._transverse(first.index)
+
+        def slab(z: float, thickness: float, mat: str, name: str):
+            scale = z / front  # the footprint follows the cone from the origin
+            scaled = (("box", shape[1] * scale, shape[2] * scale, shape[3] * scale)
+                      if shape[0] == "box" else ("ring", shape[1] * scale, shape[2] * scale))
+            solid, xy = self._slab(scaled, thickness, name)
+            return self._place(solid, mat, self.world_lv, zside * z, name, xy=xy)
+
+        if self.upstream_x0 > 0:
+            t = self.upstream_x0 * X0_SILICON / UPSTREAM_PLANES
+            for i, f in enumerate(np.linspace(0.3, 0.8, UPSTREAM_PLANES)):
+                slab(f * front, t, "G4_Si", f"upstream{i}")
+        if self.entry is not None:
+            self.entry.zside = zside
+            self.entry_lv = slab(front - ENTRY_GAP / 2 - 0.01, ENTRY_GAP, "G4_Galactic", "entry")
 
     def _transverse(self, layer: int):
         """Absorber footprint of a layer: ('box', cx, cy, half) or ('ring', r_in, r_out)."""
@@ -223,9 +257,18 @@ class Detector(g4.G4VUserDetectorConstruction):
         return out
 
     def ConstructSDandField(self):
+        sdm = g4.G4SDManager.GetSDMpointer()
+        if self.entry is not None:
+            self.entry_sd = g4.G4MultiFunctionalDetector("entry")
+            self.entry_filter = g4.G4SDParticleFilter("em", "e-")
+            for name in ("e+", "gamma"):
+                self.entry_filter.add(name)
+            self.entry.SetFilter(self.entry_filter)
+            self.entry_sd.RegisterPrimitive(self.entry)
+            sdm.AddNewDetector(self.entry_sd)
+            self.SetSensitiveDetector(self.entry_lv, self.entry_sd)
         if self.scoring == "none":  # timing runs without scoring
             return
-        sdm = g4.G4SDManager.GetSDMpointer()
         self.sd = g4.G4MultiFunctionalDetector("cells")
         if self.scoring == "cells":
             self.primitive = g4.G4PSEnergyDeposit("edep")
@@ -296,6 +339,45 @@ class StepRecorder(g4.G4VPrimitiveScorer):
         """The event's steps as an (n, 5) array; clears the buffer."""
         out = np.array(self.steps, dtype=np.float64).reshape(-1, 5)
         self.steps = []
+        return out
+
+
+class ShowerEntry(g4.G4VPrimitiveScorer):
+    """The fast-simulation hook: e+-/gamma entering the calorimeter that ``accept(pdg, MeV,
+    dx, dy, dz)`` hands to the model are recorded at the calorimeter's front and stopped.
+
+    Geant4's G4VFastSimulationModel is not bound in Python; a primitive scorer on a thin vacuum
+    slab in front of the calorimeter is: a C++ particle filter spares Python every other
+    particle, and Python runs once per e+-/gamma crossing the slab, not per step in the
+    calorimeter. Records (pdg, kinetic MeV, x, y, z mm, dx, dy, dz, global time ns).
+    """
+
+    def __init__(self, name: str, accept):
+        super().__init__(name, 0)
+        self.accept = accept
+        self.zside = 1
+        self.entries: list[tuple] = []
+
+    def ProcessHits(self, step, history) -> bool:
+        pre = step.GetPreStepPoint()
+        if pre.GetStepStatus() != g4.G4StepStatus.fGeomBoundary:
+            return False
+        d = pre.GetMomentumDirection()
+        if d.z * self.zside <= 0:  # leaving the calorimeter (albedo): Geant4 goes on
+            return False
+        track = step.GetTrack()
+        pdg, energy = track.GetDefinition().GetPDGEncoding(), pre.GetKineticEnergy()
+        if not self.accept(pdg, energy, d.x, d.y, d.z):
+            return False
+        p = pre.GetPosition()
+        self.entries.append((pdg, energy, p.x, p.y, p.z, d.x, d.y, d.z, pre.GetGlobalTime()))
+        track.SetTrackStatus(g4.G4TrackStatus.fStopAndKill)
+        return True
+
+    def take(self) -> np.ndarray:
+        """The event's stopped particles as an (n, 9) array; clears the buffer."""
+        out = np.array(self.entries, dtype=np.float64).reshape(-1, 9)
+        self.entries = []
         return out
 
 

@@ -32,7 +32,8 @@ from fastshower.simulation.runner import JobSpec, job_seed, run_job
 
 
 def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out: str | Path,
-         physics: str = "auto", em_option: int = 0) -> list[JobSpec]:
+         physics: str = "auto", em_option: int = 0, upstream_x0: float = 0.0,
+         fast: dict | None = None) -> list[JobSpec]:
     """The job specs of a production (events split as evenly as possible)."""
     if n <= 0:
         raise FastShowerError(f"--n must be positive, got {n}")
@@ -43,7 +44,8 @@ def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out
     out = Path(out)
     return [JobSpec(geometry=str(geometry), gun=gun.model_dump(mode="json"), n=size,
                     seed=job_seed(seed, i), out=str(out / f"job_{i:03d}.root"), physics=physics,
-                    em_option=em_option, meta={"job": i, "production_seed": seed})
+                    em_option=em_option, upstream_x0=upstream_x0, fast=fast,
+                    meta={"job": i, "production_seed": seed})
             for i, size in enumerate(sizes)]
 
 
@@ -69,13 +71,24 @@ def _child(spec_dict: dict, index: int, progress: mp.Queue, log_path: str) -> No
 
 def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs: int = 1,
              seed: int = 1, physics: str = "auto", em_option: int = 0,
-             force: bool = False, show_progress: bool = True) -> list[Path]:
-    """Run (or resume) a production; returns the output files in job order."""
+             force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
+             fast: dict | None = None) -> list[Path]:
+    """Run (or resume) a production; returns the output files in job order.
+
+    ``fast`` ({"model", "backend", "min_energy_gev"}) makes it a hybrid production: showers
+    of e+-/gamma reaching the calorimeter come from that model (inference.g4hook)."""
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
+    if upstream_x0 < 0:
+        raise FastShowerError(f"--upstream-x0 must not be negative, got {upstream_x0}")
+    if fast is not None:  # a missing or mismatched model fails here, not in every job
+        from fastshower.inference.generate import load_generator
+
+        load_generator(fast["model"], geom, fast.get("backend", "torch"))
     out = Path(out)
-    specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option)
+    specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option, upstream_x0, fast)
     manifest = {"geometry_hash": geom.hash, "gun": gun.model_dump(mode="json"), "n": n,
-                "jobs": len(specs), "seed": seed, "physics": physics, "em_option": em_option}
+                "jobs": len(specs), "seed": seed, "physics": physics, "em_option": em_option,
+                "upstream_x0": upstream_x0, "fast": fast}
     manifest_path = out / "production.json"
     if out.exists() and any(out.iterdir()) and not force:
         if not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest:
@@ -135,7 +148,8 @@ def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                     finished.add(index)
                     done[index] = payload["n"]
                     (out / "logs" / f"job_{index:03d}.json").write_text(json.dumps(
-                        {k: payload[k] for k in ("n", "cpu_seconds")}))
+                        {k: payload[k] for k in ("n", "cpu_seconds", "fast_showers",
+                                                 "fast_energy_mev")}))
                 else:
                     done[index] = payload
                 n_done = sum(done.values())

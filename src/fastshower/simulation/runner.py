@@ -18,6 +18,7 @@ from fastshower.geometry import load
 from fastshower.simhits import ShowerBatch, SimHitWriter
 from fastshower.simulation.g4data import cleanup, setup_data, write_em_tables
 from fastshower.simulation.gun import GunConfig, sample_primaries
+from fastshower.simulation.scoring import merge_hits
 
 OFFLINE_NOTE = ("offline EM mode: synthetic bremsstrahlung (<1 GeV), photoelectric and Rayleigh "
                 "tables from analytic theory; see docs/physics.md")
@@ -37,6 +38,8 @@ class JobSpec:
     scoring: str = "steps"
     chunk: int = 50
     leakage: bool = False
+    upstream_x0: float = 0.0  # silicon in front of the calorimeter (radiation lengths)
+    fast: dict | None = None  # hybrid mode: {"model", "backend", "min_energy_gev"}
     meta: dict = field(default_factory=dict)
 
 
@@ -56,7 +59,19 @@ def _start(spec: JobSpec) -> SimpleNamespace:
     primaries = sample_primaries(gun, spec.n, np.random.default_rng(spec.seed))
     g4.HepRandom.setTheSeed(spec.seed)
     run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
-    detector = g4app.Detector(geom, scoring=spec.scoring)
+    hook = entry = None
+    if spec.fast is not None:  # the one place simulation reaches into inference: hybrid runs
+        import torch
+
+        from fastshower.inference.g4hook import FastShowerHook
+        from fastshower.inference.generate import load_generator
+
+        torch.set_num_threads(1)  # one core, as Geant4
+        generator = load_generator(spec.fast["model"], geom, spec.fast.get("backend", "torch"))
+        hook = FastShowerHook(generator, spec.fast.get("min_energy_gev", 1.0) * 1e3)
+        entry = g4app.ShowerEntry("entry", hook.accept)
+    detector = g4app.Detector(geom, scoring=spec.scoring, upstream_x0=spec.upstream_x0,
+                              entry=entry)
     run.SetUserInitialization(detector)
     physics = (g4app.EmPhysics(spec.em_option) if data.mode == "offline"
                else g4app.full_physics(spec.em_option))
@@ -65,7 +80,7 @@ def _start(spec: JobSpec) -> SimpleNamespace:
     gun_action = g4app.Gun(primaries, gun.particle)
     run.SetUserAction(gun_action)
     return SimpleNamespace(data=data, g4app=g4app, g4=g4, geom=geom, gun=gun,
-                           primaries=primaries, run=run, detector=detector,
+                           primaries=primaries, run=run, detector=detector, hook=hook,
                            keep=[physics, gun_action])
 
 
@@ -111,7 +126,11 @@ def run_job(spec: JobSpec, report=None) -> dict:
             "gun": gun.model_dump(mode="json"), "n_events": spec.n,
             "fastshower_version": __version__, "scoring": detector.scoring,
             "scoring_note": g4app.SCORING[detector.scoring],
-            "notes": OFFLINE_NOTE if data.mode == "offline" else "", **spec.meta,
+            "notes": OFFLINE_NOTE if data.mode == "offline" else "",
+            "upstream_x0": spec.upstream_x0,
+            "fast_simulation": None if s.hook is None else {**spec.fast,
+                                                            "what": s.hook.describe()},
+            **spec.meta,
         })
     pending: list[tuple] = []
     done = [0]
@@ -120,15 +139,28 @@ def run_job(spec: JobSpec, report=None) -> dict:
     if leakage is not None:
         run.SetUserAction(leakage)
 
+    entries: list[np.ndarray] = []
+    flushes = [0]
+
     def flush() -> None:
         if not pending:
             return
         ids, en, tm, lost = zip(*pending, strict=True)
         counts = [len(i) for i in ids]
         lo, hi = done[0] - len(pending), done[0]
+        ids, en, tm = np.concatenate(ids), np.concatenate(en), np.concatenate(tm)
+        if s.hook is not None:  # the model's showers, one batch for all pending events
+            event = np.repeat(np.arange(len(pending)), counts)
+            made = s.hook.showers(np.concatenate(entries), np.repeat(
+                np.arange(len(pending)), [len(e) for e in entries]),
+                seed=spec.seed * 1_000_003 + flushes[0])
+            counts, ids, en, tm = merge_hits(*(np.concatenate(pair) for pair in zip(
+                (event, ids, en, tm), made, strict=True)), len(pending))
+            entries.clear()
+        flushes[0] += 1
 
-        def jagged(parts, dtype):
-            return ak.unflatten(np.concatenate(parts).astype(dtype), counts)
+        def jagged(values, dtype):
+            return ak.unflatten(values.astype(dtype), counts)
 
         writer.write(ShowerBatch(
             primaries={k: v[lo:hi] for k, v in primaries.items()},
@@ -137,6 +169,8 @@ def run_job(spec: JobSpec, report=None) -> dict:
         pending.clear()
 
     def on_event(event_id: int, hits: tuple) -> None:
+        if s.hook is not None:
+            entries.append(detector.entry.take())
         if writer is not None:
             pending.append(hits)
         done[0] += 1
@@ -164,4 +198,6 @@ def run_job(spec: JobSpec, report=None) -> dict:
         cleanup(data)
     return {"cpu_seconds": time.process_time() - t0, "n": spec.n, "mode": data.mode,
             "elements": elements, "out": spec.out if writer is not None else None,
-            "escaped_mev": escaped}
+            "escaped_mev": escaped,
+            "fast_showers": None if s.hook is None else s.hook.handed,
+            "fast_energy_mev": None if s.hook is None else s.hook.handed_energy}

@@ -30,3 +30,16 @@ def aggregate_steps(geom: Geometry, layer: np.ndarray, x: np.ndarray, y: np.ndar
     if len(starts) == 0:
         return cell, energy, time, lost
     return cell[starts], np.add.reduceat(energy, starts), time[starts], lost
+
+
+def merge_hits(event: np.ndarray, cell: np.ndarray, energy: np.ndarray, time: np.ndarray,
+               n_events: int):
+    """Hits from several sources -> one per (event, cell): energies summed, earliest time.
+    Returns (hits per event, cell ids, energies, times), sorted by event then cell."""
+    order = np.lexsort((time, cell, event))
+    event, cell, energy, time = event[order], cell[order], energy[order], time[order]
+    first = np.ones(len(cell), dtype=bool)
+    first[1:] = (cell[1:] != cell[:-1]) | (event[1:] != event[:-1])
+    starts = np.flatnonzero(first)
+    summed = np.add.reduceat(energy, starts) if len(starts) else energy[:0]
+    return (np.bincount(event[starts], minlength=n_events), cell[starts], summed, time[starts])

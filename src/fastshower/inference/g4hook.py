@@ -1,0 +1,65 @@
+"""ML showers inside a Geant4 run: the hybrid mode of `fastshower simulate --fast-model`.
+
+Geant4 tracks every particle from the interaction point through the upstream material; e+-
+and photons that reach the calorimeter's front face inside the model's range (energy above
+``min_energy``, direction and particle the model knows) are stopped there by the ShowerEntry
+scorer (simulation.g4app), and the model generates their showers, batched over many events,
+into the same hit collection: the output file has Geant4's schema and primaries.
+
+Approximations, named: a positron's shower is generated as an electron's of the same kinetic
+energy (the models know e- and gamma; the annihilation adds 1 MeV); a stopped particle's
+shower axis is its straight line from the entry point; hit times of generated showers are the
+entry time plus the straight time of flight to the cell.
+"""
+
+from __future__ import annotations
+
+import awkward as ak
+import numpy as np
+
+from fastshower.models.showers import PARTICLE_OF_PDG
+from fastshower.simhits import PARTICLES
+
+POSITRON, ELECTRON = -11, 11
+
+
+class FastShowerHook:
+    """Decides which particles the model takes and turns them into hits."""
+
+    def __init__(self, generator, min_energy_mev: float):
+        self.generator, self.min_energy = generator, min_energy_mev
+        self.particles = {PARTICLES[p] for p in generator.particles}
+        self.handed, self.handed_energy = 0, 0.0
+
+    def accept(self, pdg: int, energy: float, dx: float, dy: float, dz: float) -> bool:
+        """Called by Geant4 for every e+-/gamma entering the calorimeter."""
+        pdg = ELECTRON if pdg == POSITRON else pdg
+        if energy < self.min_energy or pdg not in self.particles:
+            return False
+        one = {"primary_energy": np.array([energy]), "primary_dx": np.array([dx]),
+               "primary_dy": np.array([dy]), "primary_dz": np.array([dz])}
+        return not self.generator.outside_range(one)
+
+    def showers(self, entries: np.ndarray, event: np.ndarray, seed: int):
+        """Stopped particles (n, 9) of events ``event`` (n,) -> hits (event, cell id, MeV, ns)."""
+        if not len(entries):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+        pdg = entries[:, 0].astype(np.int32)
+        primaries = {"primary_pdg": np.where(pdg == POSITRON, ELECTRON, pdg).astype(np.int32),
+                     "primary_energy": entries[:, 1]}
+        for i, key in enumerate(("x", "y", "z", "dx", "dy", "dz")):
+            primaries[f"primary_{key}"] = entries[:, 2 + i]
+        batch = self.generator.generate(primaries, seed=seed)
+        counts = ak.num(batch.cell_id).to_numpy()
+        shower = np.repeat(np.arange(len(entries)), counts)
+        self.handed += len(entries)
+        self.handed_energy += float(entries[:, 1].sum())
+        return (event[shower], ak.flatten(batch.cell_id).to_numpy().astype(np.int64),
+                ak.flatten(batch.cell_energy).to_numpy().astype(np.float64),
+                ak.flatten(batch.cell_time).to_numpy() + entries[shower, 8])
+
+    def describe(self) -> str:
+        names = ", ".join(PARTICLE_OF_PDG[p] for p in sorted(self.particles))
+        return (f"{self.generator.name} for {names} (e+ as e-) above "
+                f"{self.min_energy / 1e3:g} GeV at the calorimeter front")
+

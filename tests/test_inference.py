@@ -33,8 +33,12 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("inference")
     geom = build_geometry("hgcal")
     gpath = save(geom, tmp / "g.h5")
-    generator = Generator(pretrained("flowgnn"), geom)
-    return geom, gpath, generator, export_model(generator, tmp / "onnx"), tmp
+    res = subprocess.run([sys.executable, "-m", "fastshower", "export-model", "--run",
+                          str(pretrained("flowgnn")), "--out", str(tmp / "onnx"), "--triton",
+                          "--geometry", str(gpath)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "ONNX Runtime vs PyTorch" in res.stdout
+    return geom, gpath, Generator(pretrained("flowgnn"), geom), tmp / "onnx", tmp
 
 
 def photons(n: int, energy: float, seed: int) -> dict:
@@ -229,13 +233,52 @@ def test_triton_repository_has_a_valid_model_config(exported):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from fastshower.inference.serve import triton_repository
-
-    _, _, _, folder, tmp = exported
-    repo = triton_repository(folder, tmp / "triton")
+    _, _, _, folder, _ = exported
+    repo = folder / "triton_repository" / "fastshower"
     config = text_format.Parse((repo / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     assert config.platform == "onnxruntime_onnx"
     assert [i.name for i in config.input] == ["energy", "position", "direction", "particle", "z",
                                               "gumbel", "normal"]
     assert list(config.input[5].dims) == [-1, 47, 639]
     assert (repo / "1" / "model.onnx").stat().st_size == (folder / "model.onnx").stat().st_size
+
+
+def test_hybrid_geant4_run_hands_calorimeter_showers_to_the_model(exported):
+    """Photons from the interaction point through 0.3 X0 of silicon: what reaches the calorimeter
+    above 1 GeV is stopped at its front and generated (PyTorch and ONNX back-ends); the merged
+    hits respond like full Geant4's; a threshold above the beam energy hands nothing over."""
+    from fastshower.simulation.jobs import simulate
+
+    geom, gpath, _, folder, tmp = exported
+    gun = GunConfig(particle="gamma", energy=[20.0], eta=(1.995, 2.005), phi_deg=(89.9, 90.1))
+    fast = {"model": str(pretrained("flowgnn")), "backend": "torch", "min_energy_gev": 1.0}
+    runs = {"full": None, "torch": fast, "onnx": {**fast, "model": str(folder), "backend": "onnx"},
+            "none": {**fast, "min_energy_gev": 50.0}}
+    response, handed = {}, {}
+    for name, cfg in runs.items():
+        simulate(gpath, gun, 8, tmp / name, seed=3, upstream_x0=0.3, fast=cfg,
+                 show_progress=False)
+        batch, meta = read_sample(tmp / name)
+        response[name] = high_level(batch, geom)["response"].mean()
+        handed[name] = json.loads((tmp / name / "logs" / "job_000.json").read_text())
+        assert meta["upstream_x0"] == 0.3 and len(batch) == 8
+        assert np.all(batch.primaries["primary_energy"] == 20e3)  # the gun's primaries
+    assert meta["fast_simulation"]["min_energy_gev"] == 50.0
+    for name in ("torch", "onnx"):
+        # every photon, or the pair it converted into, reaches the calorimeter
+        assert handed[name]["fast_showers"] >= 8
+        assert handed[name]["fast_energy_mev"] > 0.95 * 8 * 20e3
+        assert abs(response[name] / response["full"] - 1) < 0.06, response
+    assert handed["none"]["fast_showers"] == 0
+    assert abs(response["none"] / response["full"] - 1) < 0.06, response
+
+
+def test_merge_hits_sums_per_event_and_cell_keeping_the_earliest_time():
+    from fastshower.simulation.scoring import merge_hits
+
+    counts, cell, energy, time = merge_hits(
+        np.array([1, 0, 1, 1, 3]), np.array([5, 2, 5, 4, 2]), np.array([1.0, 2.0, 3.0, 4.0, 5.0]),
+        np.array([9.0, 1.0, 7.0, 2.0, 3.0]), 4)
+    assert counts.tolist() == [1, 2, 0, 1]
+    assert cell.tolist() == [2, 4, 5, 2] and energy.tolist() == [2.0, 4.0, 4.0, 5.0]
+    assert time.tolist() == [1.0, 2.0, 7.0, 3.0]

@@ -407,7 +407,7 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
     name: Annotated[str, typer.Option(help="Model name in the URLs.")] = "fastshower",
     max_showers: Annotated[int, typer.Option(help="Most showers in one request.")] = 256,
-    max_batch: Annotated[int, typer.Option(help="Most showers in one model call.")] = 32,
+    max_batch: Annotated[int, typer.Option(help="Most showers in one model call.")] = 8,
     max_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads.")] = 1,
     allow_extrapolation: Annotated[bool, typer.Option(

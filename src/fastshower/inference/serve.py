@@ -55,7 +55,7 @@ class ServeConfig:
     model_name: str = "fastshower"
     max_showers: int = 256  # per request
     max_body_mb: float = 64.0
-    max_batch: int = 32  # showers per ONNX Runtime call
+    max_batch: int = 8  # showers per ONNX Runtime call
     max_delay_ms: float = 5.0
     threads: int = 1
     allow_extrapolation: bool = False

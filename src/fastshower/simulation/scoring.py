@@ -21,15 +21,9 @@ def aggregate_steps(geom: Geometry, layer: np.ndarray, x: np.ndarray, y: np.ndar
     cell = geom.lookup(layer, x, y)
     inside = cell >= 0
     lost = float(energy[~inside].sum())
-    cell, time, energy = cell[inside], time[inside], energy[inside]
-    order = np.lexsort((time, cell))
-    cell, time, energy = cell[order], time[order], energy[order]
-    first = np.ones(len(cell), dtype=bool)
-    first[1:] = cell[1:] != cell[:-1]
-    starts = np.flatnonzero(first)
-    if len(starts) == 0:
-        return cell, energy, time, lost
-    return cell[starts], np.add.reduceat(energy, starts), time[starts], lost
+    _, cell, summed, first = merge_hits(np.zeros(int(inside.sum()), np.int64), cell[inside],
+                                        energy[inside], time[inside], 1)
+    return cell, summed, first, lost
 
 
 def merge_hits(event: np.ndarray, cell: np.ndarray, energy: np.ndarray, time: np.ndarray,

@@ -200,3 +200,56 @@ def test_shipped_models_fit_the_default_geometry_and_respond_like_geant4():
         response = high_level(showers, geom)["response"].mean()
         assert 0.0085 < response < 0.0095, (name, response)
     assert sorted(p.stem for p in FOLDER.glob("*.pt")) == ["flowgnn", "parametric"]
+
+
+TINY = ["max_steps=8", "val_every=8", "val_showers=20", "warmup_steps=2", "flow_batch=32",
+        "cell_pairs=8", "flowgnn.flow_hidden=32", "flowgnn.flow_transforms=2",
+        "flowgnn.gnn_hidden=16"]
+
+
+def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sample):
+    """torchrun with 2 CPU processes (gloo): each computes half of every global mini-batch;
+    the weights after 8 steps equal single-process training to 1e-4 (float rounding)."""
+    _, gpath, data, _, tmp = sample
+    args = ["-m", "fastshower", "train", "--data", data, "--geometry", str(gpath)]
+    for item in TINY:
+        args += ["--set", item]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp / "one")],
+                         capture_output=True, text=True)
+    assert one.returncode == 0, one.stdout + one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", *args, "--out", str(tmp / "two")],
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stdout + two.stderr
+    a, b = (torch.load(tmp / run / "checkpoints" / "last.pt", weights_only=False)
+            for run in ("one", "two"))
+    assert a["step"] == b["step"] == 8
+    diff = max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"])
+    assert diff < 1e-4, diff
+    for run in ("one", "two"):  # only rank 0 writes
+        assert len((tmp / run / "history.jsonl").read_text().splitlines()) == 1
+    assert json.loads((tmp / "two" / "environment.json").read_text())[-1]["world_size"] == 2
+
+
+def test_tune_searches_and_writes_the_best_config_into_a_shared_study(sample):
+    _, gpath, data, _, tmp = sample
+    search = {"base": {"model": "flowgnn", "max_steps": 8, "val_every": 4, "val_showers": 20,
+                       "warmup_steps": 2, "flow_batch": 32, "cell_pairs": 8,
+                       "flowgnn": {"flow_hidden": 16, "flow_transforms": 2, "gnn_hidden": 8}},
+              "space": {"lr": {"low": 1e-4, "high": 3e-3, "log": True},
+                        "flowgnn.gnn_hidden": {"choices": [8, 16]}}}
+    (tmp / "search.yaml").write_text(yaml.safe_dump(search))
+    cmd = [sys.executable, "-m", "fastshower", "tune", "--data", data, "--geometry", str(gpath),
+           "--config", str(tmp / "search.yaml"), "--out", str(tmp / "tune")]
+    for trials in (3, 1):  # a second worker (here: the same command later) joins the study
+        res = subprocess.run([*cmd, "--trials", str(trials)], capture_output=True, text=True)
+        assert res.returncode == 0, res.stdout + res.stderr
+    rows = (tmp / "tune" / "trials.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4
+    best = TrainConfig(**yaml.safe_load((tmp / "tune" / "best.yaml").read_text()))
+    assert best.max_steps == 8 and best.flowgnn.gnn_hidden in (8, 16) and 1e-4 <= best.lr <= 3e-3
+    assert (tmp / "tune" / "search.png").stat().st_size > 5000
+    assert (tmp / "tune" / "trial_0003" / "model.pt").is_file()
+    bad = subprocess.run([*cmd[:-4], "--config", str(tmp / "nope.yaml"), "--out",
+                          str(tmp / "t2")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr

@@ -211,6 +211,8 @@ def simulate(
     fast_backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     fast_min_energy: Annotated[float, typer.Option(
         help="Hybrid run: lowest energy (GeV) handed to the model.")] = 1.0,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Run the jobs on Dask: 'local' or a scheduler address (tcp://host:8786).")] = None,
 ) -> None:
     """Simulate showers with Geant4 and write sim-hit ROOT files (resumable)."""
     from fastshower.simulation.g4data import describe_mode
@@ -230,7 +232,8 @@ def simulate(
     if fast is not None and fast_min_energy <= 0:
         raise FastShowerError("--fast-min-energy must be positive (GeV)")
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
-                em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast)
+                em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
+                scheduler=scheduler)
     console.print(f"wrote {len(files)} file(s) to {out}")
 
 
@@ -243,13 +246,16 @@ def preprocess(
     threshold_mip: Annotated[float, typer.Option(help="Cell threshold in MIPs.")] = 0.5,
     max_hits: Annotated[int | None, typer.Option(help="Keep the N most energetic hits.")] = None,
     workers: Annotated[int, typer.Option(help="Transform worker processes.")] = 1,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Transform on Dask: 'local' or a scheduler address (tcp://host:8786).")] = None,
 ) -> None:
     """Turn sim-hit files into cached graph shards (train/val/test) for training."""
     from fastshower.data.cache import preprocess as run
     from fastshower.data.transform import TransformConfig
 
     folder = run(input_, geometry, out, TransformConfig(threshold_mip=threshold_mip,
-                                                        max_hits=max_hits), workers=workers)
+                                                        max_hits=max_hits), workers=workers,
+                 scheduler=scheduler)
     counts = json.loads((folder / "manifest.json").read_text())["counts"]
     console.print(f"cache {folder}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
 
@@ -312,7 +318,8 @@ def train(
     geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
         DEFAULT_GEOMETRY),
 ) -> None:
-    """Train a generator on the train split of a Geant4 sample (run folder, resumable)."""
+    """Train a generator on the train split of a Geant4 sample (run folder, resumable).
+    Data-parallel: torchrun --nproc_per_node N -m fastshower train ..."""
     from pydantic import ValidationError
 
     from fastshower.training.loop import TrainConfig
@@ -331,9 +338,42 @@ def train(
         raise FastShowerError("bad training config: " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
     record = run(data, geometry, out, cfg)
+    if not record:  # a data-parallel rank other than 0: rank 0 reports
+        return
     console.print(f"{cfg.model}: step {record.get('step')}, separation power (mean over "
                   f"observables) {record.get('sep_power_mean', float('nan')):.3f} on the "
                   f"validation split -> {out / 'model.pt'}")
+
+
+@app.command()
+def tune(
+    data: Annotated[str, typer.Option(help="Geant4 sample(s), several joined by commas.")],
+    out: Annotated[Path, typer.Option(help="Study folder: trial runs, best.yaml, plot.")],
+    config: Annotated[Path, typer.Option(help="Search YAML: base, space, objective.")] = Path(
+        "configs/tune/flowgnn.yaml"),
+    trials: Annotated[int, typer.Option(help="Trials to run (added to the study).")] = 10,
+    storage: Annotated[str | None, typer.Option(
+        help="Optuna storage URL shared by workers (default: sqlite in OUT).")] = None,
+    study: Annotated[str, typer.Option(help="Study name in the storage.")] = "fastshower",
+    geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
+        DEFAULT_GEOMETRY),
+) -> None:
+    """Hyper-parameter search with Optuna (pruning, shared study database)."""
+    from pydantic import ValidationError
+
+    from fastshower.training.tune import TuneConfig
+    from fastshower.training.tune import tune as run
+
+    if trials <= 0:
+        raise FastShowerError("--trials must be positive")
+    try:
+        cfg = TuneConfig(**_load_yaml(config))
+    except (ValidationError, TypeError) as err:
+        raise FastShowerError(f"bad search config {config}: {err}") from None
+    best = run(cfg, data, geometry, out, trials, storage, study)
+    console.print(f"best of {best['trials']} trials ({best['pruned']} pruned): trial "
+                  f"{best['number']}, {cfg.objective} {best['value']:.4f}, {best['params']} "
+                  f"-> {out / 'best.yaml'}, {out / 'search.png'}")
 
 
 @app.command()

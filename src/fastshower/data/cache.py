@@ -56,8 +56,10 @@ def _work(task: tuple) -> list:
 def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
                cfg: TransformConfig | None = None, workers: int = 1, chunk: int = 500,
                shard_size: int = 2000, fractions=(0.8, 0.1, 0.1),
-               show_progress: bool = True) -> Path:
-    """Build (or find) the cache of ``inputs``; returns its folder."""
+               show_progress: bool = True, scheduler: str | None = None) -> Path:
+    """Build (or find) the cache of ``inputs``; returns its folder. ``scheduler``: transform
+    the chunks on a Dask cluster ('local' or an address, see fastshower.cluster) instead of a
+    local process pool; the cache is the same either way."""
     cfg = cfg or TransformConfig()
     geom = load(geometry)
     files = sample_files(inputs)
@@ -88,8 +90,10 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
 
     columns = [TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f} showers/s"), TimeRemainingColumn()]
+    from fastshower.cluster import DaskPool
+
     with Progress(*columns, disable=not show_progress) as bar, \
-            _pool(workers) as pool:
+            (DaskPool(scheduler, workers) if scheduler else _pool(workers)) as pool:
         task = bar.add_task("pre", total=sum(sizes), rate=0.0)
         results = (pool.imap(_work, [t for _, t in tasks]) if pool is not None
                    else map(_work, [t for _, t in tasks]))

@@ -230,7 +230,12 @@ class FlowGNN(nn.Module):
     def cell_loss(self, groups: list) -> tuple[torch.Tensor, torch.Tensor]:
         """(BCE of hit / no hit, Gaussian NLL of ln(e / mean hit energy) for hits), averaged
         over groups of (layer, inputs (N, P, F), hit flags (N, P), ln energies of the hits)."""
-        bce, nll, n_cells, n_hits = 0.0, 0.0, 0, 0
+        bce, nll, n_cells, n_hits = self.cell_sums(groups)
+        return bce / n_cells, nll / max(n_hits, 1)
+
+    def cell_sums(self, groups: list) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        """cell_loss as (BCE sum, NLL sum, cells, hits): sums add up over data-parallel ranks."""
+        bce, nll, n_cells, n_hits = torch.zeros(()), torch.zeros(()), 0, 0
         for layer, inputs, is_hit, log_e in groups:
             out = self.cells(inputs, self._graphs.adj[layer])
             bce = bce + nn.functional.binary_cross_entropy_with_logits(
@@ -239,7 +244,7 @@ class FlowGNN(nn.Module):
             mu, log_sigma = out[..., 1][hit], out[..., 2][hit].clamp(-4, 2)
             nll = nll + (log_sigma + 0.5 * ((log_e - mu) / log_sigma.exp()) ** 2).sum()
             n_cells, n_hits = n_cells + is_hit.numel(), n_hits + int(hit.sum())
-        return bce / n_cells, nll / max(n_hits, 1)
+        return bce, nll, n_cells, n_hits
 
     # ---- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -339,11 +344,14 @@ class TrainingData:
         ctx = model.context({k: v[index] for k, v in self.primaries.items()})
         return torch.from_numpy(x.astype(np.float32)), ctx
 
-    def cell_batch(self, model: FlowGNN, n_pairs: int, rng: np.random.Generator) -> list:
+    def cell_batch(self, model: FlowGNN, n_pairs: int, rng: np.random.Generator,
+                   shard: tuple[int, int] = (0, 1)) -> list:
         """Random (shower, layer) pairs with hits, grouped by layer: a list of (layer,
-        node inputs (N, P, F), hit flags (N, P), ln(energy / mean hit energy) of the hits)."""
+        node inputs (N, P, F), hit flags (N, P), ln(energy / mean hit energy) of the hits).
+        ``shard`` (rank, world): the rank's share of the pairs (the same draw on every rank)."""
         active_event, active_layer = np.nonzero(self.n_layer)
         pick = rng.choice(len(active_event), min(n_pairs, len(active_event)), replace=False)
+        pick = pick[shard[0]::shard[1]]
         ctx = model.context(self.primaries).numpy()
         groups = []
         for layer in np.unique(active_layer[pick]):

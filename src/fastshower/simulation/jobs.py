@@ -11,6 +11,8 @@ import json
 import multiprocessing as mp
 import os
 import queue
+import subprocess
+import sys
 import time
 import traceback
 from dataclasses import asdict
@@ -29,6 +31,8 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.runner import JobSpec, job_seed, run_job
+
+TIMING_KEYS = ("n", "cpu_seconds", "fast_showers", "fast_energy_mev")
 
 
 def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out: str | Path,
@@ -72,11 +76,13 @@ def _child(spec_dict: dict, index: int, progress: mp.Queue, log_path: str) -> No
 def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs: int = 1,
              seed: int = 1, physics: str = "auto", em_option: int = 0,
              force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
-             fast: dict | None = None) -> list[Path]:
+             fast: dict | None = None, scheduler: str | None = None) -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
     ``fast`` ({"model", "backend", "min_energy_gev"}) makes it a hybrid production: showers
-    of e+-/gamma reaching the calorimeter come from that model (inference.g4hook)."""
+    of e+-/gamma reaching the calorimeter come from that model (inference.g4hook).
+    ``scheduler``: run the jobs on a Dask cluster ('local' or an address; fastshower.cluster)
+    instead of local processes; the files are the same."""
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
     if upstream_x0 < 0:
         raise FastShowerError(f"--upstream-x0 must not be negative, got {upstream_x0}")
@@ -98,9 +104,58 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     manifest_path.write_text(json.dumps(manifest, indent=2))
     todo = [i for i, s in enumerate(specs) if force or not Path(s.out).is_file()]
     skipped = sum(specs[i].n for i in range(len(specs)) if i not in todo)
-    if todo:
+    if todo and scheduler:
+        _run_dask([specs[i] for i in todo], out, skipped, n, show_progress, scheduler, jobs)
+    elif todo:
         _run_parallel([specs[i] for i in todo], out, skipped, n, show_progress)
     return [Path(s.out) for s in specs]
+
+
+def run_isolated(spec: dict) -> dict:
+    """A cluster task: one job in a fresh Python process, its Geant4 output in its log file.
+    Idempotent: a job whose complete file exists is not run again."""
+    index = spec["meta"]["job"]
+    logs = Path(spec["out"]).parent / "logs"
+    timing = logs / f"job_{index:03d}.json"
+    if Path(spec["out"]).is_file() and timing.is_file():
+        return json.loads(timing.read_text())
+    result_file = logs / f"job_{index:03d}.result.json"
+    with open(logs / f"job_{index:03d}.log", "w") as log:
+        done = subprocess.run([sys.executable, "-m", "fastshower.simulation.runner",
+                               json.dumps(spec), str(result_file)], stdout=log, stderr=log)
+    if done.returncode != 0:
+        raise RuntimeError(f"simulation job {index} exited with {done.returncode}; see "
+                           f"{logs / f'job_{index:03d}.log'}")
+    result = json.loads(result_file.read_text())
+    result_file.unlink()
+    summary = {k: result.get(k) for k in TIMING_KEYS}
+    timing.write_text(json.dumps(summary))
+    return summary
+
+
+def _run_dask(specs: list[JobSpec], out: Path, skipped: int, total: int, show_progress: bool,
+              scheduler: str, workers: int) -> None:
+    from distributed import as_completed
+
+    from fastshower.cluster import RETRIES, close, connect
+
+    client = connect(scheduler, workers)
+    columns = [TextColumn(f"simulating on Dask ({scheduler})"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    try:
+        futures = [client.submit(run_isolated, asdict(s), retries=RETRIES, pure=False)
+                   for s in specs]
+        with Progress(*columns, disable=not show_progress) as bar:
+            task = bar.add_task("sim", total=total, completed=skipped)
+            for future in as_completed(futures):
+                try:
+                    bar.advance(task, future.result()["n"])
+                except Exception as err:  # noqa: BLE001 - every failure ends the same way
+                    raise FastShowerError(f"a simulation job failed {RETRIES + 1} times: {err}"
+                                          ) from None
+    finally:
+        close(client)
 
 
 def geant4_cpu_per_shower(out: str | Path) -> float:
@@ -148,8 +203,7 @@ def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                     finished.add(index)
                     done[index] = payload["n"]
                     (out / "logs" / f"job_{index:03d}.json").write_text(json.dumps(
-                        {k: payload[k] for k in ("n", "cpu_seconds", "fast_showers",
-                                                 "fast_energy_mev")}))
+                        {k: payload[k] for k in TIMING_KEYS}))
                 else:
                     done[index] = payload
                 n_done = sum(done.values())

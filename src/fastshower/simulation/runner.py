@@ -6,8 +6,11 @@ A Geant4 run manager lives once per process, so every job runs in a process of i
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import awkward as ak
@@ -201,3 +204,14 @@ def run_job(spec: JobSpec, report=None) -> dict:
             "escaped_mev": escaped,
             "fast_showers": None if s.hook is None else s.hook.handed,
             "fast_energy_mev": None if s.hook is None else s.hook.handed_energy}
+
+
+def main() -> None:
+    """``python -m fastshower.simulation.runner SPEC_JSON RESULT_JSON``: one job in a fresh
+    process (a Geant4 run manager lives once per process; cluster workers live longer)."""
+    result = run_job(JobSpec(**json.loads(sys.argv[1])))
+    Path(sys.argv[2]).write_text(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

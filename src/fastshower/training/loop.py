@@ -2,6 +2,12 @@
 writes a run folder (see runs.py); validation every N steps with the validation suite's
 metrics, early stopping, best and last checkpoints, and an exact resume after a crash: the
 mini-batches of step k depend only on (seed, k), so a resumed run replays the same steps.
+
+Under torchrun (see distributed.py) FlowGNN trains with DistributedDataParallel: every rank
+draws the same global mini-batch of step k and computes the loss of its own share of it,
+scaled so that the gradients DDP averages are those of the global batch: N processes give
+the result of one process on the same global batch (to float rounding; a test checks it).
+Only rank 0 validates, logs and writes checkpoints; stopping decisions are broadcast.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -23,6 +30,8 @@ from fastshower.models.flowgnn import FlowGNN, FlowGNNConfig, TrainingData, fit_
 from fastshower.models.parametric import ParametricShower
 from fastshower.models.showers import PARTICLE_OF_PDG
 from fastshower.simhits import ShowerBatch
+from fastshower.training import distributed
+from fastshower.training.distributed import SINGLE, Dist
 from fastshower.training.runs import RunFolder, save_atomic
 from fastshower.validation.metrics import compare, frechet_distance, standardise
 from fastshower.validation.observables import high_level
@@ -47,6 +56,11 @@ class TrainConfig(BaseModel):
     val_every: int = Field(250, gt=0)
     patience: int = Field(6, gt=0)
     val_showers: int = Field(300, gt=9)
+    # data-parallel runs: flow_batch and cell_pairs are the global batch, shared by the ranks,
+    # unless batch_per_rank (then each rank takes them, and lr_scaling scales the learning
+    # rate with the number of ranks)
+    batch_per_rank: bool = False
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     flowgnn: FlowGNNConfig = FlowGNNConfig()
 
 
@@ -69,8 +83,11 @@ def particles_of(batch: ShowerBatch) -> list[str]:
 
 
 def train(data: str, geometry: str | Path, out: str | Path, cfg: TrainConfig,
-          show_progress: bool = True) -> dict:
-    """Train ``cfg.model`` on the train split of ``data``; returns the last validation record."""
+          show_progress: bool = True, on_validation=None) -> dict:
+    """Train ``cfg.model`` on the train split of ``data``; returns the last validation record.
+    Under torchrun, every rank calls this (see the module docstring). ``on_validation(record)``
+    is called after every validation, once the checkpoint is written (hyper-parameter search
+    uses it to prune)."""
     if cfg.model not in MODELS:
         raise FastShowerError(f"unknown model {cfg.model!r}; available: {', '.join(MODELS)}")
     geom = load(geometry)
@@ -78,11 +95,26 @@ def train(data: str, geometry: str | Path, out: str | Path, cfg: TrainConfig,
     if len(train_set) < 20 or len(val_set) < 5:
         raise FastShowerError(f"{data}: {len(train_set)} training and {len(val_set)} validation "
                               "showers are too few (need at least 20 and 5)")
-    run = RunFolder(out, {**cfg.model_dump(), "data": str(data), "geometry": str(geometry),
-                          "geometry_hash": geom.hash})
-    if cfg.model == "parametric":
-        return _train_parametric(run, train_set, val_set, geom, cfg)
-    return _train_flowgnn(run, train_set, val_set, geom, cfg, show_progress)
+    ranks = distributed.start()
+    if cfg.model == "parametric" and ranks.world > 1:
+        raise FastShowerError("the parametric model is a fit, not gradient descent: train it "
+                              "in one process")
+    config = {**cfg.model_dump(), "data": str(data), "geometry": str(geometry),
+              "geometry_hash": geom.hash}
+    run = RunFolder(out, config) if ranks.main else None
+    ranks.barrier()
+    if not ranks.main:  # reads checkpoints only; rank 0 owns the folder
+        run = RunFolder(out, config, write=False)
+    try:
+        if cfg.model == "parametric":
+            record = _train_parametric(run, train_set, val_set, geom, cfg)
+            if on_validation is not None:
+                on_validation(record)
+            return record
+        return _train_flowgnn(run, train_set, val_set, geom, cfg, show_progress, ranks,
+                              on_validation)
+    finally:
+        distributed.stop()
 
 
 def _train_parametric(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig) -> dict:
@@ -106,11 +138,33 @@ def _schedule(cfg: TrainConfig):
     return factor
 
 
-def _losses(model: FlowGNN, data: TrainingData, cfg: TrainConfig, rng) -> dict:
-    x, c = data.flow_batch(model, rng.choice(len(data), min(cfg.flow_batch, len(data)),
-                                             replace=False), rng)
-    bce, nll = model.cell_loss(data.cell_batch(model, cfg.cell_pairs, rng))
-    flow = model.flow_loss(x, c)
+class TrainingLoss(torch.nn.Module):
+    """FlowGNN's training terms as sums over a (share of a) mini-batch: the forward pass that
+    DistributedDataParallel wraps."""
+
+    def __init__(self, model: FlowGNN):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor, groups: list):
+        flow = -self.model.flow.log_prob(x, c).sum()
+        return (flow, *self.model.cell_sums(groups))
+
+
+def _losses(net, data: TrainingData, cfg: TrainConfig, rng, ranks: Dist = SINGLE) -> dict:
+    """Loss terms of the step whose draws come from ``rng``: the global mini-batch is drawn
+    whole on every rank; each rank computes its share, normalised by the global counts and
+    multiplied by the number of ranks (DDP averages gradients over ranks)."""
+    model = net.module.model if hasattr(net, "module") else net.model
+    scale = ranks.world if cfg.batch_per_rank else 1
+    index = rng.choice(len(data), min(cfg.flow_batch * scale, len(data)), replace=False)
+    x, c = data.flow_batch(model, index, rng)
+    groups = data.cell_batch(model, cfg.cell_pairs * scale, rng, (ranks.rank, ranks.world))
+    flow, bce, nll, n_cells, n_hits = net(x[ranks.rank::ranks.world], c[ranks.rank::ranks.world],
+                                          groups)
+    n_cells, n_hits = ranks.all_sum([n_cells, n_hits])
+    flow = flow / (len(x) * x.shape[1]) * ranks.world
+    bce, nll = bce / n_cells * ranks.world, nll / max(n_hits, 1) * ranks.world
     return {"loss": flow + bce + 0.1 * nll, "flow_nll": flow, "cell_bce": bce, "cell_nll": nll}
 
 
@@ -118,7 +172,8 @@ def _losses(model: FlowGNN, data: TrainingData, cfg: TrainConfig, rng) -> dict:
 def _validate(model: FlowGNN, val: TrainingData, geom: Geometry, cfg: TrainConfig) -> dict:
     model.eval()
     rng = np.random.default_rng(12345)  # the same validation batches every time
-    losses = [_losses(model, val, cfg, rng) for _ in range(4)]
+    cfg = cfg.model_copy(update={"batch_per_rank": False})
+    losses = [_losses(TrainingLoss(model), val, cfg, rng) for _ in range(4)]
     record = {f"val_{k}": float(np.mean([loss[k].item() for loss in losses])) for k in losses[0]}
     n = min(cfg.val_showers, len(val))
     gen = model.generate({k: v[:n] for k, v in val.primaries.items()}, np.random.default_rng(0))
@@ -127,16 +182,28 @@ def _validate(model: FlowGNN, val: TrainingData, geom: Geometry, cfg: TrainConfi
     return record
 
 
+def _learning_rate(cfg: TrainConfig, world: int) -> float:
+    if not cfg.batch_per_rank or cfg.lr_scaling == "none":
+        return cfg.lr
+    return cfg.lr * (world if cfg.lr_scaling == "linear" else math.sqrt(world))
+
+
 def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
-                   show_progress: bool) -> dict:
+                   show_progress: bool, ranks: Dist = SINGLE, on_validation=None) -> dict:
+    from torch.nn.parallel import DistributedDataParallel
     from torch.utils.tensorboard import SummaryWriter
 
-    tr, va = TrainingData(train_set, geom), TrainingData(val_set, geom)
+    tr = TrainingData(train_set, geom)
+    va = TrainingData(val_set, geom) if ranks.main else None
     state = run.load("last")
     norms = state["norms"] if state else fit_norms(tr, particles_of(train_set), cfg.seed)
     torch.manual_seed(cfg.seed)
     model = FlowGNN(geom, particles_of(train_set), cfg.flowgnn, norms)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-5)
+    net = TrainingLoss(model)
+    if ranks.world > 1:
+        net = DistributedDataParallel(net)  # broadcasts rank 0's weights, averages gradients
+    opt = torch.optim.AdamW(model.parameters(), lr=_learning_rate(cfg, ranks.world),
+                            weight_decay=1e-5)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     # the two stages have disjoint parameters and losses: each keeps its own best state
     step, elapsed = 0, 0.0
@@ -149,33 +216,38 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
         sched.load_state_dict(state["scheduler"])
         step, best, bad, elapsed = state["step"], state["best"], state["bad"], state["elapsed"]
         best_state = state["best_state"]
-        run.truncate_history(step)
-        console.print(f"resuming {run.path} at step {step}")
-    writer = SummaryWriter(run.path / "tensorboard", purge_step=step if state else None)
+        if ranks.main:
+            run.truncate_history(step)
+            console.print(f"resuming {run.path} at step {step}")
+    writer = (SummaryWriter(run.path / "tensorboard", purge_step=step if state else None)
+              if ranks.main else None)
     record, started = {}, time.time() - elapsed
     stop = min(bad.values()) >= cfg.patience
     columns = [TextColumn("training flowgnn"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}"),
                TimeRemainingColumn()]
     model.train()
-    with Progress(*columns, disable=not show_progress, console=console) as bar:
+    with Progress(*columns, disable=not (show_progress and ranks.main), console=console) as bar:
         task = bar.add_task("train", total=cfg.max_steps, completed=step, loss=0.0, val="-")
         while step < cfg.max_steps and not stop:
             rng = np.random.default_rng([cfg.seed, step])
             torch.manual_seed(cfg.seed * 1_000_003 + step)
-            losses = _losses(model, tr, cfg, rng)
+            losses = _losses(net, tr, cfg, rng, ranks)
             opt.zero_grad()
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
             sched.step()
             step += 1
-            if step % 10 == 0:
+            if step % 10 == 0 and ranks.main:
                 for k, v in losses.items():
                     writer.add_scalar(f"train/{k}", v.item(), step)
             bar.update(task, completed=step, loss=losses["loss"].item())
-            out_of_time = time.time() - started > 60 * cfg.max_minutes
+            out_of_time = ranks.agree(time.time() - started > 60 * cfg.max_minutes)
             if step % cfg.val_every and step < cfg.max_steps and not out_of_time:
+                continue
+            if not ranks.main:  # rank 0 validates and decides whether to go on
+                stop = ranks.agree(False)
                 continue
             record = {"step": step, "elapsed_s": round(time.time() - started, 1),
                       "lr": sched.get_last_lr()[0],
@@ -198,7 +270,7 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
                 save_atomic(model.export(best_state), run.model_file)
             record.update({f"best_{k}": v for k, v in best.items()})
             run.log(record)
-            stop = min(bad.values()) >= cfg.patience or out_of_time
+            stop = ranks.agree(min(bad.values()) >= cfg.patience or out_of_time)
             run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "step": step, "best": best, "bad": bad,
                       "best_state": best_state, "elapsed": time.time() - started,
@@ -209,6 +281,10 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
                           f"(improved: {', '.join(improved) or 'none'}); separation power mean "
                           f"{record['sep_power_mean']:.4f}, FPD {record['fpd']:.3f}, "
                           f"{record['elapsed_s'] / 60:.1f} min")
+            if on_validation is not None:
+                on_validation(record)
+    if not ranks.main:
+        return {}
     writer.close()
     if min(bad.values()) >= cfg.patience:
         console.print(f"early stop at step {step}: no better validation loss for "

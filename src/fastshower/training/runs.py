@@ -48,7 +48,8 @@ def environment() -> dict:
             versions[name] = None
     return {"versions": versions, "python": sys.version.split()[0],
             "platform": platform.platform(), "git_commit": git_commit(),
-            "command": sys.argv, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            "command": sys.argv, "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
 def save_atomic(obj, path: str | Path) -> None:
@@ -62,7 +63,9 @@ def save_atomic(obj, path: str | Path) -> None:
 class RunFolder:
     """One training run. Created with its config; reopened with the same config to resume."""
 
-    def __init__(self, path: str | Path, config: dict):
+    def __init__(self, path: str | Path, config: dict, write: bool = True):
+        """``write=False``: open an existing run to read its checkpoints only (the other
+        ranks of a data-parallel run)."""
         self.path = Path(path)
         self.checkpoints = self.path / "checkpoints"
         saved = self.path / "config.yaml"
@@ -73,9 +76,11 @@ class RunFolder:
                 raise FastShowerError(f"{self.path} holds a run with another configuration "
                                       f"(differs in: {', '.join(changed)}); use a new --out or "
                                       "the same settings to resume it")
-        else:
+        elif write:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             saved.write_text(yaml.safe_dump(config, sort_keys=False))
+        if not write:
+            return
         env = self.path / "environment.json"
         runs = json.loads(env.read_text()) if env.is_file() else []
         env.write_text(json.dumps([*runs, environment()], indent=2))

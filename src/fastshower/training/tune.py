@@ -1,0 +1,155 @@
+"""Hyper-parameter search with Optuna: `fastshower tune --config configs/tune/flowgnn.yaml`.
+
+The YAML holds ``base`` (a training config), ``space`` (config keys, dotted for nested ones,
+each {low, high[, log]} for a number or {choices: [...]}) and ``objective`` (a validation
+record key to minimise, by default the validation suite's mean separation power). Every trial
+is a normal training run in OUT/trial_NNNN; its validations are reported to Optuna, whose
+median pruner stops trials that do worse than the median of earlier trials at the same step.
+The study lives in a database (SQLite in OUT by default, any SQLAlchemy URL with --storage), so
+several processes or machines running the same command share it. OUT gets best.yaml (the best
+trial's full training config), trials.csv and search.png.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from fastshower.errors import FastShowerError
+from fastshower.training.loop import TrainConfig, train
+
+
+class TuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base: dict = {}
+    space: dict[str, dict]
+    objective: str = "sep_power_mean"
+    seed: int = 0
+
+
+def _set(config: dict, key: str, value) -> None:
+    *parents, leaf = key.split(".")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[leaf] = value
+
+
+def suggest(trial, space: dict[str, dict]) -> dict:
+    """Trial values for every key of the search space."""
+    values = {}
+    for key, spec in space.items():
+        if "choices" in spec:
+            values[key] = trial.suggest_categorical(key, spec["choices"])
+        elif isinstance(spec.get("low"), int) and isinstance(spec.get("high"), int):
+            values[key] = trial.suggest_int(key, spec["low"], spec["high"],
+                                            log=spec.get("log", False))
+        elif {"low", "high"} <= set(spec):
+            values[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
+                                              log=spec.get("log", False))
+        else:
+            raise FastShowerError(f"search space entry {key}: give low/high or choices")
+    return values
+
+
+def trial_config(tune: TuneConfig, values: dict) -> TrainConfig:
+    config = yaml.safe_load(yaml.safe_dump(tune.base))  # a deep copy
+    for key, value in values.items():
+        _set(config, key, value)
+    return TrainConfig(**config)
+
+
+def tune(tune_cfg: TuneConfig, data: str, geometry: str | Path, out: str | Path, trials: int,
+         storage: str | None = None, study_name: str = "fastshower") -> dict:
+    """Run ``trials`` more trials of the study; returns the best trial's values."""
+    import optuna
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for key in tune_cfg.space:  # a typo in the space fails now, not after the first trial
+        trial_config(tune_cfg, {key: _example(tune_cfg.space[key])})
+    study = optuna.create_study(
+        study_name=study_name, storage=storage or f"sqlite:///{(out / 'study.db').resolve()}",
+        direction="minimize", load_if_exists=True,
+        sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+
+    def objective(trial) -> float:
+        cfg = trial_config(tune_cfg, suggest(trial, tune_cfg.space))
+
+        def report(record: dict) -> None:
+            trial.report(record[tune_cfg.objective], record["step"])
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        record = train(data, geometry, out / f"trial_{trial.number:04d}", cfg,
+                       show_progress=False, on_validation=report)
+        return record[tune_cfg.objective]
+
+    study.optimize(objective, n_trials=trials)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not done:
+        raise FastShowerError("no trial completed; see the trial folders in " + str(out))
+    best = study.best_trial
+    config = trial_config(tune_cfg, best.params).model_dump()
+    (out / "best.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_trials(study, tune_cfg, out / "trials.csv")
+    plot_search(study, tune_cfg.objective, out / "search.png")
+    return {"number": best.number, "value": best.value, "params": best.params,
+            "trials": len(study.trials), "pruned": sum(
+                t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}
+
+
+def write_trials(study, tune_cfg: TuneConfig, path: Path) -> Path:
+    keys = list(tune_cfg.space)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["number", "state", tune_cfg.objective, "last_step", "seconds", *keys])
+        for t in study.trials:
+            seconds = ((t.datetime_complete - t.datetime_start).total_seconds()
+                       if t.datetime_complete and t.datetime_start else None)
+            last = max(t.intermediate_values) if t.intermediate_values else None
+            w.writerow([t.number, t.state.name, t.value, last, seconds,
+                        *(t.params.get(k) for k in keys)])
+    return path
+
+
+def _example(spec: dict):
+    return spec["choices"][0] if "choices" in spec else spec.get("low")
+
+
+def plot_search(study, objective: str, path: Path) -> Path:
+    """Objective of every trial (pruned ones at their last report) and the best so far."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    best = np.inf
+    xs, bests = [], []
+    for t in study.trials:
+        value = t.value if t.value is not None else (
+            list(t.intermediate_values.values())[-1] if t.intermediate_values else None)
+        if value is None:
+            continue
+        pruned = t.state == optuna.trial.TrialState.PRUNED
+        ax.plot(t.number, value, "x" if pruned else "o", color="grey" if pruned else "C0")
+        if not pruned:
+            best = min(best, value)
+        xs.append(t.number)
+        bests.append(best)
+    ax.step(xs, bests, where="post", color="C1", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{objective} (validation)")
+    ax.set_title("hyper-parameter search (x: pruned)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

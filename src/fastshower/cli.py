@@ -21,6 +21,9 @@ app = typer.Typer(help="Fast ML calorimeter showers for high-granularity calorim
 geometry_app = typer.Typer(help="Build, inspect and draw detector geometries.",
                            no_args_is_help=True)
 app.add_typer(geometry_app, name="geometry")
+regress_app = typer.Typer(help="Energy regression from shower graphs (GNN and baselines).",
+                          no_args_is_help=True)
+app.add_typer(regress_app, name="regress")
 
 DEFAULT_GEOMETRY = Path("data/geometry/hgcal_roi.h5")
 
@@ -268,15 +271,22 @@ def validate(
         DEFAULT_GEOMETRY),
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("validation"),
     seed: Annotated[int, typer.Option(help="Seed of the splits and the classifier.")] = 0,
+    regressor: Annotated[Path | None, typer.Option(
+        help="Energy-regression run (trained on Geant4) to apply to both samples.")] = None,
 ) -> None:
     """Compare two sim-hit samples: metrics.json and a self-contained HTML report."""
     from fastshower.validation.report import validate as run
 
     with console.status("comparing samples"):
-        m = run(reference, generated, geometry, out, seed=seed)
+        m = run(reference, generated, geometry, out, seed=seed, regressor=regressor)
     console.print(f"classifier AUC {m['generated']['classifier']['auc']:.3f} (floor "
                   f"{m['floor']['classifier']['auc']:.3f}), FPD {m['generated']['fpd']:.3f} "
                   f"(floor {m['floor']['fpd']:.3f}) -> {out / 'report.html'}")
+    if "regression" in m:
+        r, g = m["regression"]["reference"], m["regression"]["generated"]
+        console.print(f"energy regression: response {r['response']:.4f} (Geant4) vs "
+                      f"{g['response']:.4f}, resolution {r['resolution']:.4f} vs "
+                      f"{g['resolution']:.4f}")
 
 
 @app.command()
@@ -343,6 +353,53 @@ def train(
     console.print(f"{cfg.model}: step {record.get('step')}, separation power (mean over "
                   f"observables) {record.get('sep_power_mean', float('nan')):.3f} on the "
                   f"validation split -> {out / 'model.pt'}")
+
+
+@regress_app.command("train")
+def regress_train(
+    cache: Annotated[Path, typer.Option(help="Graph cache folder (fastshower preprocess).")],
+    out: Annotated[Path, typer.Option(help="Run folder (rerun the same command to resume).")],
+    config: Annotated[Path | None, typer.Option(help="YAML regression config.")] = None,
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a key: conv=edge, high_level=true, max_epochs=40.")] = None,
+    geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
+        DEFAULT_GEOMETRY),
+) -> None:
+    """Train the energy-regression GNN (3 graph convolutions, 2 BN, 2 FC) on a graph cache."""
+    from pydantic import ValidationError
+
+    from fastshower.models.regression import RegressionConfig
+    from fastshower.training.regress import train as run
+
+    try:
+        cfg = RegressionConfig(**{**_load_yaml(config), **_parse_set(set_ or [])})
+    except ValidationError as err:
+        raise FastShowerError("bad regression config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    result = run(cache, geometry, out, cfg)
+    console.print(f"epoch {result['epoch']}: best validation mean |1 - E/E_true| "
+                  f"{result['best_val_loss']:.4f} -> {out / 'model.pt'}")
+
+
+@regress_app.command("evaluate")
+def regress_evaluate(
+    runs: Annotated[str, typer.Option(help="Regression run folder(s), joined by commas.")],
+    cache: Annotated[Path, typer.Option(help="Graph cache folder (its test split is used).")],
+    out: Annotated[Path, typer.Option(help="Output folder: regression.json, regression.png.")],
+    geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
+        DEFAULT_GEOMETRY),
+) -> None:
+    """Response and resolution vs energy: the GNN run(s), a linear calibrated energy sum and a
+    DNN on high-level variables, on the same test split."""
+    from fastshower.training.regress import evaluate
+
+    result = evaluate(runs.split(","), cache, geometry, out)
+    table = Table("method", "response", "resolution", "mean |1 - E/E_true|")
+    for name, r in result["methods"].items():
+        table.add_row(name, f"{r['response']:.4f}", f"{r['resolution']:.4f}",
+                      f"{r['mean_relative_error']:.4f}")
+    console.print(table)
+    console.print(f"-> {out / 'regression.json'}, {out / 'regression.png'}")
 
 
 @app.command()

@@ -55,8 +55,11 @@ def _png(fig, path: Path) -> str:
 
 
 def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
-             out: str | Path, seed: int = 0) -> dict:
-    """Compare ``generated`` with ``reference``; writes OUT/metrics.json and OUT/report.html."""
+             out: str | Path, seed: int = 0, regressor: str | Path | None = None) -> dict:
+    """Compare ``generated`` with ``reference``; writes OUT/metrics.json and OUT/report.html.
+    ``regressor``: an energy-regression run trained on Geant4, applied to both samples (a
+    physics-level test: a generator should give the regression Geant4's response and
+    resolution)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ref, meta_r = read_sample(reference)
@@ -77,6 +80,8 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     metrics = compare_with_floor(hl_r, hl_g, seed=seed, low_ref=low_r, low_gen=low_g)
     metrics["energy_bins"] = compare_in_energy_bins(
         hl_r, hl_g, ref.primaries["primary_energy"], gen.primaries["primary_energy"], seed=seed)
+    if regressor is not None:
+        metrics["regression"] = regression_check(regressor, ref, gen, geom)
     metrics.update({"reference_path": str(reference), "generated_path": str(generated),
                     "n_reference": len(ref), "n_generated_total": len(gen),
                     "geometry_hash": geom.hash, "fastshower_version": __version__,
@@ -107,6 +112,36 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
         figures[name] = base64.b64encode(path.read_bytes()).decode()
     (out / "report.html").write_text(_html(metrics, figures))
     return metrics
+
+
+def regression_check(run, ref, gen, geom, n_bins: int = 4) -> dict:
+    """Response and resolution of a regression run on reference and generated showers."""
+    from fastshower.models.regression import response_resolution
+    from fastshower.training.regress import regress_showers
+
+    e_r, e_g = (b.primaries["primary_energy"] / 1e3 for b in (ref, gen))
+    edges = np.geomspace(min(e_r.min(), e_g.min()), max(e_r.max(), e_g.max()) * 1.0001,
+                         n_bins + 1)
+    return {"run": str(run),
+            "reference": response_resolution(regress_showers(run, ref, geom), e_r, edges),
+            "generated": response_resolution(regress_showers(run, gen, geom), e_g, edges)}
+
+
+def _regression_table(r: dict | None) -> str:
+    if r is None:
+        return "<p>No regression model given (validate --regressor RUN).</p>"
+    rows = "".join(
+        f"<tr><td>{a['e_min_gev']:.3g}-{a['e_max_gev']:.3g} GeV</td><td>{a['response']:.4f}</td>"
+        f"<td>{b['response']:.4f}</td><td>{a['resolution']:.4f}</td><td>{b['resolution']:.4f}"
+        "</td></tr>" for a, b in zip(r["reference"]["bins"], r["generated"]["bins"],
+                                     strict=False))
+    ref, gen = r["reference"], r["generated"]
+    return (f"<p>Energy regression <code>{html.escape(r['run'])}</code> (trained on Geant4) "
+            "applied to both samples.</p><table><tr><th>incident energy</th><th>response "
+            "Geant4</th><th>generated</th><th>resolution Geant4</th><th>generated</th></tr>"
+            f"<tr><td><b>all</b></td><td>{ref['response']:.4f}</td><td>{gen['response']:.4f}"
+            f"</td><td>{ref['resolution']:.4f}</td><td>{gen['resolution']:.4f}</td></tr>"
+            f"{rows}</table>")
 
 
 def _bins_table(bins: list[dict]) -> str:
@@ -181,6 +216,7 @@ floor: the same metric for the other half of the reference.</p>
 <h2>In bins of incident energy</h2>
 <p>High-level classifier AUC, then W1 / σ per observable (floor in grey), per bin.</p>
 {_bins_table(m["energy_bins"])}
+<h2>Energy regression (physics-level test)</h2>{_regression_table(m.get("regression"))}
 <h2>Fast-simulation questions</h2>{questions}
 <h2>Plots</h2>{imgs}
 </body></html>

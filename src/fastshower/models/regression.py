@@ -1,0 +1,140 @@
+"""Energy regression from the graph of a shower's hits (the seed project's testbed of graph
+architectures) and its baselines.
+
+- ``EnergyGNN``: 3 message-passing layers (GCNConv by default; EdgeConv or GravNetConv behind
+  the ``conv`` key), batch normalisation after the first two, a sum and a mean pooling, then 2
+  fully connected layers; optionally the high-level variables beside the pooled graph.
+  It predicts ln(E / GeV); the loss is the mean relative error mean |1 - E_pred / E_true|.
+- ``linear_fit``: E = a * E_EM + b * E_HAD, least squares on the training split (a calibrated
+  energy sum per section).
+- ``HighLevelDNN``: a small MLP on the high-level variables alone.
+
+High-level variables (per shower, from the hits above threshold): energy sums of the
+electromagnetic section (the geometry's first section: CE-E, ECAL) and of the rest (CE-H,
+HCAL), in GeV, and the energy-weighted pseudorapidity and azimuth of the hits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch_geometric.nn import EdgeConv, GCNConv, GravNetConv, global_add_pool, global_mean_pool
+
+from fastshower.geometry import Geometry
+
+HIGH_LEVEL = ("e_em_gev", "e_had_gev", "eta_w", "phi_w")
+
+
+class RegressionConfig(BaseModel):
+    """Architecture and training of the energy regression (saved in the run folder)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    conv: str = Field("gcn", pattern="^(gcn|edge|gravnet)$")
+    hidden: int = Field(64, gt=0)
+    high_level: bool = False
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(64, gt=0)
+    max_epochs: int = Field(60, gt=0)
+    patience: int = Field(8, gt=0)
+    seed: int = 0
+
+
+def em_layers(geom: Geometry) -> np.ndarray:
+    """(L,) True for layers of the electromagnetic (first) section."""
+    first = geom.layers[0].section
+    return np.array([lay.section == first for lay in geom.layers])
+
+
+def high_level(x_raw: torch.Tensor, batch: torch.Tensor, n: int, em: np.ndarray) -> torch.Tensor:
+    """(n, 4) high-level variables from raw node features (energy MeV, x, y, z, layer, ...)."""
+    e, x, y, z, layer = x_raw[:, 0], x_raw[:, 1], x_raw[:, 2], x_raw[:, 3], x_raw[:, 4].long()
+    is_em = torch.from_numpy(em)[layer]
+    e_em = torch.zeros(n).index_add_(0, batch, torch.where(is_em, e, 0.0)) / 1e3
+    e_had = torch.zeros(n).index_add_(0, batch, torch.where(is_em, 0.0, e)) / 1e3
+    r = torch.sqrt(x * x + y * y)
+    eta = torch.asinh(z / r.clamp(min=1e-3))
+    phi = torch.atan2(y, x)
+    total = torch.zeros(n).index_add_(0, batch, e).clamp(min=1e-9)
+    eta_w = torch.zeros(n).index_add_(0, batch, e * eta) / total
+    phi_w = torch.zeros(n).index_add_(0, batch, e * phi) / total
+    return torch.stack([e_em, e_had, eta_w, phi_w], -1)
+
+
+class EnergyGNN(nn.Module):
+    def __init__(self, node_features: int, cfg: RegressionConfig, hl_mean=None, hl_std=None):
+        super().__init__()
+        h, self.cfg = cfg.hidden, cfg
+        dims = [node_features, h, h, h]
+        self.convs = nn.ModuleList(self._conv(a, b) for a, b in zip(dims[:-1], dims[1:],
+                                                                    strict=True))
+        self.norms = nn.ModuleList([nn.BatchNorm1d(h), nn.BatchNorm1d(h)])
+        n_hl = len(HIGH_LEVEL) if cfg.high_level else 0
+        self.head = nn.Sequential(nn.Linear(2 * h + n_hl, h), nn.ReLU(), nn.Linear(h, 1))
+        self.register_buffer("hl_mean", torch.zeros(4) if hl_mean is None else hl_mean)
+        self.register_buffer("hl_std", torch.ones(4) if hl_std is None else hl_std)
+
+    def _conv(self, a: int, b: int) -> nn.Module:
+        if self.cfg.conv == "gcn":
+            return GCNConv(a, b)
+        if self.cfg.conv == "edge":
+            return EdgeConv(nn.Sequential(nn.Linear(2 * a, b), nn.ReLU(), nn.Linear(b, b)))
+        return GravNetConv(a, b, space_dimensions=4, propagate_dimensions=b // 2, k=8)
+
+    def forward(self, x, edge_index, batch, n: int, hl: torch.Tensor | None = None):
+        """ln(E / GeV) per graph."""
+        h = x
+        for i, conv in enumerate(self.convs):
+            h = conv(h, batch) if self.cfg.conv == "gravnet" else conv(h, edge_index)
+            h = torch.relu(h)
+            if i < 2:
+                h = self.norms[i](h)
+        pooled = [global_add_pool(h, batch, n) / 100.0, global_mean_pool(h, batch, n)]
+        if self.cfg.high_level:
+            pooled.append((hl - self.hl_mean) / self.hl_std)
+        return self.head(torch.cat(pooled, -1)).squeeze(-1)
+
+
+class HighLevelDNN(nn.Module):
+    """ln(E / GeV) from the standardised high-level variables alone."""
+
+    def __init__(self, hl_mean: torch.Tensor, hl_std: torch.Tensor, hidden: int = 64):
+        super().__init__()
+        self.register_buffer("hl_mean", hl_mean)
+        self.register_buffer("hl_std", hl_std)
+        self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
+                                 nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, hl: torch.Tensor) -> torch.Tensor:
+        return self.net((hl - self.hl_mean) / self.hl_std).squeeze(-1)
+
+
+def relative_error(log_pred: torch.Tensor, e_true: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean |1 - E_pred / E_true|."""
+    return (1 - torch.exp(log_pred) / e_true).abs().mean()
+
+
+def linear_fit(hl: np.ndarray, e_true: np.ndarray) -> np.ndarray:
+    """(a, b) of E = a E_EM + b E_HAD by least squares."""
+    coef, *_ = np.linalg.lstsq(hl[:, :2], e_true, rcond=None)
+    return coef
+
+
+def response_resolution(e_pred: np.ndarray, e_true: np.ndarray, edges: np.ndarray) -> dict:
+    """Per energy bin: mean response E_pred / E_true and resolution, the response's standard
+    deviation over its mean (and a robust one: half the 16-84 % range over the median)."""
+    ratio = e_pred / e_true
+    rows = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        r = ratio[(e_true >= lo) & (e_true < hi)]
+        if len(r) < 5:
+            continue
+        q16, q50, q84 = np.percentile(r, [16, 50, 84])
+        rows.append({"e_min_gev": float(lo), "e_max_gev": float(hi), "n": int(len(r)),
+                     "response": float(r.mean()), "resolution": float(r.std() / r.mean()),
+                     "resolution_robust": float((q84 - q16) / 2 / q50)})
+    return {"bins": rows, "response": float(ratio.mean()),
+            "resolution": float(ratio.std() / ratio.mean()),
+            "mean_relative_error": float(np.abs(1 - ratio).mean())}

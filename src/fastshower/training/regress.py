@@ -1,0 +1,243 @@
+"""Training and evaluation of the energy regression: `fastshower regress train|evaluate`.
+
+Input is a graph cache of `fastshower preprocess` (its train/val/test splits and its scaler);
+runs use the same run folders as the generators (config, environment, history, atomic
+checkpoints, resume at the last finished epoch, early stopping on the validation loss).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from torch_geometric.data import Batch, Data
+from torch_geometric.loader import DataLoader
+
+from fastshower.data.transform import Scaler, TransformConfig, to_graphs
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry, load
+from fastshower.models.regression import (
+    EnergyGNN,
+    HighLevelDNN,
+    RegressionConfig,
+    em_layers,
+    high_level,
+    linear_fit,
+    relative_error,
+    response_resolution,
+)
+from fastshower.simhits import ShowerBatch
+from fastshower.training.runs import RunFolder, load_model_file, save_atomic
+
+console = Console()
+
+
+def attach(graphs: list[Data], scaler: Scaler, em: np.ndarray) -> list[Data]:
+    """Raw graphs -> scaled graphs carrying their high-level variables and true energy (GeV)."""
+    raw = Batch.from_data_list(graphs)
+    hl = high_level(raw.x, raw.batch, len(graphs), em)
+    out = []
+    for i, g in enumerate(graphs):
+        s = scaler.transform(g)
+        out.append(Data(x=s.x, edge_index=s.edge_index, hl=hl[i:i + 1],
+                        e_true=torch.exp(g.cond[:, 0]).float()))
+    return out
+
+
+def read_cache_split(cache: str | Path, split: str, geom: Geometry) -> tuple[list[Data], dict]:
+    cache = Path(cache)
+    manifest_file = cache / "manifest.json"
+    if not manifest_file.is_file():
+        raise FastShowerError(f"{cache} is not a graph cache (no manifest.json); make one with "
+                              "`fastshower preprocess`")
+    manifest = json.loads(manifest_file.read_text())
+    if manifest["geometry_hash"] != geom.hash:
+        raise FastShowerError(f"{cache} was made with geometry {manifest['geometry_hash'][:12]}, "
+                              f"not {geom.short_hash}")
+    graphs = [g for shard in sorted(cache.glob(f"shard_{split}_*.pt"))
+              for g in torch.load(shard, weights_only=False)]
+    if not graphs:
+        raise FastShowerError(f"{cache} has no {split} showers")
+    return attach(graphs, Scaler.from_dict(manifest["scaler"]), em_layers(geom)), manifest
+
+
+def _loader(graphs, cfg: RegressionConfig, epoch: int | None) -> DataLoader:
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + (epoch or 0))
+    return DataLoader(graphs, batch_size=cfg.batch_size, shuffle=epoch is not None,
+                      generator=gen)
+
+
+@torch.no_grad()
+def predict(model: EnergyGNN, graphs: list[Data], batch_size: int = 256) -> np.ndarray:
+    """Predicted energies (GeV)."""
+    model.eval()
+    out = [torch.exp(model(b.x, b.edge_index, b.batch, b.num_graphs, b.hl))
+           for b in DataLoader(graphs, batch_size=batch_size)]
+    return torch.cat(out).numpy()
+
+
+def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: RegressionConfig,
+          show_progress: bool = True) -> dict:
+    """Train the GNN; returns the best validation record."""
+    geom = load(geometry)
+    tr, manifest = read_cache_split(cache, "train", geom)
+    va, _ = read_cache_split(cache, "val", geom)
+    run = RunFolder(out, {**cfg.model_dump(), "cache": str(cache), "geometry_hash": geom.hash,
+                          "task": "energy-regression"})
+    hl = torch.cat([g.hl for g in tr])
+    torch.manual_seed(cfg.seed)
+    model = EnergyGNN(tr[0].x.shape[1], cfg, hl.mean(0), hl.std(0).clamp(min=1e-6))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    epoch, best, bad = 0, math.inf, 0
+    state = run.load("last")
+    if state:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        epoch, best, bad = state["epoch"], state["best"], state["bad"]
+        run.truncate_history(epoch)
+        console.print(f"resuming {run.path} after epoch {epoch}")
+    columns = [TextColumn(f"training energy regression ({cfg.conv}"
+                          f"{' + high-level' if cfg.high_level else ''})"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("val |1 - E/E_true| {task.fields[val]}")]
+    with Progress(*columns, disable=not show_progress, console=console) as bar:
+        task = bar.add_task("reg", total=cfg.max_epochs, completed=epoch, val="-")
+        while epoch < cfg.max_epochs and bad < cfg.patience:
+            start = time.time()
+            model.train()
+            losses = []
+            for b in _loader(tr, cfg, epoch):
+                loss = relative_error(model(b.x, b.edge_index, b.batch, b.num_graphs, b.hl),
+                                      b.e_true)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(loss.item())
+            epoch += 1
+            e_val = np.concatenate([g.e_true.numpy() for g in va])
+            val = float(np.abs(1 - predict(model, va) / e_val).mean())
+            record = {"epoch": epoch, "step": epoch, "train_loss": float(np.mean(losses)),
+                      "val_loss": val, "seconds": time.time() - start}
+            if val < best - 1e-5:
+                best, bad = val, 0
+                save_atomic({"task": "energy-regression", "config": cfg.model_dump(),
+                             "node_features": tr[0].x.shape[1], "geometry_hash": geom.hash,
+                             "scaler": manifest["scaler"], "transform": manifest["transform"],
+                             "state_dict": model.state_dict(), "epoch": epoch},
+                            run.model_file)
+            else:
+                bad += 1
+            record["best_val_loss"] = best
+            run.log(record)
+            run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "epoch": epoch, "best": best, "bad": bad})
+            bar.update(task, completed=epoch, val=f"{val:.4f}")
+    return {"epoch": epoch, "best_val_loss": best, "stopped_early": bad >= cfg.patience}
+
+
+def load_regressor(run: str | Path, geom: Geometry) -> tuple[EnergyGNN, dict]:
+    saved = load_model_file(run)
+    if saved.get("task") != "energy-regression":
+        raise FastShowerError(f"{run} is not an energy-regression run")
+    if saved["geometry_hash"] != geom.hash:
+        raise FastShowerError(f"{run} was trained on geometry {saved['geometry_hash'][:12]}, "
+                              f"not {geom.short_hash}")
+    cfg = RegressionConfig(**saved["config"])
+    model = EnergyGNN(saved["node_features"], cfg)
+    model.load_state_dict(saved["state_dict"])
+    return model.eval(), saved
+
+
+def regress_showers(run: str | Path, batch: ShowerBatch, geom: Geometry) -> np.ndarray:
+    """A trained regression applied to any sim-hit showers (Geant4's or a generator's):
+    predicted energies in GeV, with the run's own hit selection and scaling."""
+    model, saved = load_regressor(run, geom)
+    graphs = to_graphs(batch, geom, TransformConfig(**saved["transform"]))
+    return predict(model, attach(graphs, Scaler.from_dict(saved["scaler"]), em_layers(geom)))
+
+
+def _fit_dnn(tr, va, seed: int, epochs: int = 300) -> HighLevelDNN:
+    """The high-level baseline: full-batch Adam on the training split, best validation kept."""
+    hl, e = torch.cat([g.hl for g in tr]), torch.cat([g.e_true for g in tr])
+    hl_v, e_v = torch.cat([g.hl for g in va]), torch.cat([g.e_true for g in va])
+    torch.manual_seed(seed)
+    dnn = HighLevelDNN(hl.mean(0), hl.std(0).clamp(min=1e-6))
+    opt = torch.optim.Adam(dnn.parameters(), lr=3e-3)
+    best, best_state = math.inf, None
+    for _ in range(epochs):
+        loss = relative_error(dnn(hl), e)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            val = relative_error(dnn(hl_v), e_v).item()
+        if val < best:
+            best, best_state = val, {k: v.clone() for k, v in dnn.state_dict().items()}
+    dnn.load_state_dict(best_state)
+    return dnn.eval()
+
+
+def evaluate(runs: list[str], cache: str | Path, geometry: str | Path, out: str | Path,
+             n_bins: int = 5, seed: int = 0) -> dict:
+    """Response and resolution vs energy on the test split: each GNN run, the linear calibrated
+    energy sum and the high-level DNN (both fitted on the same training split); plots."""
+    geom = load(geometry)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tr, _ = read_cache_split(cache, "train", geom)
+    va, _ = read_cache_split(cache, "val", geom)
+    te, _ = read_cache_split(cache, "test", geom)
+    e_true = torch.cat([g.e_true for g in te]).numpy()
+    edges = np.geomspace(e_true.min(), e_true.max() * 1.0001, n_bins + 1)
+    hl_tr, e_tr = torch.cat([g.hl for g in tr]).numpy(), torch.cat([g.e_true for g in tr]).numpy()
+    hl_te = torch.cat([g.hl for g in te])
+    coef = linear_fit(hl_tr, e_tr)
+    preds = {"linear energy sum": hl_te[:, :2].numpy() @ coef}
+    with torch.no_grad():
+        preds["DNN (high-level only)"] = torch.exp(_fit_dnn(tr, va, seed)(hl_te)).numpy()
+    histories = {}
+    for run in runs:
+        model, saved = load_regressor(run, geom)
+        c = saved["config"]
+        name = f"GNN {c['conv']}{' + high-level' if c['high_level'] else ''}"
+        preds[name] = predict(model, te)
+        histories[name] = RunFolder(run, {}, write=False).history() if Path(run).is_dir() else []
+    results = {name: response_resolution(p, e_true, edges) for name, p in preds.items()}
+    results_meta = {"cache": str(cache), "n_test": len(te), "linear_coefficients": coef.tolist(),
+                    "runs": runs, "methods": results}
+    (out / "regression.json").write_text(json.dumps(results_meta, indent=2))
+    _plot(results, histories, out)
+    return results_meta
+
+
+def _plot(results: dict, histories: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for name, r in results.items():
+        e = [np.sqrt(b["e_min_gev"] * b["e_max_gev"]) for b in r["bins"]]
+        axes[0].plot(e, [b["resolution"] for b in r["bins"]], "o-", label=name)
+        axes[1].plot(e, [b["response"] for b in r["bins"]], "o-", label=name)
+    for name, h in histories.items():
+        axes[2].plot([r["epoch"] for r in h], [r["train_loss"] for r in h], "--",
+                     label=f"{name} train")
+        axes[2].plot([r["epoch"] for r in h], [r["val_loss"] for r in h], label=f"{name} val")
+    axes[0].set(xscale="log", xlabel="E true (GeV)", ylabel="σ(E/E_true) / <E/E_true>",
+                title="resolution (test split)")
+    axes[1].set(xscale="log", xlabel="E true (GeV)", ylabel="<E/E_true>", title="response")
+    axes[1].axhline(1.0, color="grey", lw=0.5)
+    axes[2].set(xlabel="epoch", ylabel="mean |1 - E/E_true|", title="training curves",
+                yscale="log")
+    for ax in axes:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "regression.png", dpi=110)
+    plt.close(fig)

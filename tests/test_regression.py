@@ -62,7 +62,7 @@ def test_every_message_passing_variant_runs(cache):
 def test_regress_train_evaluate_and_validation_use(cache):
     geom, gpath, folder, tmp = cache
     train = [sys.executable, "-m", "fastshower", "regress", "train", "--cache", str(folder),
-             "--geometry", str(gpath), "--set", "max_epochs=25", "--set", "hidden=32"]
+             "--geometry", str(gpath), "--set", "max_epochs=40", "--set", "hidden=32"]
     runs = []
     for name, extra in (("gnn", []), ("gnn_hl", ["--set", "high_level=true"])):
         res = subprocess.run([*train, *extra, "--out", str(tmp / name)], capture_output=True,

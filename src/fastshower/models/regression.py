@@ -4,6 +4,7 @@ architectures) and its baselines.
 - ``EnergyGNN``: 3 message-passing layers (GCNConv by default; EdgeConv or GravNetConv behind
   the ``conv`` key), batch normalisation after the first two, a sum and a mean pooling, then 2
   fully connected layers; optionally the high-level variables beside the pooled graph.
+  (GravNet is a MessagePassing layer of this module: PyG's needs pyg-lib.)
   It predicts ln(E / GeV); the loss is the mean relative error mean |1 - E_pred / E_true|.
 - ``linear_fit``: E = a * E_EM + b * E_HAD, least squares on the training split (a calibrated
   energy sum per section).
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch_geometric.nn import EdgeConv, GCNConv, GravNetConv, global_add_pool, global_mean_pool
+from torch_geometric.nn import EdgeConv, GCNConv, MessagePassing, global_add_pool, global_mean_pool
 
 from fastshower.geometry import Geometry
 
@@ -63,8 +64,50 @@ def high_level(x_raw: torch.Tensor, batch: torch.Tensor, n: int, em: np.ndarray)
     return torch.stack([e_em, e_had, eta_w, phi_w], -1)
 
 
+def knn_edges(pos: torch.Tensor, batch: torch.Tensor, k: int) -> torch.Tensor:
+    """(2, E) edges j -> i to the k nearest other nodes of the same graph in ``pos``."""
+    counts = torch.bincount(batch)
+    starts = torch.cumsum(counts, 0) - counts
+    src, dst = [], []
+    for lo, n in zip(starts.tolist(), counts.tolist(), strict=True):  # a loop over graphs
+        kk = min(k, n - 1)
+        if kk <= 0:
+            continue
+        d = torch.cdist(pos[lo:lo + n], pos[lo:lo + n])
+        d.fill_diagonal_(float("inf"))
+        nearest = d.topk(kk, largest=False).indices
+        src.append(nearest.reshape(-1) + lo)
+        dst.append(torch.arange(n).repeat_interleave(kk) + lo)
+    if not src:
+        return torch.zeros(2, 0, dtype=torch.long)
+    return torch.stack([torch.cat(src), torch.cat(dst)])
+
+
+class GravNetLayer(MessagePassing):
+    """GravNet (Qasim et al., 2019): nodes find their k nearest neighbours in a learned space
+    and gather learned features weighted by exp(-10 d^2), mean- and max-aggregated. Written
+    here because PyG's GravNetConv needs pyg-lib, which has no build for this torch."""
+
+    def __init__(self, a: int, b: int, space: int = 4, k: int = 8):
+        super().__init__(aggr=["mean", "max"])
+        self.k = k
+        self.lin_s, self.lin_h = nn.Linear(a, space), nn.Linear(a, b // 2)
+        self.lin_out = nn.Linear(a + 2 * (b // 2), b)
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        s, h = self.lin_s(x), self.lin_h(x)
+        edge_index = knn_edges(s.detach(), batch, self.k)
+        weight = torch.exp(-10.0 * (s[edge_index[0]] - s[edge_index[1]]).pow(2).sum(-1))
+        gathered = self.propagate(edge_index, h=h, weight=weight, size=(len(x), len(x)))
+        return self.lin_out(torch.cat([x, gathered], -1))
+
+    def message(self, h_j: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return h_j * weight[:, None]
+
+
 class EnergyGNN(nn.Module):
-    def __init__(self, node_features: int, cfg: RegressionConfig, hl_mean=None, hl_std=None):
+    def __init__(self, node_features: int, cfg: RegressionConfig, hl_mean=None, hl_std=None,
+                 log_e_mean: float = 0.0):
         super().__init__()
         h, self.cfg = cfg.hidden, cfg
         dims = [node_features, h, h, h]
@@ -73,6 +116,7 @@ class EnergyGNN(nn.Module):
         self.norms = nn.ModuleList([nn.BatchNorm1d(h), nn.BatchNorm1d(h)])
         n_hl = len(HIGH_LEVEL) if cfg.high_level else 0
         self.head = nn.Sequential(nn.Linear(2 * h + n_hl, h), nn.ReLU(), nn.Linear(h, 1))
+        nn.init.constant_(self.head[-1].bias, log_e_mean)  # start at the typical energy
         self.register_buffer("hl_mean", torch.zeros(4) if hl_mean is None else hl_mean)
         self.register_buffer("hl_std", torch.ones(4) if hl_std is None else hl_std)
 
@@ -81,7 +125,7 @@ class EnergyGNN(nn.Module):
             return GCNConv(a, b)
         if self.cfg.conv == "edge":
             return EdgeConv(nn.Sequential(nn.Linear(2 * a, b), nn.ReLU(), nn.Linear(b, b)))
-        return GravNetConv(a, b, space_dimensions=4, propagate_dimensions=b // 2, k=8)
+        return GravNetLayer(a, b)
 
     def forward(self, x, edge_index, batch, n: int, hl: torch.Tensor | None = None):
         """ln(E / GeV) per graph."""
@@ -100,12 +144,14 @@ class EnergyGNN(nn.Module):
 class HighLevelDNN(nn.Module):
     """ln(E / GeV) from the standardised high-level variables alone."""
 
-    def __init__(self, hl_mean: torch.Tensor, hl_std: torch.Tensor, hidden: int = 64):
+    def __init__(self, hl_mean: torch.Tensor, hl_std: torch.Tensor, hidden: int = 64,
+                 log_e_mean: float = 0.0):
         super().__init__()
         self.register_buffer("hl_mean", hl_mean)
         self.register_buffer("hl_std", hl_std)
         self.net = nn.Sequential(nn.Linear(4, hidden), nn.ReLU(), nn.Linear(hidden, hidden),
                                  nn.ReLU(), nn.Linear(hidden, 1))
+        nn.init.constant_(self.net[-1].bias, log_e_mean)  # start at the typical energy
 
     def forward(self, hl: torch.Tensor) -> torch.Tensor:
         return self.net((hl - self.hl_mean) / self.hl_std).squeeze(-1)

@@ -33,7 +33,7 @@ from fastshower.models.regression import (
     response_resolution,
 )
 from fastshower.simhits import ShowerBatch
-from fastshower.training.runs import RunFolder, load_model_file, save_atomic
+from fastshower.training.runs import RunFolder, load_model_file, read_history, save_atomic
 
 console = Console()
 
@@ -92,7 +92,8 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
                           "task": "energy-regression"})
     hl = torch.cat([g.hl for g in tr])
     torch.manual_seed(cfg.seed)
-    model = EnergyGNN(tr[0].x.shape[1], cfg, hl.mean(0), hl.std(0).clamp(min=1e-6))
+    log_e = float(torch.log(torch.cat([g.e_true for g in tr])).mean())
+    model = EnergyGNN(tr[0].x.shape[1], cfg, hl.mean(0), hl.std(0).clamp(min=1e-6), log_e)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     epoch, best, bad = 0, math.inf, 0
     state = run.load("last")
@@ -161,13 +162,13 @@ def regress_showers(run: str | Path, batch: ShowerBatch, geom: Geometry) -> np.n
     return predict(model, attach(graphs, Scaler.from_dict(saved["scaler"]), em_layers(geom)))
 
 
-def _fit_dnn(tr, va, seed: int, epochs: int = 300) -> HighLevelDNN:
+def _fit_dnn(tr, va, seed: int, epochs: int = 1000) -> HighLevelDNN:
     """The high-level baseline: full-batch Adam on the training split, best validation kept."""
     hl, e = torch.cat([g.hl for g in tr]), torch.cat([g.e_true for g in tr])
     hl_v, e_v = torch.cat([g.hl for g in va]), torch.cat([g.e_true for g in va])
     torch.manual_seed(seed)
-    dnn = HighLevelDNN(hl.mean(0), hl.std(0).clamp(min=1e-6))
-    opt = torch.optim.Adam(dnn.parameters(), lr=3e-3)
+    dnn = HighLevelDNN(hl.mean(0), hl.std(0).clamp(min=1e-6), log_e_mean=float(e.log().mean()))
+    opt = torch.optim.Adam(dnn.parameters(), lr=1e-3)
     best, best_state = math.inf, None
     for _ in range(epochs):
         loss = relative_error(dnn(hl), e)
@@ -198,15 +199,16 @@ def evaluate(runs: list[str], cache: str | Path, geometry: str | Path, out: str 
     hl_te = torch.cat([g.hl for g in te])
     coef = linear_fit(hl_tr, e_tr)
     preds = {"linear energy sum": hl_te[:, :2].numpy() @ coef}
+    dnn = _fit_dnn(tr, va, seed)
     with torch.no_grad():
-        preds["DNN (high-level only)"] = torch.exp(_fit_dnn(tr, va, seed)(hl_te)).numpy()
+        preds["DNN (high-level only)"] = torch.exp(dnn(hl_te)).numpy()
     histories = {}
     for run in runs:
         model, saved = load_regressor(run, geom)
         c = saved["config"]
         name = f"GNN {c['conv']}{' + high-level' if c['high_level'] else ''}"
         preds[name] = predict(model, te)
-        histories[name] = RunFolder(run, {}, write=False).history() if Path(run).is_dir() else []
+        histories[name] = read_history(run)
     results = {name: response_resolution(p, e_true, edges) for name, p in preds.items()}
     results_meta = {"cache": str(cache), "n_test": len(te), "linear_coefficients": coef.tolist(),
                     "runs": runs, "methods": results}

@@ -60,6 +60,12 @@ def save_atomic(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def read_history(run: str | Path) -> list[dict]:
+    """A run folder's validation records (empty when there are none)."""
+    f = Path(run) / "history.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
+
+
 class RunFolder:
     """One training run. Created with its config; reopened with the same config to resume."""
 
@@ -101,8 +107,7 @@ class RunFolder:
             f.write(json.dumps(record) + "\n")
 
     def history(self) -> list[dict]:
-        f = self.path / "history.jsonl"
-        return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
+        return read_history(self.path)
 
     def truncate_history(self, step: int) -> None:
         """Forget validations after ``step`` (they are redone after a resume)."""

@@ -105,3 +105,18 @@ def test_regression_refuses_what_it_cannot_use(cache):
                           "conv=transformer"], capture_output=True, text=True)
     assert res.returncode != 0 and "bad regression config" in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
+
+
+def test_regression_trains_data_parallel_under_torchrun(cache):
+    _, gpath, folder, tmp = cache
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                          "--nproc_per_node", "2", "-m", "fastshower", "regress", "train",
+                          "--cache", str(folder), "--geometry", str(gpath), "--set",
+                          "max_epochs=3", "--set", "hidden=16", "--out", str(tmp / "ddp")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    history = [json.loads(line) for line in (tmp / "ddp" / "history.jsonl").read_text()
+               .splitlines()]
+    assert [r["epoch"] for r in history] == [1, 2, 3]  # rank 0 alone logs
+    assert all(r["world_size"] == 2 for r in history)
+    assert (tmp / "ddp" / "model.pt").is_file()

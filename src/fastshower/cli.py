@@ -377,6 +377,8 @@ def regress_train(
         raise FastShowerError("bad regression config: " + "; ".join(
             f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
     result = run(cache, geometry, out, cfg)
+    if result["rank"] != 0:  # a data-parallel rank other than 0: rank 0 reports
+        return
     console.print(f"epoch {result['epoch']}: best validation mean |1 - E/E_true| "
                   f"{result['best_val_loss']:.4f} -> {out / 'model.pt'}")
 

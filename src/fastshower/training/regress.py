@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader
 
@@ -33,6 +34,8 @@ from fastshower.models.regression import (
     response_resolution,
 )
 from fastshower.simhits import ShowerBatch
+from fastshower.training import distributed
+from fastshower.training.distributed import Dist
 from fastshower.training.runs import RunFolder, load_model_file, read_history, save_atomic
 
 console = Console()
@@ -67,12 +70,6 @@ def read_cache_split(cache: str | Path, split: str, geom: Geometry) -> tuple[lis
     return attach(graphs, Scaler.from_dict(manifest["scaler"]), em_layers(geom)), manifest
 
 
-def _loader(graphs, cfg: RegressionConfig, epoch: int | None) -> DataLoader:
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + (epoch or 0))
-    return DataLoader(graphs, batch_size=cfg.batch_size, shuffle=epoch is not None,
-                      generator=gen)
-
-
 @torch.no_grad()
 def predict(model: EnergyGNN, graphs: list[Data], batch_size: int = 256) -> np.ndarray:
     """Predicted energies (GeV)."""
@@ -82,18 +79,36 @@ def predict(model: EnergyGNN, graphs: list[Data], batch_size: int = 256) -> np.n
     return torch.cat(out).numpy()
 
 
+def _share(graphs: list[Data], cfg: RegressionConfig, epoch: int, ranks: Dist) -> list[Data]:
+    """This rank's graphs of an epoch: a permutation seeded by (seed, epoch), the same on every
+    rank, dealt in turn; every rank gets as many (DDP needs equal numbers of batches)."""
+    order = torch.randperm(len(graphs), generator=torch.Generator().manual_seed(
+        cfg.seed * 100_003 + epoch))
+    mine = order[ranks.rank::ranks.world][:len(graphs) // ranks.world]
+    return [graphs[i] for i in mine.tolist()]
+
+
 def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: RegressionConfig,
           show_progress: bool = True) -> dict:
-    """Train the GNN; returns the best validation record."""
+    """Train the GNN; returns the best validation record. Under torchrun (training.distributed)
+    it trains with DistributedDataParallel: each rank takes its share of every epoch (a batch
+    of batch_size per rank), rank 0 validates, decides when to stop and writes the run folder.
+    Batch-norm statistics are per rank (rank 0's are kept): a named approximation."""
     geom = load(geometry)
     tr, manifest = read_cache_split(cache, "train", geom)
     va, _ = read_cache_split(cache, "val", geom)
-    run = RunFolder(out, {**cfg.model_dump(), "cache": str(cache), "geometry_hash": geom.hash,
-                          "task": "energy-regression"})
+    ranks = distributed.start()
+    config = {**cfg.model_dump(), "cache": str(cache), "geometry_hash": geom.hash,
+              "task": "energy-regression"}
+    run = RunFolder(out, config) if ranks.main else None
+    ranks.barrier()
+    if not ranks.main:
+        run = RunFolder(out, config, write=False)
     hl = torch.cat([g.hl for g in tr])
     torch.manual_seed(cfg.seed)
     log_e = float(torch.log(torch.cat([g.e_true for g in tr])).mean())
     model = EnergyGNN(tr[0].x.shape[1], cfg, hl.mean(0), hl.std(0).clamp(min=1e-6), log_e)
+    net = DistributedDataParallel(model) if ranks.world > 1 else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     epoch, best, bad = 0, math.inf, 0
     state = run.load("last")
@@ -101,44 +116,53 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, best, bad = state["epoch"], state["best"], state["bad"]
-        run.truncate_history(epoch)
-        console.print(f"resuming {run.path} after epoch {epoch}")
+        if ranks.main:
+            run.truncate_history(epoch)
+            console.print(f"resuming {run.path} after epoch {epoch}")
     columns = [TextColumn(f"training energy regression ({cfg.conv}"
                           f"{' + high-level' if cfg.high_level else ''})"), BarColumn(),
                MofNCompleteColumn(), TextColumn("val |1 - E/E_true| {task.fields[val]}")]
-    with Progress(*columns, disable=not show_progress, console=console) as bar:
-        task = bar.add_task("reg", total=cfg.max_epochs, completed=epoch, val="-")
-        while epoch < cfg.max_epochs and bad < cfg.patience:
-            start = time.time()
-            model.train()
-            losses = []
-            for b in _loader(tr, cfg, epoch):
-                loss = relative_error(model(b.x, b.edge_index, b.batch, b.num_graphs, b.hl),
-                                      b.e_true)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                losses.append(loss.item())
-            epoch += 1
-            e_val = np.concatenate([g.e_true.numpy() for g in va])
-            val = float(np.abs(1 - predict(model, va) / e_val).mean())
-            record = {"epoch": epoch, "step": epoch, "train_loss": float(np.mean(losses)),
-                      "val_loss": val, "seconds": time.time() - start}
-            if val < best - 1e-5:
-                best, bad = val, 0
-                save_atomic({"task": "energy-regression", "config": cfg.model_dump(),
-                             "node_features": tr[0].x.shape[1], "geometry_hash": geom.hash,
-                             "scaler": manifest["scaler"], "transform": manifest["transform"],
-                             "state_dict": model.state_dict(), "epoch": epoch},
-                            run.model_file)
-            else:
-                bad += 1
-            record["best_val_loss"] = best
-            run.log(record)
-            run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "epoch": epoch, "best": best, "bad": bad})
-            bar.update(task, completed=epoch, val=f"{val:.4f}")
-    return {"epoch": epoch, "best_val_loss": best, "stopped_early": bad >= cfg.patience}
+    e_val = np.concatenate([g.e_true.numpy() for g in va])
+    try:
+        with Progress(*columns, disable=not (show_progress and ranks.main),
+                      console=console) as bar:
+            task = bar.add_task("reg", total=cfg.max_epochs, completed=epoch, val="-")
+            while ranks.agree(epoch < cfg.max_epochs and bad < cfg.patience):
+                start = time.time()
+                net.train()
+                losses = []
+                for b in DataLoader(_share(tr, cfg, epoch, ranks), batch_size=cfg.batch_size):
+                    loss = relative_error(net(b.x, b.edge_index, b.batch, b.num_graphs, b.hl),
+                                          b.e_true)
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                    losses.append(loss.item())
+                epoch += 1
+                if not ranks.main:
+                    continue
+                val = float(np.abs(1 - predict(model, va) / e_val).mean())
+                record = {"epoch": epoch, "step": epoch, "train_loss": float(np.mean(losses)),
+                          "val_loss": val, "seconds": time.time() - start,
+                          "world_size": ranks.world}
+                if val < best - 1e-5:
+                    best, bad = val, 0
+                    save_atomic({"task": "energy-regression", "config": cfg.model_dump(),
+                                 "node_features": tr[0].x.shape[1], "geometry_hash": geom.hash,
+                                 "scaler": manifest["scaler"], "transform": manifest["transform"],
+                                 "state_dict": model.state_dict(), "epoch": epoch},
+                                run.model_file)
+                else:
+                    bad += 1
+                record["best_val_loss"] = best
+                run.log(record)
+                run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "epoch": epoch, "best": best, "bad": bad})
+                bar.update(task, completed=epoch, val=f"{val:.4f}")
+    finally:
+        distributed.stop()
+    return {"epoch": epoch, "best_val_loss": best, "stopped_early": bad >= cfg.patience,
+            "rank": ranks.rank}
 
 
 def load_regressor(run: str | Path, geom: Geometry) -> tuple[EnergyGNN, dict]:

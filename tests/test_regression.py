@@ -55,7 +55,7 @@ def test_every_message_passing_variant_runs(cache):
     b = Batch.from_data_list(graphs[:8])
     for conv in ("gcn", "edge", "gravnet"):
         model = EnergyGNN(b.x.shape[1], RegressionConfig(conv=conv, high_level=True, hidden=16))
-        out = model(b.x, b.edge_index, b.batch, b.num_graphs, b.hl)
+        out = model(b.x, b.edge_index, b.batch, b.num_graphs, b.e_hit, b.hl)
         assert out.shape == (8,) and torch.isfinite(out).all()
 
 

@@ -2,8 +2,10 @@
 architectures) and its baselines.
 
 - ``EnergyGNN``: 3 message-passing layers (GCNConv by default; EdgeConv or GravNetConv behind
-  the ``conv`` key), batch normalisation after the first two, a sum and a mean pooling, then 2
-  fully connected layers; optionally the high-level variables beside the pooled graph.
+  the ``conv`` key), batch normalisation after the first two, then 2 fully connected layers
+  per hit giving its calibration weight; the energy is the weighted sum of the hit energies
+  (a learned, local version of the calibrated sum). Optionally the high-level variables go
+  beside every hit's features into the fully connected layers.
   (GravNet is a MessagePassing layer of this module: PyG's needs pyg-lib.)
   It predicts ln(E / GeV); the loss is the mean relative error mean |1 - E_pred / E_true|.
 - ``linear_fit``: E = a * E_EM + b * E_HAD, least squares on the training split (a calibrated
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
-from torch_geometric.nn import EdgeConv, GCNConv, MessagePassing, global_add_pool, global_mean_pool
+from torch_geometric.nn import EdgeConv, GCNConv, MessagePassing, global_add_pool
 
 from fastshower.geometry import Geometry
 
@@ -106,8 +108,10 @@ class GravNetLayer(MessagePassing):
 
 
 class EnergyGNN(nn.Module):
+    """E = sum_i w_i e_i over the hits, w_i = exp(FC(FC(graph features of hit i [, HL])))."""
+
     def __init__(self, node_features: int, cfg: RegressionConfig, hl_mean=None, hl_std=None,
-                 log_e_mean: float = 0.0):
+                 log_scale: float = 0.0):
         super().__init__()
         h, self.cfg = cfg.hidden, cfg
         dims = [node_features, h, h, h]
@@ -115,8 +119,9 @@ class EnergyGNN(nn.Module):
                                                                     strict=True))
         self.norms = nn.ModuleList([nn.BatchNorm1d(h), nn.BatchNorm1d(h)])
         n_hl = len(HIGH_LEVEL) if cfg.high_level else 0
-        self.head = nn.Sequential(nn.Linear(2 * h + n_hl, h), nn.ReLU(), nn.Linear(h, 1))
-        nn.init.constant_(self.head[-1].bias, log_e_mean)  # start at the typical energy
+        self.head = nn.Sequential(nn.Linear(h + n_hl, h), nn.ReLU(), nn.Linear(h, 1))
+        nn.init.zeros_(self.head[-1].weight)  # start as the calibrated sum: one weight for all
+        nn.init.constant_(self.head[-1].bias, log_scale)
         self.register_buffer("hl_mean", torch.zeros(4) if hl_mean is None else hl_mean)
         self.register_buffer("hl_std", torch.ones(4) if hl_std is None else hl_std)
 
@@ -127,18 +132,19 @@ class EnergyGNN(nn.Module):
             return EdgeConv(nn.Sequential(nn.Linear(2 * a, b), nn.ReLU(), nn.Linear(b, b)))
         return GravNetLayer(a, b)
 
-    def forward(self, x, edge_index, batch, n: int, hl: torch.Tensor | None = None):
-        """ln(E / GeV) per graph."""
+    def forward(self, x, edge_index, batch, n: int, e_hit: torch.Tensor,
+                hl: torch.Tensor | None = None):
+        """ln(E / GeV) per graph; ``e_hit``: the hits' energies in MeV."""
         h = x
         for i, conv in enumerate(self.convs):
             h = conv(h, batch) if self.cfg.conv == "gravnet" else conv(h, edge_index)
             h = torch.relu(h)
             if i < 2:
                 h = self.norms[i](h)
-        pooled = [global_add_pool(h, batch, n) / 100.0, global_mean_pool(h, batch, n)]
         if self.cfg.high_level:
-            pooled.append((hl - self.hl_mean) / self.hl_std)
-        return self.head(torch.cat(pooled, -1)).squeeze(-1)
+            h = torch.cat([h, ((hl - self.hl_mean) / self.hl_std)[batch]], -1)
+        weighted = torch.exp(self.head(h).squeeze(-1)) * e_hit / 1e3
+        return torch.log(global_add_pool(weighted, batch, n).clamp(min=1e-9))
 
 
 class HighLevelDNN(nn.Module):

@@ -48,7 +48,7 @@ def attach(graphs: list[Data], scaler: Scaler, em: np.ndarray) -> list[Data]:
     out = []
     for i, g in enumerate(graphs):
         s = scaler.transform(g)
-        out.append(Data(x=s.x, edge_index=s.edge_index, hl=hl[i:i + 1],
+        out.append(Data(x=s.x, edge_index=s.edge_index, hl=hl[i:i + 1], e_hit=g.x[:, 0],
                         e_true=torch.exp(g.cond[:, 0]).float()))
     return out
 
@@ -74,7 +74,7 @@ def read_cache_split(cache: str | Path, split: str, geom: Geometry) -> tuple[lis
 def predict(model: EnergyGNN, graphs: list[Data], batch_size: int = 256) -> np.ndarray:
     """Predicted energies (GeV)."""
     model.eval()
-    out = [torch.exp(model(b.x, b.edge_index, b.batch, b.num_graphs, b.hl))
+    out = [torch.exp(model(b.x, b.edge_index, b.batch, b.num_graphs, b.e_hit, b.hl))
            for b in DataLoader(graphs, batch_size=batch_size)]
     return torch.cat(out).numpy()
 
@@ -106,8 +106,9 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
         run = RunFolder(out, config, write=False)
     hl = torch.cat([g.hl for g in tr])
     torch.manual_seed(cfg.seed)
-    log_e = float(torch.log(torch.cat([g.e_true for g in tr])).mean())
-    model = EnergyGNN(tr[0].x.shape[1], cfg, hl.mean(0), hl.std(0).clamp(min=1e-6), log_e)
+    visible = torch.cat([g.e_hit.sum().reshape(1) for g in tr]) / 1e3
+    log_scale = float(torch.log(torch.cat([g.e_true for g in tr]) / visible).mean())
+    model = EnergyGNN(tr[0].x.shape[1], cfg, hl.mean(0), hl.std(0).clamp(min=1e-6), log_scale)
     net = DistributedDataParallel(model) if ranks.world > 1 else model
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     epoch, best, bad = 0, math.inf, 0
@@ -132,8 +133,8 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
                 net.train()
                 losses = []
                 for b in DataLoader(_share(tr, cfg, epoch, ranks), batch_size=cfg.batch_size):
-                    loss = relative_error(net(b.x, b.edge_index, b.batch, b.num_graphs, b.hl),
-                                          b.e_true)
+                    loss = relative_error(net(b.x, b.edge_index, b.batch, b.num_graphs,
+                                              b.e_hit, b.hl), b.e_true)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()

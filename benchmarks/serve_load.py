@@ -20,27 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from fastshower.inference.serve import client_inputs
+
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def request_inputs(energy_mev: float, pdg: int, seed: int):
-    import tritonclient.http as http
-
-    theta = 2 * np.arctan(np.exp(-2.0))
-    arrays = {"energy": ("FP32", np.array([energy_mev], np.float32)),
-              "direction": ("FP32", np.array([[0.0, np.sin(theta), np.cos(theta)]], np.float32)),
-              "pdg": ("INT32", np.array([pdg], np.int32)),
-              "seed": ("INT64", np.array([seed], np.int64))}
-    out = []
-    for name, (dtype, a) in arrays.items():
-        t = http.InferInput(name, list(a.shape), dtype)
-        t.set_data_from_numpy(a)
-        out.append(t)
-    return out
 
 
 def load(url: str, n_requests: int, clients: int, deadline: float) -> dict:
@@ -59,7 +45,7 @@ def load(url: str, n_requests: int, clients: int, deadline: float) -> dict:
                 continue
             start = time.perf_counter()
             try:
-                r = client.infer("fastshower", request_inputs(energies[i], 22, int(i)))
+                r = client.infer("fastshower", client_inputs(energies[i], 22, seed=int(i)))
                 r.as_numpy("hit_energy")
                 latencies.append(time.perf_counter() - start)
                 batches.append(r.get_response()["parameters"]["batch_showers"])

@@ -22,6 +22,7 @@ from fastshower.geometry import build_geometry, save
 from fastshower.inference.generate import Generator, load_generator
 from fastshower.inference.onnx import OnnxGenerator, export_model, noise_inputs, primaries_inputs
 from fastshower.inference.sampler import FlowGNNSampler
+from fastshower.inference.serve import client_inputs
 from fastshower.models.pretrained import pretrained
 from fastshower.simhits import read_metadata, read_sample
 from fastshower.simulation.gun import GunConfig, sample_primaries
@@ -139,25 +140,6 @@ def server(exported):
         log.close()
 
 
-def triton_inputs(energy, pdg, seed=None, n=None):
-    import tritonclient.http as http
-
-    n = n or len(energy)
-    theta = 2 * np.arctan(np.exp(-2.0))
-    arrays = {"energy": ("FP32", np.asarray(energy, np.float32)),
-              "direction": ("FP32", np.tile([0.0, np.sin(theta), np.cos(theta)],
-                                            (n, 1)).astype(np.float32)),
-              "pdg": ("INT32", np.full(n, pdg, np.int32))}
-    if seed is not None:
-        arrays["seed"] = ("INT64", np.array([seed], np.int64))
-    out = []
-    for name, (dtype, a) in arrays.items():
-        t = http.InferInput(name, list(a.shape), dtype)
-        t.set_data_from_numpy(a)
-        out.append(t)
-    return out
-
-
 def test_tritonclient_talks_to_the_server_unchanged(server, exported):
     import tritonclient.http as http
     from tritonclient.utils import InferenceServerException
@@ -168,7 +150,7 @@ def test_tritonclient_talks_to_the_server_unchanged(server, exported):
     assert client.is_model_ready("fastshower")
     meta = client.get_model_metadata("fastshower")
     assert [t["name"] for t in meta["outputs"]] == ["hit_shower", "hit_cell", "hit_energy"]
-    result = client.infer("fastshower", triton_inputs([20e3, 50e3], 22, seed=7))
+    result = client.infer("fastshower", client_inputs([20e3, 50e3], 22, seed=7))
     shower, cell, energy = (result.as_numpy(k) for k in ("hit_shower", "hit_cell", "hit_energy"))
     assert result.get_response()["parameters"]["seed"] == 7
     # what ONNX Runtime gives in process for the same inputs and seed
@@ -181,19 +163,19 @@ def test_tritonclient_talks_to_the_server_unchanged(server, exported):
     assert np.array_equal(shower, ref[0]) and np.array_equal(cell, ref[1])
     np.testing.assert_allclose(energy, ref[2], rtol=1e-6)
     # JSON outputs instead of binary ones: the same numbers
-    as_json = client.infer("fastshower", triton_inputs([20e3, 50e3], 22, seed=7),
+    as_json = client.infer("fastshower", client_inputs([20e3, 50e3], 22, seed=7),
                            outputs=[http.InferRequestedOutput("hit_energy", binary_data=False)])
     np.testing.assert_allclose(as_json.as_numpy("hit_energy"), energy, rtol=1e-6)
     for inputs, status, message in (
-            (triton_inputs([2e6], 22), 400, "outside the training range"),
-            (triton_inputs([20e3], 211), 400, "cannot generate pi+"),
-            (triton_inputs([20e3] * 17, 22), 400, "1 to 16 showers"),
-            (triton_inputs([-1.0], 22), 400, "positive")):
+            (client_inputs([2e6], 22), 400, "outside the training range"),
+            (client_inputs([20e3], 211), 400, "cannot generate pi+"),
+            (client_inputs([20e3] * 17, 22), 400, "1 to 16 showers"),
+            (client_inputs([-1.0], 22), 400, "positive")):
         with pytest.raises(InferenceServerException, match=message) as err:
             client.infer("fastshower", inputs)
         assert err.value.status() == str(status)
     with pytest.raises(InferenceServerException, match="unknown model") as err:
-        client.infer("other", triton_inputs([20e3], 22))
+        client.infer("other", client_inputs([20e3], 22))
     assert err.value.status() == "404"
 
 
@@ -202,7 +184,7 @@ def test_server_batches_concurrent_requests_without_changing_them(server):
 
     def one(seed):
         client = http.InferenceServerClient(server)
-        r = client.infer("fastshower", triton_inputs([10e3], 11, seed=seed))
+        r = client.infer("fastshower", client_inputs([10e3], 11, seed=seed))
         return (r.as_numpy("hit_cell"), r.as_numpy("hit_energy"),
                 r.get_response()["parameters"]["batch_showers"])
 

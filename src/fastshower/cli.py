@@ -183,6 +183,7 @@ Spectrum = Annotated[str | None, typer.Option(
 Eta = Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")]
 Phi = Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")]
 Count = Annotated[int, typer.Option("--n", help="Number of showers.")]
+ModelGeometry = Annotated[Path, typer.Option(help="Geometry file the model was trained on.")]
 
 
 @app.command()
@@ -451,8 +452,7 @@ def generate(
     batch_size: Annotated[int, typer.Option(help="Showers per generation batch.")] = 500,
     allow_extrapolation: Annotated[bool, typer.Option(
         help="Generate outside the training range (logged, and flagged in the file).")] = False,
-    geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
-        DEFAULT_GEOMETRY),
+    geometry: ModelGeometry = DEFAULT_GEOMETRY,
 ) -> None:
     """Generate showers with a trained model into a sim-hit ROOT file (same schema as Geant4)."""
     from fastshower.geometry import load
@@ -474,8 +474,7 @@ def generate(
 def export_model(
     run: Annotated[Path, typer.Option(help="Training run folder (or its model.pt).")],
     out: Annotated[Path, typer.Option(help="Output folder for model.onnx and its files.")],
-    geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
-        DEFAULT_GEOMETRY),
+    geometry: ModelGeometry = DEFAULT_GEOMETRY,
     triton: Annotated[bool, typer.Option(
         help="Also write a Triton model repository under OUT/triton_repository.")] = False,
 ) -> None:
@@ -511,8 +510,7 @@ def serve(
     threads: Annotated[int, typer.Option(help="ONNX Runtime threads.")] = 1,
     allow_extrapolation: Annotated[bool, typer.Option(
         help="Serve conditions outside the training range.")] = False,
-    geometry: Annotated[Path, typer.Option(help="Geometry file the model was trained on.")] = (
-        DEFAULT_GEOMETRY),
+    geometry: ModelGeometry = DEFAULT_GEOMETRY,
 ) -> None:
     """Serve a generator over HTTP with the KServe v2 (Triton) inference protocol."""
     import logging

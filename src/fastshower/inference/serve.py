@@ -320,6 +320,28 @@ def serve(folder: str | Path, geom: Geometry, cfg: ServeConfig) -> None:
     web.run_app(make_app(generator, cfg), host=cfg.host, port=cfg.port, print=log.info)
 
 
+def client_inputs(energy_mev, pdg, eta: float = 2.0, phi: float = np.pi / 2,
+                  seed: int | None = None) -> list:
+    """The request inputs of showers from the origin along (eta, phi), as Triton HTTP client
+    tensors: ``client.infer(name, client_inputs([20e3], 22, seed=1))``."""
+    import tritonclient.http as http
+
+    energy = np.atleast_1d(np.asarray(energy_mev, np.float32))
+    theta = 2 * np.arctan(np.exp(-eta))
+    direction = [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)]
+    arrays = {"energy": energy,
+              "direction": np.tile(direction, (len(energy), 1)).astype(np.float32),
+              "pdg": np.full(len(energy), pdg, np.int32)}
+    if seed is not None:
+        arrays["seed"] = np.array([seed], np.int64)
+    tensors = []
+    for name, a in arrays.items():
+        t = http.InferInput(name, list(a.shape), INPUTS[name][0])
+        t.set_data_from_numpy(a)
+        tensors.append(t)
+    return tensors
+
+
 def triton_repository(folder: str | Path, out: str | Path, name: str = "fastshower") -> Path:
     """A Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.
 

@@ -231,6 +231,14 @@ def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sam
     for run in ("one", "two"):  # only rank 0 writes
         assert len((tmp / run / "history.jsonl").read_text().splitlines()) == 1
     assert json.loads((tmp / "two" / "environment.json").read_text())[-1]["world_size"] == 2
+    # the same command again resumes from rank 0's checkpoint on both ranks: nothing left to do
+    again = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node", "2", *args, "--out", str(tmp / "two")],
+                           capture_output=True, text=True)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "resuming" in again.stdout
+    assert torch.equal(torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=False)
+                       ["model"][floats[0]], b["model"][floats[0]])
 
 
 def test_tune_searches_and_writes_the_best_config_into_a_shared_study(sample):

@@ -219,7 +219,7 @@ def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sam
     assert one.returncode == 0, one.stdout + one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", *args, "--out", str(tmp / "two")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=600)  # a hang fails, not waits
     assert two.returncode == 0, two.stdout + two.stderr
     a, b = (torch.load(tmp / run / "checkpoints" / "last.pt", weights_only=False)
             for run in ("one", "two"))
@@ -234,7 +234,7 @@ def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sam
     # the same command again resumes from rank 0's checkpoint on both ranks: nothing left to do
     again = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                             "--nproc_per_node", "2", *args, "--out", str(tmp / "two")],
-                           capture_output=True, text=True)
+                           capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout
     assert torch.equal(torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=False)

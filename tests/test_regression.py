@@ -72,11 +72,11 @@ def test_regress_train_evaluate_and_validation_use(cache):
     history = [json.loads(line) for line in (tmp / "gnn" / "history.jsonl").read_text()
                .splitlines()]
     assert history[-1]["best_val_loss"] < history[0]["val_loss"]
-    again = subprocess.run([*train, "--out", runs[0]], capture_output=True, text=True)
+    again = subprocess.run([*train, "--out", runs[0]], capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "resuming" in again.stdout  # a finished run stays finished
     res = subprocess.run([sys.executable, "-m", "fastshower", "regress", "evaluate", "--runs",
                           ",".join(runs), "--cache", str(folder), "--geometry", str(gpath),
-                          "--out", str(tmp / "eval")], capture_output=True, text=True)
+                          "--out", str(tmp / "eval")], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     result = json.loads((tmp / "eval" / "regression.json").read_text())["methods"]
     assert set(result) == {"linear energy sum", "DNN (high-level only)", "GNN gcn",
@@ -102,7 +102,7 @@ def test_regression_refuses_what_it_cannot_use(cache):
         read_cache_split(tmp / "gamma", "train", geom)
     res = subprocess.run([sys.executable, "-m", "fastshower", "regress", "train", "--cache",
                           str(tmp), "--out", str(tmp / "x"), "--geometry", str(gpath), "--set",
-                          "conv=transformer"], capture_output=True, text=True)
+                          "conv=transformer"], capture_output=True, text=True, timeout=600)
     assert res.returncode != 0 and "bad regression config" in res.stderr + res.stdout
     assert "Traceback" not in res.stderr
 
@@ -113,7 +113,7 @@ def test_regression_trains_data_parallel_under_torchrun(cache):
                           "--nproc_per_node", "2", "-m", "fastshower", "regress", "train",
                           "--cache", str(folder), "--geometry", str(gpath), "--set",
                           "max_epochs=3", "--set", "hidden=16", "--out", str(tmp / "ddp")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     history = [json.loads(line) for line in (tmp / "ddp" / "history.jsonl").read_text()
                .splitlines()]

@@ -161,6 +161,7 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
                           "epoch": epoch, "best": best, "bad": bad})
                 bar.update(task, completed=epoch, val=f"{val:.4f}")
     finally:
+        del net  # DDP's destructor talks to the process group: it goes first
         distributed.stop()
     return {"epoch": epoch, "best_val_loss": best, "stopped_early": bad >= cfg.patience,
             "rank": ranks.rank}

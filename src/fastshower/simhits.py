@@ -63,6 +63,12 @@ class ShowerBatch:
         return out
 
 
+def eta_phi_direction(eta, phi) -> np.ndarray:
+    """(..., 3) unit vectors along pseudorapidity ``eta`` and azimuth ``phi`` (rad)."""
+    theta = 2 * np.arctan(np.exp(-np.asarray(eta, dtype=np.float64)))
+    return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
+
+
 def direction_eta_phi(primaries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Pseudorapidity and azimuth (rad) of the primaries' directions."""
     dx, dy, dz = primaries["primary_dx"], primaries["primary_dy"], primaries["primary_dz"]

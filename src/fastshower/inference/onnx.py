@@ -29,7 +29,8 @@ from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.showers import outside_range, particle_index, to_batch
-from fastshower.simhits import PARTICLES, ShowerBatch
+from fastshower.simhits import PARTICLES, ShowerBatch, eta_phi_direction
+from fastshower.training.runs import read_history
 
 INPUTS = ("energy", "position", "direction", "particle", "z", "gumbel", "normal")
 OUTPUTS = ("hit_shower", "hit_cell", "hit_energy")
@@ -73,11 +74,10 @@ def _training_record(source: Path) -> dict:
         return out
     if (run / "config.yaml").is_file():
         out["config"] = yaml.safe_load((run / "config.yaml").read_text())
-    if (run / "history.jsonl").is_file():
-        rows = [json.loads(line) for line in (run / "history.jsonl").read_text().splitlines()]
-        last = rows[-1] if rows else {}
-        out["validation"] = {k: last[k] for k in ("step", "sep_power_mean", "fpd", "val_loss")
-                             if k in last}
+    rows = read_history(run)
+    if rows:
+        out["validation"] = {k: rows[-1][k] for k in ("step", "sep_power_mean", "fpd", "val_loss")
+                             if k in rows[-1]}
     return out
 
 
@@ -105,10 +105,8 @@ def export_model(generator, out: str | Path, check_showers: int = 4, seed: int =
     e = np.exp(rng.uniform(*np.log(side["ranges"]["energy (GeV)"]), check_showers)) * 1e3
     eta = rng.uniform(*side["ranges"]["eta"], check_showers)
     phi = np.deg2rad(rng.uniform(*side["ranges"]["phi (deg)"], check_showers))
-    theta = 2 * np.arctan(np.exp(-eta))
     inputs = {"energy": e.astype(np.float32), "position": np.zeros((check_showers, 3), np.float32),
-              "direction": np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
-                                     np.cos(theta)], -1).astype(np.float32),
+              "direction": eta_phi_direction(eta, phi).astype(np.float32),
               "particle": rng.integers(0, len(model.particles), check_showers),
               **noise_inputs(check_showers, side, rng)}
     tmp = out / "model.onnx.tmp"

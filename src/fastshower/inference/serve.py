@@ -31,6 +31,7 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.inference.onnx import OnnxGenerator, noise_inputs
 from fastshower.models.showers import outside_range, particle_index
+from fastshower.simhits import eta_phi_direction
 
 log = logging.getLogger(__name__)
 
@@ -327,8 +328,7 @@ def client_inputs(energy_mev, pdg, eta: float = 2.0, phi: float = np.pi / 2,
     import tritonclient.http as http
 
     energy = np.atleast_1d(np.asarray(energy_mev, np.float32))
-    theta = 2 * np.arctan(np.exp(-eta))
-    direction = [np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)]
+    direction = eta_phi_direction(eta, phi)
     arrays = {"energy": energy,
               "direction": np.tile(direction, (len(energy), 1)).astype(np.float32),
               "pdg": np.full(len(energy), pdg, np.int32)}

@@ -11,7 +11,7 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from fastshower.simhits import PARTICLES
+from fastshower.simhits import PARTICLES, eta_phi_direction
 
 
 class GunConfig(BaseModel):
@@ -77,9 +77,7 @@ def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> dict[s
     else:
         eta = rng.uniform(*cfg.eta, n)
         phi = np.deg2rad(rng.uniform(*cfg.phi_deg, n))
-        theta = 2 * np.arctan(np.exp(-eta))
-        direction = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
-                              np.cos(theta)], -1)
+        direction = eta_phi_direction(eta, phi)
     vertex = rng.normal(0.0, 1.0, (n, 3)) * np.asarray(cfg.vertex_sigma)
     return {
         "primary_pdg": np.full(n, cfg.pdg, dtype=np.int32),

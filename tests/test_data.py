@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from fastshower.data.cache import batches, preprocess
-from fastshower.data.transform import Scaler, TransformConfig, select_hits, to_graphs
+from torch_geometric.data import Batch
+
+from fastshower.data.cache import batches, preprocess, read_split
+from fastshower.data.graphs import Scaler, to_batch, to_data_list
+from fastshower.data.transform import GraphChunk, TransformConfig, select_hits, to_chunk
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
 from fastshower.simhits import ShowerBatch, SimHitWriter, read_sample
@@ -32,7 +35,7 @@ def test_graphs_match_a_per_hit_reading_of_the_showers(sample):
     geom, _, tmp = sample
     batch, _ = read_sample(tmp / "sim")
     cfg = TransformConfig(threshold_mip=0.5)
-    graphs = to_graphs(batch, geom, cfg)
+    graphs = to_data_list(to_chunk(batch, geom, cfg))
     assert len(graphs) == len(batch)
     for i in range(3):  # per-hit check, written the slow obvious way for three showers
         ids = ak.to_numpy(batch.cell_id[i]).astype(int)
@@ -87,10 +90,38 @@ def test_cache_splits_batches_and_scaler(sample, tmp_path):
     shuffled = [b.cell_id for b in batches(folder, "train", batch_size=16, shuffle=True, seed=1)]
     again = [b.cell_id for b in batches(folder, "train", batch_size=16, shuffle=True, seed=1)]
     assert all(torch.equal(a, b) for a, b in zip(shuffled, again, strict=True))
+    other = [b.cell_id for b in batches(folder, "train", batch_size=16, shuffle=True, seed=2)]
+    assert not all(torch.equal(a, b) for a, b in zip(shuffled, other, strict=True))
     scaler = Scaler.from_dict(manifest["scaler"])
-    raw = torch.load(sorted(folder.glob("shard_train_*.pt"))[0], weights_only=False)[0]
-    back = scaler.inverse_energy(scaler.transform(raw).x[:, 0])
-    assert torch.allclose(back, raw.x[:, 0], rtol=1e-4)
+    raw = read_split(folder, "train")
+    assert len(raw) == 48
+    back = scaler.inverse_energy(torch.from_numpy(scaler.features(raw.x)[:, 0]))
+    assert torch.allclose(back, torch.from_numpy(raw.x[:, 0]), rtol=1e-4)
+    # every training shower exactly once per epoch, whatever the order and the worker count
+    def showers(loader):
+        return sorted(tuple(b.cell_id[b.ptr[i]:b.ptr[i + 1]].tolist())
+                      for b in loader for i in range(b.num_graphs))
+    expected = showers([to_batch(raw)])
+    assert showers(batches(folder, "train", batch_size=5, shuffle=True, seed=3)) == expected
+    assert showers(batches(folder, "train", batch_size=5, workers=2)) == expected
+
+
+def test_batches_equal_torch_geometric_collation(sample):
+    geom, _, tmp = sample
+    batch, _ = read_sample(tmp / "sim")
+    chunk = to_chunk(batch, geom, TransformConfig())
+    scaler = Scaler(np.ones(7), np.full(7, 2.0), np.zeros(4), np.ones(4))
+    pick = np.array([5, 0, 17, 3, 3])
+    ours = to_batch(chunk.select(pick), scaler)
+    theirs = Batch.from_data_list([to_data_list(chunk, scaler)[i] for i in pick])
+    for key in ("x", "edge_index", "cond", "cell_id", "batch", "ptr"):
+        assert torch.equal(ours[key], theirs[key]), key
+    assert ours.num_graphs == 5 and ours.edge_index.shape[1] > 0
+    for a, b in zip(ours.to_data_list(), theirs.to_data_list(), strict=True):  # slicing info
+        assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
+    again = GraphChunk.concatenate([chunk.select(np.arange(0, 10)), chunk.select(np.arange(10, 60))])
+    assert all(np.array_equal(getattr(again, k), getattr(chunk, k))
+               for k in ("x", "cell_id", "edge_index", "node_ptr", "edge_ptr", "cond"))
 
 
 def test_bad_input_names_the_file_and_shower(sample, tmp_path):
@@ -105,6 +136,20 @@ def test_bad_input_names_the_file_and_shower(sample, tmp_path):
         preprocess(tmp_path / "neg.root", gpath, tmp_path / "c", show_progress=False)
     with pytest.raises(FastShowerError, match="neg.root.*shower 0.*negative"):  # from a worker
         preprocess(tmp_path / "neg.root", gpath, tmp_path / "c", workers=2, show_progress=False)
+    sign = np.ones(len(batch))
+    sign[[2, 5]] = -1.0  # two bad showers: with bad_showers='skip' they are left out, counted
+    w = SimHitWriter(tmp_path / "two_bad.root", meta)
+    w.write(ShowerBatch(batch.primaries, batch.cell_id, batch.cell_energy * sign,
+                        batch.cell_time, batch.lost_energy))
+    w.close()
+    folder = preprocess(tmp_path / "two_bad.root", gpath, tmp_path / "c",
+                        TransformConfig(bad_showers="skip"), show_progress=False)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["skipped_showers"] == 2 and sum(manifest["counts"].values()) == len(batch) - 2
+    kept = read_split(folder, "train").cond[:, 0]
+    log_e = np.log(batch.primaries["primary_energy"] / 1e3)
+    gap = np.abs(kept[None, :] - log_e[:, None]).min(1)  # to the nearest kept shower
+    assert gap[2] > 1e-4 and gap[5] > 1e-4 and gap[0] < 1e-6 and gap[47] < 1e-6
     data = sorted((tmp / "sim").glob("*.root"))[0].read_bytes()
     (tmp_path / "cut.root").write_bytes(data[: len(data) // 2])
     with pytest.raises(FastShowerError, match="cut.root"):

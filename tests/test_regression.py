@@ -12,7 +12,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from fastshower.data.cache import preprocess
+from fastshower.data.cache import preprocess, read_split
+from fastshower.data.graphs import to_batch
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
 from fastshower.models.regression import EnergyGNN, RegressionConfig, em_layers, high_level
@@ -38,11 +39,9 @@ def cache(tmp_path_factory):
 
 def test_high_level_variables_are_the_section_sums_and_the_shower_direction(cache):
     geom, _, folder, _ = cache
-    graphs = [g for shard in sorted(folder.glob("shard_test_*.pt"))
-              for g in torch.load(shard, weights_only=False)]
-    raw = Batch.from_data_list(graphs)
-    hl = high_level(raw.x, raw.batch, len(graphs), em_layers(geom))
-    total = torch.zeros(len(graphs)).index_add_(0, raw.batch, raw.x[:, 0]) / 1e3
+    raw = to_batch(read_split(folder, "test"))
+    hl = high_level(raw.x, raw.batch, raw.num_graphs, em_layers(geom))
+    total = torch.zeros(raw.num_graphs).index_add_(0, raw.batch, raw.x[:, 0]) / 1e3
     torch.testing.assert_close(hl[:, 0] + hl[:, 1], total)
     assert (hl[:, 0] > 5 * hl[:, 1]).all()  # photons deposit mostly in the EM section
     assert torch.allclose(hl[:, 2], torch.full_like(hl[:, 2], 2.0), atol=0.05)  # eta

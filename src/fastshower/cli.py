@@ -157,6 +157,17 @@ def default_geometry(path: Path) -> Path:
     return path
 
 
+def _valid(model, **values):
+    """``model(**values)`` with a validation failure as one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        return model(**values)
+    except ValidationError as err:
+        raise FastShowerError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
+                                        for e in err.errors())) from None
+
+
 def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: str,
              direction: str | None, vertex_sigma: str):
     """The particle gun of `simulate` and `generate`, with one-line errors."""
@@ -249,6 +260,9 @@ def preprocess(
     out: Annotated[Path, typer.Option(help="Cache root folder.")] = Path("cache"),
     threshold_mip: Annotated[float, typer.Option(help="Cell threshold in MIPs.")] = 0.5,
     max_hits: Annotated[int | None, typer.Option(help="Keep the N most energetic hits.")] = None,
+    bad_showers: Annotated[str, typer.Option(
+        help="A shower with NaN/negative energies or unknown cells: 'raise' (stop, naming "
+             "file and shower) or 'skip' (leave it out, counted).")] = "raise",
     workers: Annotated[int, typer.Option(help="Transform worker processes.")] = 1,
     scheduler: Annotated[str | None, typer.Option(
         help="Transform on Dask: 'local' or a scheduler address (tcp://host:8786).")] = None,
@@ -257,11 +271,14 @@ def preprocess(
     from fastshower.data.cache import preprocess as run
     from fastshower.data.transform import TransformConfig
 
-    folder = run(input_, geometry, out, TransformConfig(threshold_mip=threshold_mip,
-                                                        max_hits=max_hits), workers=workers,
-                 scheduler=scheduler)
-    counts = json.loads((folder / "manifest.json").read_text())["counts"]
-    console.print(f"cache {folder}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    cfg = _valid(TransformConfig, threshold_mip=threshold_mip, max_hits=max_hits,
+                 bad_showers=bad_showers)
+    folder = run(input_, geometry, out, cfg, workers=workers, scheduler=scheduler)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    console.print(f"cache {folder}: " + ", ".join(f"{k} {v}" for k, v in
+                                                  manifest["counts"].items())
+                  + (f"; {manifest['skipped_showers']} bad showers left out"
+                     if manifest["skipped_showers"] else ""))
 
 
 @app.command()

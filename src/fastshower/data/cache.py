@@ -1,11 +1,12 @@
 """Preprocess sim-hit files once into sharded graph files, then stream batches from them.
 
-The cache folder is named by a hash of (input files, geometry, transform config); it holds
-``shard_<split>_<i>.pt`` (lists of raw graphs) and ``manifest.json`` (files, split ranges,
-transform config, fitted scaler), written last: a folder without it is incomplete and is
-rebuilt. Splits are fixed event ranges of every file (first 80 % train, 10 % validation,
-10 % test by default). Chunks are transformed in a pool of ``spawn`` worker processes; results
-come back in order, so the cache is the same for any number of workers.
+The cache folder is named by a hash of (input files, geometry, transform config, format); it
+holds ``shard_<split>_<i>.npz`` (GraphChunks of raw graphs) and ``manifest.json`` (files,
+split ranges, transform config, fitted scaler, showers left out), written last: a folder
+without it is incomplete and is rebuilt. Splits are fixed event ranges of every file (first
+80 % train, 10 % validation, 10 % test by default). Chunks are transformed in a pool of
+``spawn`` worker processes (numpy only: they start without torch); results come back in order,
+so the cache is the same for any number of workers.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from torch.utils.data import IterableDataset, get_worker_info
-from torch_geometric.loader import DataLoader
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fastshower.data.graphs import Moments, Scaler, to_batch
 from fastshower.data.splits import SPLITS, file_sizes, split_bounds
-from fastshower.data.transform import Scaler, TransformConfig, to_graphs
+from fastshower.data.transform import GraphChunk, TransformConfig, transform_file_range
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
-from fastshower.simhits import read_showers, sample_files
+from fastshower.simhits import sample_files
 
-_GEOMETRY = {}  # per worker process: geometry loaded once
+FORMAT = 2  # of the shards: 2 = GraphChunk .npz
 
 
 def cache_key(files: list[Path], geometry_hash: str, cfg: TransformConfig,
@@ -36,21 +36,9 @@ def cache_key(files: list[Path], geometry_hash: str, cfg: TransformConfig,
     h = hashlib.sha256(json.dumps({
         "files": [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files],
         "geometry": geometry_hash, "transform": cfg.model_dump(), "splits": fractions,
+        "format": FORMAT,
     }, sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-def _work(task: tuple) -> list:
-    """Worker: read one chunk and transform it (geometry cached per process)."""
-    geometry, cfg, file, start, stop = task
-    if geometry not in _GEOMETRY:
-        _GEOMETRY[geometry] = load(geometry)
-    try:
-        batch = read_showers(file, start, stop)
-    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a damaged file
-        raise FastShowerError(f"{file}: cannot read showers {start}-{stop}: {err}") from None
-    return to_graphs(batch, _GEOMETRY[geometry], TransformConfig(**cfg),
-                     where=f"{file} (showers from {start})")
 
 
 def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
@@ -77,14 +65,16 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
             ranges.append({"file": str(f), "split": split, "start": int(lo), "stop": int(hi)})
             tasks += [(split, (str(geometry), cfg.model_dump(), str(f), s, min(s + chunk, hi)))
                       for s in range(lo, hi, chunk)]
-    buffers = {s: [] for s in SPLITS}
+    buffers: dict[str, list[GraphChunk]] = {s: [] for s in SPLITS}
     counts = {s: 0 for s in SPLITS}
     shards = {s: 0 for s in SPLITS}
-    stats = _Moments()
+    skipped = 0
+    stats = Moments()
 
     def flush(split: str) -> None:
         if buffers[split]:
-            torch.save(buffers[split], folder / f"shard_{split}_{shards[split]:05d}.pt")
+            GraphChunk.concatenate(buffers[split]).save(
+                folder / f"shard_{split}_{shards[split]:05d}.npz")
             shards[split] += 1
             buffers[split] = []
 
@@ -95,22 +85,28 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
     with Progress(*columns, disable=not show_progress) as bar, \
             (DaskPool(scheduler, workers) if scheduler else _pool(workers)) as pool:
         task = bar.add_task("pre", total=sum(sizes), rate=0.0)
-        results = (pool.imap(_work, [t for _, t in tasks]) if pool is not None
-                   else map(_work, [t for _, t in tasks]))
-        for (split, _), graphs in zip(tasks, results, strict=True):
+        work = [t for _, t in tasks]
+        results = (pool.imap(transform_file_range, work) if pool is not None
+                   else map(transform_file_range, work))
+        for (split, (*_, start, stop)), (graphs, bad) in zip(tasks, results, strict=True):
             if split == "train":
                 stats.add(graphs)
-            buffers[split] += graphs
+            buffers[split].append(graphs)
             counts[split] += len(graphs)
-            if len(buffers[split]) >= shard_size:
+            skipped += bad
+            if sum(len(b) for b in buffers[split]) >= shard_size:
                 flush(split)
-            bar.update(task, advance=len(graphs),
+            bar.update(task, advance=stop - start,
                        rate=bar.tasks[0].completed / max(bar.tasks[0].elapsed or 1e-9, 1e-9))
     for split in SPLITS:
         flush(split)
-    manifest = {"key": folder.name, "geometry_hash": geom.hash, "transform": cfg.model_dump(),
-                "fractions": list(fractions), "ranges": ranges, "counts": counts,
-                "shards": shards, "scaler": stats.scaler().to_dict()}
+    if skipped:
+        bar.console.print(f"[yellow]left out {skipped} bad shower(s) (NaN/negative energy or "
+                          "cell id outside the geometry); counted in the manifest")
+    manifest = {"key": folder.name, "format": FORMAT, "geometry_hash": geom.hash,
+                "transform": cfg.model_dump(), "fractions": list(fractions), "ranges": ranges,
+                "counts": counts, "skipped_showers": skipped, "shards": shards,
+                "scaler": stats.scaler().to_dict()}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
@@ -137,59 +133,68 @@ class _pool:
         return False
 
 
-class _Moments:
-    """Streaming mean and variance of the training features, for the scaler."""
+def read_manifest(folder: str | Path) -> dict:
+    """A cache's manifest; a clear error for a folder that is not a complete cache."""
+    path = Path(folder) / "manifest.json"
+    if not path.is_file():
+        raise FastShowerError(f"{folder} is not a graph cache (no manifest.json); make one "
+                              "with `fastshower preprocess`")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise FastShowerError(f"{folder} is a graph cache of an older format; preprocess again")
+    return manifest
 
-    def __init__(self):
-        self.n = self.nc = 0
-        self.s = self.s2 = self.c = self.c2 = 0.0
 
-    def add(self, graphs: list) -> None:
-        if not graphs:
-            return
-        x = torch.cat([g.x for g in graphs]).double()
-        x[:, 0] = torch.log(x[:, 0])
-        c = torch.cat([g.cond for g in graphs]).double()
-        self.n += len(x)
-        self.nc += len(c)
-        self.s, self.s2 = self.s + x.sum(0), self.s2 + (x**2).sum(0)
-        self.c, self.c2 = self.c + c.sum(0), self.c2 + (c**2).sum(0)
+def shard_files(folder: str | Path, split: str) -> list[Path]:
+    return sorted(Path(folder).glob(f"shard_{split}_*.npz"))
 
-    def scaler(self) -> Scaler:
-        mean, cmean = self.s / self.n, self.c / self.nc
-        std = torch.sqrt(torch.clamp(self.s2 / self.n - mean**2, min=0))
-        cstd = torch.sqrt(torch.clamp(self.c2 / self.nc - cmean**2, min=0))
-        return Scaler(mean.numpy(), torch.where(std > 0, std, 1.0).numpy(), cmean.numpy(),
-                      torch.where(cstd > 0, cstd, 1.0).numpy())
+
+def read_split(folder: str | Path, split: str) -> GraphChunk:
+    """All raw graphs of one split of a cache."""
+    read_manifest(folder)
+    shards = [GraphChunk.load(f) for f in shard_files(folder, split)]
+    if not shards:
+        raise FastShowerError(f"{folder} has no {split} showers")
+    return GraphChunk.concatenate(shards)
 
 
 class ShardDataset(IterableDataset):
-    """Scaled graphs of one split, shard by shard; shards are dealt to DataLoader workers in
-    turn, and shuffled within a shard by (seed, epoch) when ``shuffle``."""
+    """Scaled batches of one split, shard by shard: shards are dealt to DataLoader workers in
+    turn, shuffled within a shard by (seed, epoch, shard) when ``shuffle``, and cut into
+    batches of ``batch_size`` showers (the rest carried into the next shard of the same
+    worker). Batches are built from the shard's flat arrays (``graphs.to_batch``)."""
 
-    def __init__(self, folder: str | Path, split: str = "train", shuffle: bool = False,
-                 seed: int = 0, epoch: int = 0):
+    def __init__(self, folder: str | Path, split: str = "train", batch_size: int = 64,
+                 shuffle: bool = False, seed: int = 0, epoch: int = 0):
         self.folder = Path(folder)
-        manifest = json.loads((self.folder / "manifest.json").read_text())
-        self.scaler = Scaler.from_dict(manifest["scaler"])
-        self.shards = sorted(self.folder.glob(f"shard_{split}_*.pt"))
-        self.shuffle, self.seed, self.epoch = shuffle, seed, epoch
+        self.scaler = Scaler.from_dict(read_manifest(folder)["scaler"])
+        self.shards = shard_files(folder, split)
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
 
     def __iter__(self):
         info = get_worker_info()
         mine = self.shards[info.id::info.num_workers] if info else self.shards
+        rest = None
         for shard in mine:
-            graphs = torch.load(shard, weights_only=False)
-            order = (np.random.default_rng([self.seed, self.epoch, int(shard.stem[-5:])])
-                     .permutation(len(graphs)) if self.shuffle else range(len(graphs)))
-            for i in order:
-                yield self.scaler.transform(graphs[i])
+            chunk = GraphChunk.load(shard)
+            if self.shuffle:
+                rng = np.random.default_rng([self.seed, self.epoch, int(shard.stem[-5:])])
+                chunk = chunk.select(rng.permutation(len(chunk)))
+            if rest is not None:
+                chunk = GraphChunk.concatenate([rest, chunk])
+            full = len(chunk) - len(chunk) % self.batch_size
+            for lo in range(0, full, self.batch_size):
+                yield to_batch(chunk.select(np.arange(lo, lo + self.batch_size)), self.scaler)
+            rest = chunk.select(np.arange(full, len(chunk)))
+        if rest is not None and len(rest):
+            yield to_batch(rest, self.scaler)
 
 
 def batches(folder: str | Path, split: str = "train", batch_size: int = 64, workers: int = 0,
             shuffle: bool = False, seed: int = 0, epoch: int = 0) -> DataLoader:
-    """torch_geometric batches of a cached split (workers are spawned processes)."""
-    ds = ShardDataset(folder, split, shuffle, seed, epoch)
-    return DataLoader(ds, batch_size=batch_size, num_workers=workers,
+    """torch_geometric batches of a cached split, prepared in ``workers`` spawned processes
+    (bounded: each keeps at most 2 batches ready)."""
+    ds = ShardDataset(folder, split, batch_size, shuffle, seed, epoch)
+    return DataLoader(ds, batch_size=None, num_workers=workers,
                       multiprocessing_context="spawn" if workers else None,
                       prefetch_factor=2 if workers else None)

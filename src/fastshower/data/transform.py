@@ -2,20 +2,24 @@
 
 Nodes: cells above a threshold, with raw features (energy MeV, x, y, z mm, layer, cell type,
 linear size mm); edges: the geometry's neighbour graph restricted to the hit cells; condition:
-(log incident energy/GeV, eta, phi, PDG id). Scaling is separate (``Scaler``) so that it can be
-fitted on the training split only and inverted for generated graphs.
+(log incident energy/GeV, eta, phi, PDG id). A chunk's graphs are kept together as flat arrays
+(``GraphChunk``, the layout of a collated batch), so no per-shower object is ever made here.
+This module needs numpy only: preprocessing workers start without importing torch. Scaling
+and torch_geometric batches are in ``graphs.py``.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numba
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
-from torch_geometric.data import Data
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.simhits import ShowerBatch, direction_eta_phi
+from fastshower.simhits import ShowerBatch, direction_eta_phi, read_showers
 
 NODE_FEATURES = ("energy", "x", "y", "z", "layer", "type", "size")
 CONDITION = ("log_energy_gev", "eta", "phi", "pdg")
@@ -23,13 +27,17 @@ CONDITION = ("log_energy_gev", "eta", "phi", "pdg")
 
 class TransformConfig(BaseModel):
     """Hit selection. ``threshold_mip``: per cell, in units of its sensor's MIP energy;
-    ``threshold_kev`` (if set) is used instead; ``max_hits``: keep the N most energetic."""
+    ``threshold_kev`` (if set) is used instead; ``max_hits``: keep the N most energetic.
+    ``bad_showers``: a shower with a NaN/negative energy or a cell id outside the geometry
+    stops preprocessing with an error naming file and shower ('raise'), or is left out and
+    counted in the cache's manifest ('skip')."""
 
     model_config = ConfigDict(extra="forbid")
 
     threshold_mip: float = Field(0.5, ge=0)
     threshold_kev: float | None = Field(None, ge=0)
     max_hits: int | None = Field(None, gt=0)
+    bad_showers: str = Field("raise", pattern="^(raise|skip)$")
 
 
 def conditions(primaries: dict[str, np.ndarray]) -> np.ndarray:
@@ -39,25 +47,38 @@ def conditions(primaries: dict[str, np.ndarray]) -> np.ndarray:
                      primaries["primary_pdg"].astype(np.float64)], -1).astype(np.float32)
 
 
+def bad_showers(event: np.ndarray, ids: np.ndarray, energy: np.ndarray,
+                n_cells: int) -> tuple[np.ndarray, str]:
+    """Indices of showers with a NaN, infinite or negative energy or a cell id outside
+    0..n_cells-1, and a one-line reason for the first of them ('' when none)."""
+    bad_energy = ~np.isfinite(energy) | (energy < 0)
+    outside = (ids < 0) | (ids >= n_cells)
+    showers = np.unique(event[bad_energy | outside])
+    if not len(showers):
+        return showers, ""
+    first = showers[0]
+    if bad_energy[event == first].any():
+        return showers, f"shower {first} has a NaN, infinite or negative cell energy"
+    cell = ids[(event == first) & outside][0]
+    return showers, f"shower {first} has cell id {cell} outside the geometry (0..{n_cells - 1})"
+
+
 def select_hits(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig, where: str = ""):
     """(shower index, cell id, energy) of the kept hits, sorted by shower then cell id.
 
-    Duplicate (shower, cell) entries are summed; bad values raise a clear error naming
-    ``where`` (a file) and the shower.
+    Duplicate (shower, cell) entries are summed (files from the simulation have none and are
+    sorted: then nothing is re-sorted); bad values raise a clear error naming ``where`` (a
+    file) and the shower.
     """
     event, ids, energy = batch.flat()
-    bad = ~np.isfinite(energy) | (energy < 0)
-    if bad.any():
-        raise FastShowerError(f"{where}: shower {event[bad][0]} has a NaN, infinite or "
-                              "negative cell energy")
-    outside = (ids < 0) | (ids >= geom.n_cells)
-    if outside.any():
-        raise FastShowerError(f"{where}: shower {event[outside][0]} has cell id "
-                              f"{ids[outside][0]} outside the geometry (0..{geom.n_cells - 1})")
+    bad, reason = bad_showers(event, ids, energy, geom.n_cells)
+    if len(bad):
+        raise FastShowerError(f"{where}: {reason}")
     key = event * geom.n_cells + ids
-    uniq, inverse = np.unique(key, return_inverse=True)
-    energy = np.bincount(inverse, weights=energy)
-    event, ids = uniq // geom.n_cells, uniq % geom.n_cells
+    if len(key) > 1 and not (key[1:] > key[:-1]).all():
+        key, inverse = np.unique(key, return_inverse=True)
+        energy = np.bincount(inverse, weights=energy)
+        event, ids = key // geom.n_cells, key % geom.n_cells
     threshold = (cfg.threshold_kev * 1e-3 if cfg.threshold_kev is not None
                  else cfg.threshold_mip * geom.mip_energy[ids])
     keep = energy > threshold
@@ -71,94 +92,158 @@ def select_hits(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig, where:
     return event, ids, energy
 
 
-DENSE_LOOKUP_LIMIT = 1 << 24  # (showers in a chunk) x (cells): above this, binary search
+@numba.njit(cache=True, nogil=True)
+def _hit_edges(node_ptr, ids, indptr, neighbours, n_cells):  # pragma: no cover - compiled
+    table = np.full(n_cells, -1, np.int32)  # cell -> hit index within the current shower
+    size = 0
+    for h in range(len(ids)):
+        size += indptr[ids[h] + 1] - indptr[ids[h]]
+    src = np.empty(size, np.int32)
+    dst = np.empty(size, np.int32)
+    edge_ptr = np.zeros(len(node_ptr), np.int64)
+    k = 0
+    for s in range(len(node_ptr) - 1):
+        lo, hi = node_ptr[s], node_ptr[s + 1]
+        for h in range(lo, hi):
+            table[ids[h]] = h - lo
+        for h in range(lo, hi):
+            for j in range(indptr[ids[h]], indptr[ids[h] + 1]):
+                other = table[neighbours[j]]
+                if other >= 0:
+                    src[k] = h - lo
+                    dst[k] = other
+                    k += 1
+        for h in range(lo, hi):
+            table[ids[h]] = -1
+        edge_ptr[s + 1] = k
+    return src[:k].copy(), dst[:k].copy(), edge_ptr
 
 
-def graph_edges(geom: Geometry, event: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """(2, E) global hit-index pairs: geometry edges between hit cells of the same shower.
+def graph_edges(geom: Geometry, node_ptr: np.ndarray,
+                ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Geometry edges between the hit cells of each shower: ((2, E) int32 node indices local
+    to their shower, (n + 1,) edge offsets per shower).
 
-    ``event``/``ids`` sorted by (event, id). Neighbours come from the geometry's CSR rows; a
-    neighbour is kept when it is a hit of the same shower, found through a dense
-    (shower, cell) -> hit table when it fits in memory, else by binary search.
+    ``ids`` sorted by cell within each shower; edges come out in the order of the geometry's
+    CSR rows. This is a compiled loop (numba): the same in numpy needs a dozen passes over
+    ~10 candidate neighbours per hit and was 2-4x slower (docs/data.md).
     """
-    indptr, dst_all = geom.csr
-    counts = indptr[ids + 1] - indptr[ids]
-    hit = np.repeat(np.arange(len(ids)), counts)
-    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
-    nbr = dst_all[np.repeat(indptr[ids], counts) + offsets]
-    n_events = int(event.max()) + 1 if len(event) else 0
-    keys = event * geom.n_cells + ids
-    want = event[hit] * geom.n_cells + nbr
-    if n_events * geom.n_cells <= DENSE_LOOKUP_LIMIT:
-        table = np.full(n_events * geom.n_cells, -1, dtype=np.int32)
-        table[keys] = np.arange(len(keys))
-        pos = table[want]
-        found = pos >= 0
-    else:
-        pos = np.clip(np.searchsorted(keys, want), 0, max(len(keys) - 1, 0))
-        found = keys[pos] == want
-    return np.stack([hit[found], pos[found]])
+    indptr, neighbours = _cached(geom, "csr32", lambda: (geom.csr[0].astype(np.int64),
+                                                         geom.csr[1].astype(np.int32)))
+    src, dst, edge_ptr = _hit_edges(node_ptr, ids.astype(np.int32), indptr, neighbours,
+                                    geom.n_cells)
+    return np.stack([src, dst]), edge_ptr
 
 
-def to_graphs(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig,
-              where: str = "") -> list[Data]:
-    """One torch_geometric Data per shower: x (n, 7) raw features, edge_index, cond (1, 4),
-    cell_id (n,)."""
-    event, ids, energy = select_hits(batch, geom, cfg, where)
+def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenated ``arange(start, start + count)`` for every pair, vectorised."""
+    ends = np.cumsum(counts)
+    return np.arange(ends[-1] if len(ends) else 0) + np.repeat(starts - ends + counts, counts)
+
+
+@dataclass
+class GraphChunk:
+    """The graphs of many showers as flat arrays, the layout of a collated batch: the nodes of
+    shower s are rows node_ptr[s]:node_ptr[s + 1] of ``x`` and ``cell_id``, its edges columns
+    edge_ptr[s]:edge_ptr[s + 1] of ``edge_index`` (node indices counted within the shower)."""
+
+    x: np.ndarray  # (N, 7) float32, NODE_FEATURES, raw
+    cell_id: np.ndarray  # (N,) int32
+    edge_index: np.ndarray  # (2, E) int32
+    node_ptr: np.ndarray  # (n + 1,) int64
+    edge_ptr: np.ndarray  # (n + 1,) int64
+    cond: np.ndarray  # (n, 4) float32, CONDITION
+
+    def __len__(self) -> int:
+        return len(self.cond)
+
+    def select(self, index) -> GraphChunk:
+        """The showers ``index`` (an index array, in that order), vectorised."""
+        index = np.asarray(index, dtype=np.int64)
+        n_nodes, n_edges = np.diff(self.node_ptr)[index], np.diff(self.edge_ptr)[index]
+        nodes = ranges(self.node_ptr[index], n_nodes)
+        return GraphChunk(self.x[nodes], self.cell_id[nodes],
+                          self.edge_index[:, ranges(self.edge_ptr[index], n_edges)],
+                          _offsets(n_nodes), _offsets(n_edges), self.cond[index])
+
+    @staticmethod
+    def concatenate(chunks: list[GraphChunk]) -> GraphChunk:
+        return GraphChunk(
+            np.concatenate([c.x for c in chunks]), np.concatenate([c.cell_id for c in chunks]),
+            np.concatenate([c.edge_index for c in chunks], axis=1),
+            _offsets(np.concatenate([np.diff(c.node_ptr) for c in chunks])),
+            _offsets(np.concatenate([np.diff(c.edge_ptr) for c in chunks])),
+            np.concatenate([c.cond for c in chunks]))
+
+    def save(self, path: str | Path) -> None:
+        """An uncompressed .npz (shards are read once per epoch: reading speed matters)."""
+        with open(path, "wb") as f:
+            np.savez(f, **{k.name: getattr(self, k.name) for k in fields(self)})
+
+    @staticmethod
+    def load(path: str | Path) -> GraphChunk:
+        with np.load(path) as z:
+            return GraphChunk(**{k.name: z[k.name] for k in fields(GraphChunk)})
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _cached(geom: Geometry, name: str, make):
+    """A per-geometry array made once (kept on the geometry object)."""
+    key = f"_transform_{name}"
+    if key not in geom.__dict__:
+        geom.__dict__[key] = make()
+    return geom.__dict__[key]
+
+
+def node_table(geom: Geometry) -> np.ndarray:
+    """(n_cells, 7) float32 node features of every cell, energy column zero."""
     c = geom.cells
-    x = np.stack([energy, c["x"][ids], c["y"][ids], c["z"][ids], c["layer"][ids], c["type"][ids],
-                  np.sqrt(c["area"][ids])], -1).astype(np.float32)
-    edges = graph_edges(geom, event, ids)
-    counts = np.bincount(event, minlength=len(batch))
-    first = np.concatenate([[0], np.cumsum(counts)])
-    edge_event = event[edges[0]]
-    edge_counts = np.bincount(edge_event, minlength=len(batch))
-    edge_first = np.concatenate([[0], np.cumsum(edge_counts)])
-    order = np.argsort(edge_event, kind="stable")
-    edges = edges[:, order]
-    cond = conditions(batch.primaries)
-    graphs = []
-    for i in range(len(batch)):
-        lo, hi = first[i], first[i + 1]
-        e = edges[:, edge_first[i]:edge_first[i + 1]] - lo
-        graphs.append(Data(x=torch.from_numpy(x[lo:hi]), edge_index=torch.from_numpy(e),
-                           cond=torch.from_numpy(cond[i:i + 1]),
-                           cell_id=torch.from_numpy(ids[lo:hi].astype(np.int64))))
-    return graphs
+    return _cached(geom, "nodes", lambda: np.stack(
+        [np.zeros(geom.n_cells), c["x"], c["y"], c["z"], c["layer"], c["type"],
+         np.sqrt(c["area"])], -1).astype(np.float32))
 
 
-class Scaler:
-    """Feature scaling fitted on training graphs: log energy and standardised features."""
+def to_chunk(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig,
+             where: str = "") -> GraphChunk:
+    """The graphs of all showers of ``batch`` (see the module docstring)."""
+    event, ids, energy = select_hits(batch, geom, cfg, where)
+    node_ptr = np.searchsorted(event, np.arange(len(batch) + 1)).astype(np.int64)
+    x = node_table(geom)[ids]
+    x[:, 0] = energy
+    edge_index, edge_ptr = graph_edges(geom, node_ptr, ids)
+    return GraphChunk(x, ids.astype(np.int32), edge_index, node_ptr, edge_ptr,
+                      conditions(batch.primaries))
 
-    def __init__(self, mean: np.ndarray, std: np.ndarray, cond_mean: np.ndarray,
-                 cond_std: np.ndarray):
-        self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-        self.cond_mean = np.asarray(cond_mean, np.float32)
-        self.cond_std = np.asarray(cond_std, np.float32)
 
-    @staticmethod
-    def fit(graphs: list[Data]) -> Scaler:
-        x = torch.cat([g.x for g in graphs]).numpy().astype(np.float64)
-        x[:, 0] = np.log(x[:, 0])
-        cond = torch.cat([g.cond for g in graphs]).numpy().astype(np.float64)
-        return Scaler(x.mean(0), np.where(x.std(0) > 0, x.std(0), 1.0), cond.mean(0),
-                      np.where(cond.std(0) > 0, cond.std(0), 1.0))
+def without_bad_showers(batch: ShowerBatch, geom: Geometry) -> tuple[ShowerBatch, int]:
+    """``batch`` less its bad showers (see ``bad_showers``), and how many were left out."""
+    bad, _ = bad_showers(*batch.flat(), geom.n_cells)
+    if not len(bad):
+        return batch, 0
+    return batch.subset(np.setdiff1d(np.arange(len(batch)), bad)), len(bad)
 
-    def transform(self, g: Data) -> Data:
-        x = g.x.clone()
-        x[:, 0] = torch.log(x[:, 0])
-        g = g.clone()
-        g.x = (x - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
-        g.cond = (g.cond - torch.from_numpy(self.cond_mean)) / torch.from_numpy(self.cond_std)
-        return g
 
-    def inverse_energy(self, scaled: torch.Tensor) -> torch.Tensor:
-        """Cell energies in MeV from the scaled energy feature."""
-        return torch.exp(scaled * float(self.std[0]) + float(self.mean[0]))
+_GEOMETRY: dict[str, Geometry] = {}  # per worker process: each geometry loaded once
 
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k).tolist() for k in ("mean", "std", "cond_mean", "cond_std")}
 
-    @staticmethod
-    def from_dict(d: dict) -> Scaler:
-        return Scaler(**d)
+def transform_file_range(task: tuple) -> tuple[GraphChunk, int]:
+    """Worker: read showers [start, stop) of one file and transform them; returns the graphs
+    and the number of bad showers left out (``bad_showers='skip'``)."""
+    from fastshower.geometry import load
+
+    geometry, cfg, file, start, stop = task
+    cfg = TransformConfig(**cfg)
+    if geometry not in _GEOMETRY:
+        _GEOMETRY[geometry] = load(geometry)
+    geom = _GEOMETRY[geometry]
+    try:
+        batch = read_showers(file, start, stop)
+    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a damaged file
+        raise FastShowerError(f"{file}: cannot read showers {start}-{stop}: {err}") from None
+    skipped = 0
+    if cfg.bad_showers == "skip":
+        batch, skipped = without_bad_showers(batch, geom)
+    return to_chunk(batch, geom, cfg, where=f"{file} (showers from {start})"), skipped

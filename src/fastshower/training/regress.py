@@ -17,10 +17,12 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch.nn.parallel import DistributedDataParallel
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
-from fastshower.data.transform import Scaler, TransformConfig, to_graphs
+from fastshower.data.cache import read_manifest, read_split
+from fastshower.data.graphs import Scaler, to_batch, to_data_list
+from fastshower.data.transform import GraphChunk, TransformConfig, to_chunk
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry, load
 from fastshower.models.regression import (
@@ -41,33 +43,24 @@ from fastshower.training.runs import RunFolder, load_model_file, read_history, s
 console = Console()
 
 
-def attach(graphs: list[Data], scaler: Scaler, em: np.ndarray) -> list[Data]:
+def attach(chunk: GraphChunk, scaler: Scaler, em: np.ndarray) -> list[Data]:
     """Raw graphs -> scaled graphs carrying their high-level variables and true energy (GeV)."""
-    raw = Batch.from_data_list(graphs)
-    hl = high_level(raw.x, raw.batch, len(graphs), em)
-    out = []
-    for i, g in enumerate(graphs):
-        s = scaler.transform(g)
-        out.append(Data(x=s.x, edge_index=s.edge_index, hl=hl[i:i + 1], e_hit=g.x[:, 0],
-                        e_true=torch.exp(g.cond[:, 0]).float()))
-    return out
+    raw = to_batch(chunk)
+    hl = high_level(raw.x, raw.batch, len(chunk), em)
+    e_true = torch.exp(torch.from_numpy(chunk.cond[:, 0])).float()
+    return [Data(x=s.x, edge_index=s.edge_index, hl=hl[i:i + 1],
+                 e_hit=raw.x[chunk.node_ptr[i]:chunk.node_ptr[i + 1], 0],
+                 e_true=e_true[i:i + 1])
+            for i, s in enumerate(to_data_list(chunk, scaler))]
 
 
 def read_cache_split(cache: str | Path, split: str, geom: Geometry) -> tuple[list[Data], dict]:
-    cache = Path(cache)
-    manifest_file = cache / "manifest.json"
-    if not manifest_file.is_file():
-        raise FastShowerError(f"{cache} is not a graph cache (no manifest.json); make one with "
-                              "`fastshower preprocess`")
-    manifest = json.loads(manifest_file.read_text())
+    manifest = read_manifest(cache)
     if manifest["geometry_hash"] != geom.hash:
         raise FastShowerError(f"{cache} was made with geometry {manifest['geometry_hash'][:12]}, "
                               f"not {geom.short_hash}")
-    graphs = [g for shard in sorted(cache.glob(f"shard_{split}_*.pt"))
-              for g in torch.load(shard, weights_only=False)]
-    if not graphs:
-        raise FastShowerError(f"{cache} has no {split} showers")
-    return attach(graphs, Scaler.from_dict(manifest["scaler"]), em_layers(geom)), manifest
+    chunk = read_split(cache, split)
+    return attach(chunk, Scaler.from_dict(manifest["scaler"]), em_layers(geom)), manifest
 
 
 @torch.no_grad()
@@ -184,8 +177,8 @@ def regress_showers(run: str | Path, batch: ShowerBatch, geom: Geometry) -> np.n
     """A trained regression applied to any sim-hit showers (Geant4's or a generator's):
     predicted energies in GeV, with the run's own hit selection and scaling."""
     model, saved = load_regressor(run, geom)
-    graphs = to_graphs(batch, geom, TransformConfig(**saved["transform"]))
-    return predict(model, attach(graphs, Scaler.from_dict(saved["scaler"]), em_layers(geom)))
+    chunk = to_chunk(batch, geom, TransformConfig(**saved["transform"]))
+    return predict(model, attach(chunk, Scaler.from_dict(saved["scaler"]), em_layers(geom)))
 
 
 def _fit_dnn(tr, va, seed: int, epochs: int = 1000) -> HighLevelDNN:

@@ -89,6 +89,35 @@ def test_bad_input_gives_one_clear_error(geometry, tmp_path):
         assert message in proc.stdout and "Traceback" not in proc.stdout + proc.stderr
 
 
+def test_both_scoring_options_put_a_muon_in_the_same_cells_at_the_same_time(geometry, tmp_path):
+    """Cells as Geant4 volumes (C++, the default) and sensor steps looked up in Python (exact
+    first-deposit time) on the same seeds: a 20 GeV muon's track crosses the same cells in the
+    first 20 layers (deeper, the two runs' random sequences have drifted apart); 'cells' times
+    are the straight time of flight, within 10 ps of the first deposit at beta = 1."""
+    geom, path = geometry
+    track, times = {}, {}
+    for scoring in ("cells", "steps"):
+        run(path, tmp_path / scoring, particle="mu-", energy=20.0, n=3, jobs=1,
+            scoring=scoring)
+        batch, meta = read_sample(tmp_path / scoring)
+        assert meta["scoring"] == scoring
+        for i in range(3):
+            ids = ak.to_numpy(batch.cell_id[i])
+            e = ak.to_numpy(batch.cell_energy[i])
+            t = ak.to_numpy(batch.cell_time[i])
+            for layer in range(20):  # the track's cell: the most energetic of the layer
+                on = np.flatnonzero(geom.cells["layer"][ids] == layer)
+                if len(on):
+                    best = on[np.argmax(e[on])]
+                    track[scoring, i, layer] = ids[best]
+                    times[scoring, i, layer] = t[best]
+    keys = [(i, layer) for i in range(3) for layer in range(20)]
+    same = [k for k in keys if track.get(("cells", *k), -1) == track.get(("steps", *k), -2)]
+    assert len(same) >= 0.8 * len(keys)
+    dt = [times["cells", *k] - times["steps", *k] for k in same]
+    assert np.median(np.abs(dt)) < 0.01
+
+
 def test_em_shower_physics_small_statistics(geometry, tmp_path):
     """Sampling fraction flat, shower maximum deeper with energy, photons start deeper."""
     geom, path = geometry

@@ -228,6 +228,9 @@ def simulate(
         help="Hybrid run: lowest energy (GeV) handed to the model.")] = 1.0,
     scheduler: Annotated[str | None, typer.Option(
         help="Run the jobs on Dask: 'local' or a scheduler address (tcp://host:8786).")] = None,
+    scoring: Annotated[str, typer.Option(
+        help="cells: cells are Geant4 volumes scored in C++, time = time of flight (fastest); "
+             "steps: sensor steps looked up in Python, time = first deposit.")] = "cells",
 ) -> None:
     """Simulate showers with Geant4 and write sim-hit ROOT files (resumable)."""
     from fastshower.simulation.g4data import describe_mode
@@ -248,7 +251,7 @@ def simulate(
         raise FastShowerError("--fast-min-energy must be positive (GeV)")
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
-                scheduler=scheduler)
+                scheduler=scheduler, scoring=scoring)
     console.print(f"wrote {len(files)} file(s) to {out}")
 
 

@@ -77,27 +77,43 @@ def direction_eta_phi(primaries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.
 
 
 class SimHitWriter:
-    """Appends shower batches to a sim-hit file; the file gets its final name on ``close``."""
+    """Appends shower batches to a sim-hit file; the file gets its final name on ``close``.
 
-    def __init__(self, path: str | Path, metadata: dict):
+    Batches are buffered into clusters of at least ``cluster`` showers, compressed with ZSTD
+    level 5 (ROOT's default for RNTuple): reading is then ~3x faster than with many small
+    ZLIB clusters (docs/data.md). A crash loses nothing that was complete: the temporary file
+    is never renamed.
+    """
+
+    def __init__(self, path: str | Path, metadata: dict, cluster: int = 500):
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
-        self.file = uproot.recreate(self.tmp)
+        self.file = uproot.recreate(self.tmp, compression=uproot.ZSTD(5))
         self.file["metadata"] = json.dumps({**metadata, "schema_version": SCHEMA_VERSION})
+        self.cluster = cluster
+        self.buffer: list[ShowerBatch] = []
         self.n = 0
 
     def write(self, batch: ShowerBatch) -> None:
-        if len(batch) == 0:
+        if len(batch):
+            self.buffer.append(batch)
+        if sum(len(b) for b in self.buffer) >= self.cluster:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.buffer:
             return
-        branches = batch.to_branches()
+        branches = concatenate(self.buffer).to_branches()
         if self.n == 0:
             self.file[TREE] = branches
         else:
             self.file[TREE].extend(branches)
-        self.n += len(batch)
+        self.n += len(branches["lost_energy"])
+        self.buffer = []
 
     def close(self) -> Path:
         """Finish the file and give it its final name (only complete files carry it)."""
+        self._flush()
         self.file.close()
         self.tmp.replace(self.path)
         return self.path

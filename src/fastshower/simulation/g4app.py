@@ -14,7 +14,7 @@ from fastshower.geometry import Geometry
 from fastshower.geometry.materials import material
 from fastshower.geometry.polygons import regular_polygon
 from fastshower.geometry.segmentation import SCINTILLATOR, SILICON
-from fastshower.simulation.scoring import aggregate_steps
+from fastshower.simulation.scoring import SCORING, aggregate_steps
 
 SENSOR_MATERIALS = {SILICON: "G4_Si", SCINTILLATOR: "G4_POLYSTYRENE"}
 ROI_MARGIN = 100.0  # mm of absorber beyond the region of interest on each side
@@ -22,13 +22,6 @@ C_LIGHT_MM_PER_NS = 299.792458
 X0_SILICON = 93.70  # mm
 UPSTREAM_PLANES = 5  # silicon planes standing for the material in front of the calorimeter
 ENTRY_GAP = 1.0  # mm: thickness of the vacuum slab in front of the calorimeter (fast-sim entry)
-SCORING = {
-    "cells": "cells are Geant4 volumes scored in C++ (G4PSEnergyDeposit); cell time = straight "
-             "time of flight from the vertex",
-    "steps": "every charged-particle sensor step goes to Python and is assigned to a cell by "
-             "the geometry lookup; cell time = time of the first deposit",
-    "none": "no scoring (timing reference)",
-}
 
 
 def g4_material(name: str):
@@ -63,7 +56,7 @@ class Detector(g4.G4VUserDetectorConstruction):
     particles handed to a fast-simulation model are stopped.
     """
 
-    def __init__(self, geom: Geometry, scoring: str = "steps", upstream_x0: float = 0.0,
+    def __init__(self, geom: Geometry, scoring: str = "cells", upstream_x0: float = 0.0,
                  entry: ShowerEntry | None = None):
         super().__init__()
         if scoring not in SCORING:

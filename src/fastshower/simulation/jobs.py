@@ -37,7 +37,7 @@ TIMING_KEYS = ("n", "cpu_seconds", "fast_showers", "fast_energy_mev")
 
 def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out: str | Path,
          physics: str = "auto", em_option: int = 0, upstream_x0: float = 0.0,
-         fast: dict | None = None) -> list[JobSpec]:
+         fast: dict | None = None, scoring: str = "cells") -> list[JobSpec]:
     """The job specs of a production (events split as evenly as possible)."""
     if n <= 0:
         raise FastShowerError(f"--n must be positive, got {n}")
@@ -48,7 +48,7 @@ def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out
     out = Path(out)
     return [JobSpec(geometry=str(geometry), gun=gun.model_dump(mode="json"), n=size,
                     seed=job_seed(seed, i), out=str(out / f"job_{i:03d}.root"), physics=physics,
-                    em_option=em_option, upstream_x0=upstream_x0, fast=fast,
+                    em_option=em_option, upstream_x0=upstream_x0, fast=fast, scoring=scoring,
                     meta={"job": i, "production_seed": seed})
             for i, size in enumerate(sizes)]
 
@@ -76,13 +76,17 @@ def _child(spec_dict: dict, index: int, progress: mp.Queue, log_path: str) -> No
 def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs: int = 1,
              seed: int = 1, physics: str = "auto", em_option: int = 0,
              force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
-             fast: dict | None = None, scheduler: str | None = None) -> list[Path]:
+             fast: dict | None = None, scheduler: str | None = None,
+             scoring: str = "cells") -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
     ``fast`` ({"model", "backend", "min_energy_gev"}) makes it a hybrid production: showers
     of e+-/gamma reaching the calorimeter come from that model (inference.g4hook).
     ``scheduler``: run the jobs on a Dask cluster ('local' or an address; fastshower.cluster)
-    instead of local processes; the files are the same."""
+    instead of local processes; the files are the same. ``scoring``: 'cells' (C++, the
+    default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING."""
+    if scoring not in ("cells", "steps"):
+        raise FastShowerError(f"--scoring must be cells or steps, not {scoring!r}")
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
     if upstream_x0 < 0:
         raise FastShowerError(f"--upstream-x0 must not be negative, got {upstream_x0}")
@@ -91,10 +95,11 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
 
         load_generator(fast["model"], geom, fast.get("backend", "torch"))
     out = Path(out)
-    specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option, upstream_x0, fast)
+    specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option, upstream_x0, fast,
+                 scoring)
     manifest = {"geometry_hash": geom.hash, "gun": gun.model_dump(mode="json"), "n": n,
                 "jobs": len(specs), "seed": seed, "physics": physics, "em_option": em_option,
-                "upstream_x0": upstream_x0, "fast": fast}
+                "upstream_x0": upstream_x0, "fast": fast, "scoring": scoring}
     manifest_path = out / "production.json"
     if out.exists() and any(out.iterdir()) and not force:
         if not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest:

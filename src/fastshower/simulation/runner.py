@@ -38,7 +38,7 @@ class JobSpec:
     out: str
     physics: str = "auto"
     em_option: int = 0
-    scoring: str = "steps"
+    scoring: str = "cells"  # see simulation.scoring.SCORING
     chunk: int = 50
     leakage: bool = False
     upstream_x0: float = 0.0  # silicon in front of the calorimeter (radiation lengths)

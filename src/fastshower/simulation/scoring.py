@@ -1,4 +1,5 @@
-"""Scoring: sensor steps (layer, x, y, time, energy) -> energy and first-deposit time per cell.
+"""Scoring: the options, and sensor steps (layer, x, y, time, energy) -> energy and
+first-deposit time per cell for the 'steps' option.
 
 Steps are assigned to cells by the geometry's vectorised lookup at the end of each event, at the
 step's pre-step point (a step in a 0.1-0.3 mm sensor moves well under a millimetre sideways, so
@@ -10,6 +11,15 @@ from __future__ import annotations
 import numpy as np
 
 from fastshower.geometry import Geometry
+
+
+SCORING = {  # measured in benchmarks/geant4.py and docs/physics.md
+    "cells": "cells are Geant4 volumes scored in C++ (G4PSEnergyDeposit); cell time = straight "
+             "time of flight from the vertex to the cell centre",
+    "steps": "every charged-particle sensor step goes to Python and is assigned to a cell by "
+             "the geometry lookup (pre-step point); cell time = time of the first deposit",
+    "none": "no scoring (timing reference)",
+}
 
 
 def aggregate_steps(geom: Geometry, layer: np.ndarray, x: np.ndarray, y: np.ndarray,

@@ -1,12 +1,16 @@
 """Data pipeline speed and memory, measured side by side in one run.
 
-- transform: showers/s of the vectorised chunk transform against a naive per-event Python
-  version of the same transform (same output), on the same showers;
-- preprocess end to end (read ROOT -> graphs -> shards) with 1 and 2 worker processes;
-- peak RSS of preprocessing N and 10 N showers (each in a fresh process);
-- time to the first training batch from the cache.
+- read: ROOT -> awkward arrays (uproot), chunks of 500 showers;
+- transform: the vectorised chunk transform (selection, features, edges) against a naive
+  per-event Python version of the same transform (checked to give the same graphs), on the
+  same showers in memory;
+- preprocess end to end (read -> transform -> shards) with 1 and 2 worker processes, on the
+  sample repeated --copies times so that worker start-up is amortised;
+- batches: scaled torch_geometric batches streamed from the cache (shuffled), and the time
+  to the first batch;
+- peak RSS of preprocessing N and --repeat x N showers (each in a fresh process).
 
-Usage: python benchmarks/pipeline.py --sample DIR --geometry G [--n 2000]
+Usage: python benchmarks/pipeline.py --sample DIR --geometry G [--copies 4] [--repeat 10]
 (DIR: a production folder of sim-hit files, e.g. from `fastshower simulate`).
 """
 
@@ -21,12 +25,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import awkward as ak
+import numpy as np
 
-from fastshower.data.cache import batches, preprocess
-from fastshower.data.transform import TransformConfig, to_graphs
+from fastshower.data.splits import file_sizes
+from fastshower.data.transform import TransformConfig, to_chunk
 from fastshower.geometry import load
-from fastshower.simhits import read_sample
+from fastshower.simhits import read_showers, sample_files
+
+# torch is imported inside main(): spawned preprocessing workers re-import this module, and
+# a worker of `fastshower preprocess` does not import torch either
+
+CHUNK = 500
 
 
 def naive_transform(batch, geom, threshold_mip: float = 0.5) -> list[tuple]:
@@ -52,64 +61,113 @@ def naive_transform(batch, geom, threshold_mip: float = 0.5) -> list[tuple]:
     return out
 
 
+def same_graphs(naive: list[tuple], chunk) -> bool:
+    for i, (feats, edges) in enumerate(naive):
+        lo, hi = chunk.node_ptr[i], chunk.node_ptr[i + 1]
+        ours = chunk.edge_index[:, chunk.edge_ptr[i]:chunk.edge_ptr[i + 1]].T.tolist()
+        if not (np.allclose(np.array(feats, np.float32).reshape(-1, 7), chunk.x[lo:hi])
+                and sorted(map(tuple, ours)) == sorted(edges)):
+            return False
+    return True
+
+
 def _preprocess_rss(args: tuple) -> float:
+    from fastshower.data.cache import preprocess
+
     sample, geometry, out = args
     preprocess(sample, geometry, out, show_progress=False)
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def copies(sample: str, folder: Path, k: int) -> Path:
+    """The sample's files ``k`` times under other names (more showers, same content)."""
+    folder.mkdir(parents=True)
+    for i in range(k):
+        for f in sample_files(sample):
+            shutil.copy(f, folder / f"{i:02d}_{f.name}")
+    return folder
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sample", required=True)
     ap.add_argument("--geometry", required=True)
+    ap.add_argument("--copies", type=int, default=4, help="sample copies for preprocessing")
     ap.add_argument("--repeat", type=int, default=10, help="copies of the sample for 10 N")
+    ap.add_argument("--naive", type=int, default=40, help="showers for the naive transform")
     ap.add_argument("--out", default="benchmarks/results/pipeline.json")
     args = ap.parse_args()
+    from fastshower.data.cache import batches, preprocess
+
     geom = load(args.geometry)
-    batch, _ = read_sample(args.sample)
-    hits = float(ak.mean(ak.num(batch.cell_id)))
     cfg = TransformConfig()
 
-    to_graphs(batch.subset(slice(0, 10)), geom, cfg)  # warm-up
     t = time.perf_counter()
-    to_graphs(batch, geom, cfg)
-    fast = len(batch) / (time.perf_counter() - t)
-    sub = batch.subset(slice(0, 200))
+    files = sample_files(args.sample)
+    chunks = [read_showers(f, lo, min(lo + CHUNK, n))
+              for f, n in zip(files, file_sizes(files, geom), strict=True)
+              for lo in range(0, n, CHUNK)]
+    read_time = time.perf_counter() - t
+    n_showers = sum(len(c) for c in chunks)
+    to_chunk(chunks[0], geom, cfg)  # warm-up: the compiled edge loop, cached tables
+    passes = []
+    for _ in range(3):
+        t = time.perf_counter()
+        graphs = [to_chunk(c, geom, cfg) for c in chunks]
+        passes.append(time.perf_counter() - t)
+    transform_time = float(np.median(passes))
+    hits = sum(len(g.x) for g in graphs) / n_showers
+    edges = sum(g.edge_index.shape[1] for g in graphs) / n_showers
+    sub = chunks[0].subset(slice(0, args.naive))
     t = time.perf_counter()
-    naive_transform(sub, geom)
-    naive = len(sub) / (time.perf_counter() - t)
+    naive = naive_transform(sub, geom)
+    naive_rate = len(sub) / (time.perf_counter() - t)
+    assert same_graphs(naive, graphs[0]), "the naive and vectorised transforms disagree"
+    fast_rate = n_showers / transform_time
 
     tmp = Path(tempfile.mkdtemp())
+    big = copies(args.sample, tmp / "copies", args.copies)
     rates = {}
     for workers in (1, 2):
         t = time.perf_counter()
-        folder = preprocess(args.sample, args.geometry, tmp / f"w{workers}", workers=workers,
+        folder = preprocess(big, args.geometry, tmp / f"w{workers}", workers=workers,
                             show_progress=False)
-        rates[workers] = len(batch) / (time.perf_counter() - t)
+        rates[workers] = n_showers * args.copies / (time.perf_counter() - t)
     t = time.perf_counter()
-    next(iter(batches(folder, "train", batch_size=64)))
+    loader = iter(batches(folder, "train", batch_size=64, shuffle=True, seed=1))
+    next(loader)
     first_batch = time.perf_counter() - t
+    t = time.perf_counter()
+    streamed = sum(b.num_graphs for b in batches(folder, "train", batch_size=64, shuffle=True,
+                                                 seed=2))
+    batch_rate = streamed / (time.perf_counter() - t)
 
-    big = tmp / "big"
-    big.mkdir()
-    for i in range(args.repeat):  # 10 N: the same files again under other names
-        for f in sorted(Path(args.sample).glob("*.root")):
-            shutil.copy(f, big / f"{i:02d}_{f.name}")
     rss = {}
-    for name, sample in (("N", args.sample), (f"{args.repeat}N", str(big))):
+    ten = copies(args.sample, tmp / "ten", args.repeat)
+    for name, sample in (("N", args.sample), (f"{args.repeat}N", str(ten))):
         with mp.get_context("spawn").Pool(1) as pool:
             rss[name] = pool.apply(_preprocess_rss, ((sample, args.geometry, tmp / name),))
 
-    result = {"showers": len(batch), "mean_hits": hits,
-              "transform_showers_per_s": fast, "naive_showers_per_s": naive,
-              "speedup_vs_naive": fast / naive,
+    result = {"showers": n_showers, "mean_hits": hits, "mean_edges": edges,
+              "read_showers_per_s": n_showers / read_time,
+              "transform_showers_per_s": fast_rate, "transform_us_per_hit":
+                  transform_time / (hits * n_showers) * 1e6,
+              "naive_showers_per_s": naive_rate, "speedup_vs_naive": fast_rate / naive_rate,
+              "end_to_end_showers_per_s_vs_naive": 1 / (1 / fast_rate + read_time / n_showers)
+                  / naive_rate,
+              "preprocess_showers": n_showers * args.copies,
               "preprocess_showers_per_s": {str(k): v for k, v in rates.items()},
-              "time_to_first_batch_s": first_batch, "peak_rss_mb": rss}
+              "batches_showers_per_s": batch_rate, "time_to_first_batch_s": first_batch,
+              "peak_rss_mb": rss}
     print(json.dumps(result, indent=2))
-    print(f"transform {fast:.0f} showers/s vs naive {naive:.0f} -> x{fast / naive:.0f}; "
-          f"preprocess {rates[1]:.0f} (1 worker) / {rates[2]:.0f} (2 workers) showers/s; "
-          f"peak RSS {rss['N']:.0f} MB (N) vs {rss[f'{args.repeat}N']:.0f} MB "
-          f"({args.repeat} N); first batch in {first_batch:.2f} s")
+    print(f"{n_showers} showers, {hits:.0f} hits and {edges:.0f} edges each: read "
+          f"{result['read_showers_per_s']:.0f} showers/s; transform {fast_rate:.0f} showers/s "
+          f"({result['transform_us_per_hit']:.3f} us/hit) vs naive {naive_rate:.0f} -> "
+          f"x{fast_rate / naive_rate:.0f} (read + transform x"
+          f"{result['end_to_end_showers_per_s_vs_naive']:.0f}); preprocess {rates[1]:.0f} "
+          f"(1 worker) / {rates[2]:.0f} (2 workers) showers/s; batches {batch_rate:.0f} "
+          f"showers/s, first in {first_batch:.2f} s; peak RSS {rss['N']:.0f} MB (N) vs "
+          f"{rss[f'{args.repeat}N']:.0f} MB ({args.repeat} N)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
 

@@ -21,9 +21,9 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from fastshower.data.graphs import Moments, Scaler, to_batch
+from fastshower.data.graphs import Scaler, to_batch
 from fastshower.data.splits import SPLITS, file_sizes, split_bounds
-from fastshower.data.transform import GraphChunk, TransformConfig, transform_file_range
+from fastshower.data.transform import GraphChunk, Moments, TransformConfig, transform_file_range
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.simhits import sample_files
@@ -88,9 +88,10 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
         work = [t for _, t in tasks]
         results = (pool.imap(transform_file_range, work) if pool is not None
                    else map(transform_file_range, work))
-        for (split, (*_, start, stop)), (graphs, bad) in zip(tasks, results, strict=True):
+        for (split, (*_, start, stop)), (graphs, moments, bad) in zip(tasks, results,
+                                                                      strict=True):
             if split == "train":
-                stats.add(graphs)
+                stats.merge(moments)
             buffers[split].append(graphs)
             counts[split] += len(graphs)
             skipped += bad
@@ -106,7 +107,7 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
     manifest = {"key": folder.name, "format": FORMAT, "geometry_hash": geom.hash,
                 "transform": cfg.model_dump(), "fractions": list(fractions), "ranges": ranges,
                 "counts": counts, "skipped_showers": skipped, "shards": shards,
-                "scaler": stats.scaler().to_dict()}
+                "scaler": Scaler.fit(stats).to_dict()}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return folder
 
@@ -174,20 +175,25 @@ class ShardDataset(IterableDataset):
     def __iter__(self):
         info = get_worker_info()
         mine = self.shards[info.id::info.num_workers] if info else self.shards
-        rest = None
+        parts, have = [], 0  # pieces of the next batch, which may span two shards
         for shard in mine:
             chunk = GraphChunk.load(shard)
-            if self.shuffle:
-                rng = np.random.default_rng([self.seed, self.epoch, int(shard.stem[-5:])])
-                chunk = chunk.select(rng.permutation(len(chunk)))
-            if rest is not None:
-                chunk = GraphChunk.concatenate([rest, chunk])
-            full = len(chunk) - len(chunk) % self.batch_size
-            for lo in range(0, full, self.batch_size):
-                yield to_batch(chunk.select(np.arange(lo, lo + self.batch_size)), self.scaler)
-            rest = chunk.select(np.arange(full, len(chunk)))
-        if rest is not None and len(rest):
-            yield to_batch(rest, self.scaler)
+            order = (np.random.default_rng([self.seed, self.epoch, int(shard.stem[-5:])])
+                     .permutation(len(chunk)) if self.shuffle else np.arange(len(chunk)))
+            pos = 0
+            while pos < len(order):
+                take = order[pos:pos + self.batch_size - have]
+                parts.append(chunk.select(take))
+                have, pos = have + len(take), pos + len(take)
+                if have == self.batch_size:
+                    yield self._batch(parts)
+                    parts, have = [], 0
+        if parts:
+            yield self._batch(parts)
+
+    def _batch(self, parts: list[GraphChunk]):
+        return to_batch(parts[0] if len(parts) == 1 else GraphChunk.concatenate(parts),
+                        self.scaler)
 
 
 def batches(folder: str | Path, split: str = "train", batch_size: int = 64, workers: int = 0,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 
-from fastshower.data.transform import GraphChunk
+from fastshower.data.transform import GraphChunk, Moments
 
 
 class Scaler:
@@ -23,12 +23,23 @@ class Scaler:
         self.mean, self.std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
         self.cond_mean = np.asarray(cond_mean, np.float32)
         self.cond_std = np.asarray(cond_std, np.float32)
+        self._shift = self._scale = np.zeros(0, np.float32)
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        """Scaled node features of raw ones (N, 7)."""
-        x = x.copy()
-        x[:, 0] = np.log(x[:, 0])
-        return (x - self.mean) / self.std
+        """Scaled node features (a new array) of raw ones (N, 7).
+
+        Done on the flat array against tiled means and scales: numpy broadcasting over a
+        7-long last axis, and a log over a strided column, are each 5-40x slower."""
+        size = x.size
+        if len(self._shift) < size:
+            reps = max(len(x), 2 * len(self._shift) // 7)
+            self._shift, self._scale = np.tile(self.mean, reps), np.tile(1 / self.std, reps)
+        y = x.astype(np.float32, copy=True)
+        y[:, 0] = np.log(np.ascontiguousarray(x[:, 0]))
+        flat = y.reshape(-1)
+        flat -= self._shift[:size]
+        flat *= self._scale[:size]
+        return y
 
     def conditions(self, cond: np.ndarray) -> np.ndarray:
         return (cond - self.cond_mean) / self.cond_std
@@ -44,30 +55,12 @@ class Scaler:
     def from_dict(d: dict) -> Scaler:
         return Scaler(**d)
 
-
-class Moments:
-    """Streaming mean and variance of the training features, for the scaler."""
-
-    def __init__(self):
-        self.n = self.nc = 0
-        self.s = self.s2 = self.c = self.c2 = 0.0
-
-    def add(self, chunk: GraphChunk) -> None:
-        if not len(chunk):
-            return
-        x = chunk.x.astype(np.float64)
-        x[:, 0] = np.log(x[:, 0])
-        c = chunk.cond.astype(np.float64)
-        self.n += len(x)
-        self.nc += len(c)
-        self.s, self.s2 = self.s + x.sum(0), self.s2 + (x**2).sum(0)
-        self.c, self.c2 = self.c + c.sum(0), self.c2 + (c**2).sum(0)
-
-    def scaler(self) -> Scaler:
-        mean, cmean = self.s / self.n, self.c / self.nc
-        std = np.sqrt(np.clip(self.s2 / self.n - mean**2, 0, None))
-        cstd = np.sqrt(np.clip(self.c2 / self.nc - cmean**2, 0, None))
-        return Scaler(mean, np.where(std > 0, std, 1.0), cmean, np.where(cstd > 0, cstd, 1.0))
+    @staticmethod
+    def fit(moments: Moments) -> Scaler:
+        """From the training split's moments; a constant feature keeps a scale of 1."""
+        mean, std, cond_mean, cond_std = moments.mean_std()
+        return Scaler(mean, np.where(std > 0, std, 1.0), cond_mean,
+                      np.where(cond_std > 0, cond_std, 1.0))
 
 
 def _tensors(chunk: GraphChunk, scaler: Scaler | None) -> dict[str, torch.Tensor]:
@@ -84,7 +77,8 @@ def to_batch(chunk: GraphChunk, scaler: Scaler | None = None) -> Batch:
     equal to ``Batch.from_data_list(to_data_list(chunk, scaler))``."""
     n = len(chunk)
     n_nodes, n_edges = np.diff(chunk.node_ptr), np.diff(chunk.edge_ptr)
-    edge_index = chunk.edge_index.astype(np.int64) + np.repeat(chunk.node_ptr[:-1], n_edges)
+    edge_index = np.empty(chunk.edge_index.shape, np.int64)
+    np.add(chunk.edge_index, np.repeat(chunk.node_ptr[:-1], n_edges), out=edge_index)
     node_ptr = torch.from_numpy(chunk.node_ptr)
     batch = Batch(**_tensors(chunk, scaler), edge_index=torch.from_numpy(edge_index),
                   batch=torch.from_numpy(np.repeat(np.arange(n), n_nodes)), ptr=node_ptr)

@@ -162,8 +162,9 @@ class GraphChunk:
         index = np.asarray(index, dtype=np.int64)
         n_nodes, n_edges = np.diff(self.node_ptr)[index], np.diff(self.edge_ptr)[index]
         nodes = ranges(self.node_ptr[index], n_nodes)
-        return GraphChunk(self.x[nodes], self.cell_id[nodes],
-                          self.edge_index[:, ranges(self.edge_ptr[index], n_edges)],
+        edges = ranges(self.edge_ptr[index], n_edges)
+        return GraphChunk(np.take(self.x, nodes, axis=0), np.take(self.cell_id, nodes),
+                          np.take(self.edge_index, edges, axis=1),  # take: 3-10x faster
                           _offsets(n_nodes), _offsets(n_edges), self.cond[index])
 
     @staticmethod
@@ -184,6 +185,37 @@ class GraphChunk:
     def load(path: str | Path) -> GraphChunk:
         with np.load(path) as z:
             return GraphChunk(**{k.name: z[k.name] for k in fields(GraphChunk)})
+
+
+class Moments:
+    """Sums and sums of squares of node features (log energy) and conditions, in float64,
+    mergeable: workers compute them per chunk, the training split's are added up."""
+
+    def __init__(self):
+        self.n = self.n_cond = 0
+        self.s = self.s2 = np.zeros(len(NODE_FEATURES))
+        self.c = self.c2 = np.zeros(len(CONDITION))
+
+    def add(self, chunk: GraphChunk) -> Moments:
+        xt = np.array(chunk.x.T, order="C")  # a copy with features as rows: contiguous sums
+        xt[0] = np.log(xt[0])
+        ct = np.ascontiguousarray(chunk.cond.T, dtype=np.float64)
+        self.n, self.n_cond = self.n + xt.shape[1], self.n_cond + ct.shape[1]
+        self.s = self.s + xt.sum(1, dtype=np.float64)
+        self.s2 = self.s2 + np.einsum("ij,ij->i", xt, xt, dtype=np.float64)
+        self.c, self.c2 = self.c + ct.sum(1), self.c2 + (ct**2).sum(1)
+        return self
+
+    def merge(self, other: Moments) -> None:
+        self.n, self.n_cond = self.n + other.n, self.n_cond + other.n_cond
+        self.s, self.s2 = self.s + other.s, self.s2 + other.s2
+        self.c, self.c2 = self.c + other.c, self.c2 + other.c2
+
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(feature mean, feature std, condition mean, condition std)."""
+        mean, cond_mean = self.s / self.n, self.c / self.n_cond
+        return (mean, np.sqrt(np.clip(self.s2 / self.n - mean**2, 0, None)), cond_mean,
+                np.sqrt(np.clip(self.c2 / self.n_cond - cond_mean**2, 0, None)))
 
 
 def _offsets(counts: np.ndarray) -> np.ndarray:
@@ -229,9 +261,9 @@ def without_bad_showers(batch: ShowerBatch, geom: Geometry) -> tuple[ShowerBatch
 _GEOMETRY: dict[str, Geometry] = {}  # per worker process: each geometry loaded once
 
 
-def transform_file_range(task: tuple) -> tuple[GraphChunk, int]:
-    """Worker: read showers [start, stop) of one file and transform them; returns the graphs
-    and the number of bad showers left out (``bad_showers='skip'``)."""
+def transform_file_range(task: tuple) -> tuple[GraphChunk, Moments, int]:
+    """Worker: read showers [start, stop) of one file and transform them; returns the graphs,
+    their feature moments and the number of bad showers left out (``bad_showers='skip'``)."""
     from fastshower.geometry import load
 
     geometry, cfg, file, start, stop = task
@@ -246,4 +278,5 @@ def transform_file_range(task: tuple) -> tuple[GraphChunk, int]:
     skipped = 0
     if cfg.bad_showers == "skip":
         batch, skipped = without_bad_showers(batch, geom)
-    return to_chunk(batch, geom, cfg, where=f"{file} (showers from {start})"), skipped
+    chunk = to_chunk(batch, geom, cfg, where=f"{file} (showers from {start})")
+    return chunk, Moments().add(chunk), skipped

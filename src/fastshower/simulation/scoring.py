@@ -12,7 +12,6 @@ import numpy as np
 
 from fastshower.geometry import Geometry
 
-
 SCORING = {  # measured in benchmarks/geant4.py and docs/physics.md
     "cells": "cells are Geant4 volumes scored in C++ (G4PSEnergyDeposit); cell time = straight "
              "time of flight from the vertex to the cell centre",

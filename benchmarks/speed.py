@@ -7,8 +7,9 @@ in a fresh process; each model runs in a fresh process too, at batch sizes 1, 10
 the first call (warm-up) is reported apart, then calls repeat for at least --seconds. Model
 times include placing the deposits on the geometry's cells (what `generate` writes). Peak
 memory is the process's maximum resident set size. A model given as onnx:FOLDER is an export
-folder run by ONNX Runtime. Times are wall-clock per shower; "per core" divides the Geant4 CPU time by
-(wall time x threads), so more threads only help where they make more showers per core-second.
+folder run by ONNX Runtime. Times are wall-clock per shower; "per core" divides the Geant4 CPU
+time by (wall time x threads), so more threads only help where they make more showers per
+core-second.
 Usage:
     python benchmarks/speed.py --runs runs/flowgnn,onnx:exports/flowgnn [--energies 10,100]
         [--threads 1,2]

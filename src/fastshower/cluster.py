@@ -56,10 +56,17 @@ class DaskPool:
         return False
 
     def imap(self, fn: Callable, items: Iterable) -> Iterator:
-        pending: deque = deque()
-        for item in items:
-            pending.append(self.client.submit(fn, item, retries=RETRIES, pure=False))
-            if len(pending) >= self.window:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+        return in_order((self.client.submit(fn, item, retries=RETRIES, pure=False)
+                         for item in items), lambda future: future.result(), self.window)
+
+
+def in_order(submitted: Iterator, result: Callable, window: int) -> Iterator:
+    """Results of lazily ``submitted`` tasks in submission order, with at most ``window``
+    submitted and not yet taken (so memory stays bounded when the consumer is slower)."""
+    pending: deque = deque()
+    for task in submitted:
+        pending.append(task)
+        if len(pending) >= window:
+            yield result(pending.popleft())
+    while pending:
+        yield result(pending.popleft())

@@ -21,6 +21,7 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from fastshower.cluster import DaskPool, in_order
 from fastshower.data.graphs import Scaler, to_batch
 from fastshower.data.splits import SPLITS, file_sizes, split_bounds
 from fastshower.data.transform import GraphChunk, Moments, TransformConfig, transform_file_range
@@ -80,7 +81,6 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
 
     columns = [TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f} showers/s"), TimeRemainingColumn()]
-    from fastshower.cluster import DaskPool
 
     with Progress(*columns, disable=not show_progress) as bar, \
             (DaskPool(scheduler, workers) if scheduler else _pool(workers)) as pool:
@@ -113,16 +113,22 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
 
 
 class _pool:
-    """A spawn pool when workers > 1 (closed and joined on exit, terminated on error)."""
+    """A spawn pool when workers > 1, whose ``imap`` keeps at most 2 x workers chunks in
+    flight (results in order); closed and joined on exit, terminated on error."""
 
     def __init__(self, workers: int):
         self.workers = workers
         self.pool = None
 
     def __enter__(self):
-        if self.workers > 1:
-            self.pool = mp.get_context("spawn").Pool(self.workers)
-        return self.pool
+        if self.workers <= 1:
+            return None
+        self.pool = mp.get_context("spawn").Pool(self.workers)
+        return self
+
+    def imap(self, fn, items):
+        return in_order((self.pool.apply_async(fn, (item,)) for item in items),
+                        lambda task: task.get(), 2 * self.workers)
 
     def __exit__(self, kind, value, tb):
         if self.pool is not None:

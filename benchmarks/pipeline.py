@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import resource
 import shutil
 import tempfile
 import time
@@ -76,7 +75,9 @@ def _preprocess_rss(args: tuple) -> float:
 
     sample, geometry, out = args
     preprocess(sample, geometry, out, show_progress=False)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: the latter keeps the forking parent's size across exec
+    status = Path("/proc/self/status").read_text().split("VmHWM:")[1]
+    return int(status.split()[0]) / 1024
 
 
 def copies(sample: str, folder: Path, k: int) -> Path:

@@ -12,7 +12,13 @@ from torch_geometric.data import Batch
 
 from fastshower.data.cache import batches, preprocess, read_split
 from fastshower.data.graphs import Scaler, to_batch, to_data_list
-from fastshower.data.transform import GraphChunk, TransformConfig, select_hits, to_chunk
+from fastshower.data.transform import (
+    GraphChunk,
+    TransformConfig,
+    node_table,
+    select_hits,
+    to_chunk,
+)
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
 from fastshower.simhits import ShowerBatch, SimHitWriter, read_sample
@@ -70,15 +76,15 @@ def test_max_hits_keeps_the_most_energetic(sample):
 
 def test_cache_splits_batches_and_scaler(sample, tmp_path):
     geom, gpath, tmp = sample
-    folder = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7, shard_size=10,
+    folder = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7,
                         show_progress=False)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["counts"] == {"train": 48, "val": 6, "test": 6}
     assert manifest["geometry_hash"] == geom.hash
-    again = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7, shard_size=10,
+    again = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7,
                        show_progress=False)
     assert again == folder  # found in the cache
-    two = preprocess(tmp / "sim", gpath, tmp_path / "cache2", chunk=7, shard_size=10,
+    two = preprocess(tmp / "sim", gpath, tmp_path / "cache2", chunk=7,
                      workers=2, show_progress=False)
     first = [b.x for b in batches(folder, "train", batch_size=16)]
     second = [b.x for b in batches(two, "train", batch_size=16)]
@@ -105,7 +111,7 @@ def test_cache_splits_batches_and_scaler(sample, tmp_path):
     assert showers(batches(folder, "train", batch_size=5, workers=2)) == expected
 
 
-def test_batches_equal_torch_geometric_collation(sample):
+def test_batches_equal_torch_geometric_collation(sample, tmp_path):
     geom, _, tmp = sample
     batch, _ = read_sample(tmp / "sim")
     chunk = to_chunk(batch, geom, TransformConfig())
@@ -120,8 +126,12 @@ def test_batches_equal_torch_geometric_collation(sample):
         assert torch.equal(a.x, b.x) and torch.equal(a.edge_index, b.edge_index)
     again = GraphChunk.concatenate([chunk.select(np.arange(0, 10)),
                                     chunk.select(np.arange(10, len(chunk)))])
-    assert all(np.array_equal(getattr(again, k), getattr(chunk, k))
-               for k in ("x", "cell_id", "edge_index", "node_ptr", "edge_ptr", "cond"))
+    chunk.save(tmp_path / "shard.npz")
+    loaded = GraphChunk.load(tmp_path / "shard.npz", node_table(geom))
+    assert loaded.edge_index.dtype == np.uint16  # small showers: half the bytes
+    for other in (again, loaded):
+        assert all(np.array_equal(getattr(other, k), getattr(chunk, k))
+                   for k in ("x", "cell_id", "edge_index", "node_ptr", "edge_ptr", "cond"))
 
 
 def test_bad_input_names_the_file_and_shower(sample, tmp_path):

@@ -24,12 +24,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from fastshower.cluster import DaskPool, in_order
 from fastshower.data.graphs import Scaler, to_batch
 from fastshower.data.splits import SPLITS, file_sizes, split_bounds
-from fastshower.data.transform import GraphChunk, Moments, TransformConfig, transform_file_range
+from fastshower.data.transform import (
+    GraphChunk,
+    Moments,
+    TransformConfig,
+    node_table,
+    transform_file_range,
+)
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.simhits import sample_files
 
-FORMAT = 2  # of the shards: 2 = GraphChunk .npz
+FORMAT = 3  # of the shards: 3 = GraphChunk .npz without cell-constant features
 
 
 def cache_key(files: list[Path], geometry_hash: str, cfg: TransformConfig,
@@ -44,11 +50,12 @@ def cache_key(files: list[Path], geometry_hash: str, cfg: TransformConfig,
 
 def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
                cfg: TransformConfig | None = None, workers: int = 1, chunk: int = 500,
-               shard_size: int = 2000, fractions=(0.8, 0.1, 0.1),
-               show_progress: bool = True, scheduler: str | None = None) -> Path:
-    """Build (or find) the cache of ``inputs``; returns its folder. ``scheduler``: transform
-    the chunks on a Dask cluster ('local' or an address, see fastshower.cluster) instead of a
-    local process pool; the cache is the same either way."""
+               fractions=(0.8, 0.1, 0.1), show_progress: bool = True,
+               scheduler: str | None = None) -> Path:
+    """Build (or find) the cache of ``inputs``; returns its folder. Each chunk of ``chunk``
+    showers becomes one shard, written by the worker that made it (nothing large crosses
+    processes). ``scheduler``: transform the chunks on a Dask cluster ('local' or an address,
+    see fastshower.cluster) instead of a local process pool; the cache is the same."""
     cfg = cfg or TransformConfig()
     geom = load(geometry)
     files = sample_files(inputs)
@@ -58,49 +65,38 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
         return folder
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
+    np.save(folder / "nodes.npy", node_table(geom))  # cell features, to rebuild shards' nodes
 
     ranges, tasks = [], []
+    shards = {s: 0 for s in SPLITS}
     for f, n in zip(files, sizes, strict=True):
         bounds = split_bounds(n, fractions)
         for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
             ranges.append({"file": str(f), "split": split, "start": int(lo), "stop": int(hi)})
-            tasks += [(split, (str(geometry), cfg.model_dump(), str(f), s, min(s + chunk, hi)))
-                      for s in range(lo, hi, chunk)]
-    buffers: dict[str, list[GraphChunk]] = {s: [] for s in SPLITS}
+            for start in range(lo, hi, chunk):
+                shard = folder / f"shard_{split}_{shards[split]:05d}.npz"
+                tasks.append((split, (str(geometry), cfg.model_dump(), str(f), start,
+                                      min(start + chunk, hi), str(shard))))
+                shards[split] += 1
     counts = {s: 0 for s in SPLITS}
-    shards = {s: 0 for s in SPLITS}
     skipped = 0
     stats = Moments()
-
-    def flush(split: str) -> None:
-        if buffers[split]:
-            GraphChunk.concatenate(buffers[split]).save(
-                folder / f"shard_{split}_{shards[split]:05d}.npz")
-            shards[split] += 1
-            buffers[split] = []
-
     columns = [TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f} showers/s"), TimeRemainingColumn()]
-
     with Progress(*columns, disable=not show_progress) as bar, \
             (DaskPool(scheduler, workers) if scheduler else _pool(workers)) as pool:
         task = bar.add_task("pre", total=sum(sizes), rate=0.0)
         work = [t for _, t in tasks]
         results = (pool.imap(transform_file_range, work) if pool is not None
                    else map(transform_file_range, work))
-        for (split, (*_, start, stop)), (graphs, moments, bad) in zip(tasks, results,
-                                                                      strict=True):
+        for (split, (*_, start, stop, _)), (n, moments, bad) in zip(tasks, results,
+                                                                    strict=True):
             if split == "train":
                 stats.merge(moments)
-            buffers[split].append(graphs)
-            counts[split] += len(graphs)
+            counts[split] += n
             skipped += bad
-            if sum(len(b) for b in buffers[split]) >= shard_size:
-                flush(split)
             bar.update(task, advance=stop - start,
                        rate=bar.tasks[0].completed / max(bar.tasks[0].elapsed or 1e-9, 1e-9))
-    for split in SPLITS:
-        flush(split)
     if skipped:
         bar.console.print(f"[yellow]left out {skipped} bad shower(s) (NaN/negative energy or "
                           "cell id outside the geometry); counted in the manifest")
@@ -159,7 +155,8 @@ def shard_files(folder: str | Path, split: str) -> list[Path]:
 def read_split(folder: str | Path, split: str) -> GraphChunk:
     """All raw graphs of one split of a cache."""
     read_manifest(folder)
-    shards = [GraphChunk.load(f) for f in shard_files(folder, split)]
+    nodes = np.load(Path(folder) / "nodes.npy")
+    shards = [GraphChunk.load(f, nodes) for f in shard_files(folder, split)]
     if not shards:
         raise FastShowerError(f"{folder} has no {split} showers")
     return GraphChunk.concatenate(shards)
@@ -175,15 +172,20 @@ class ShardDataset(IterableDataset):
                  shuffle: bool = False, seed: int = 0, epoch: int = 0):
         self.folder = Path(folder)
         self.scaler = Scaler.from_dict(read_manifest(folder)["scaler"])
+        self.nodes = np.load(self.folder / "nodes.npy")
         self.shards = shard_files(folder, split)
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
 
     def __iter__(self):
         info = get_worker_info()
-        mine = self.shards[info.id::info.num_workers] if info else self.shards
+        shards = self.shards
+        if self.shuffle:  # shard order too, so that a shower meets others than its shard's
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(len(shards))
+            shards = [shards[i] for i in order]
+        mine = shards[info.id::info.num_workers] if info else shards
         parts, have = [], 0  # pieces of the next batch, which may span two shards
         for shard in mine:
-            chunk = GraphChunk.load(shard)
+            chunk = GraphChunk.load(shard, self.nodes)
             order = (np.random.default_rng([self.seed, self.epoch, int(shard.stem[-5:])])
                      .permutation(len(chunk)) if self.shuffle else np.arange(len(chunk)))
             pos = 0

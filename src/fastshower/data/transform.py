@@ -10,7 +10,8 @@ and torch_geometric batches are in ``graphs.py``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numba
@@ -93,30 +94,28 @@ def select_hits(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig, where:
 
 
 @numba.njit(cache=True, nogil=True)
-def _hit_edges(node_ptr, ids, indptr, neighbours, n_cells):  # pragma: no cover - compiled
-    table = np.full(n_cells, -1, np.int32)  # cell -> hit index within the current shower
-    size = 0
-    for h in range(len(ids)):
-        size += indptr[ids[h] + 1] - indptr[ids[h]]
-    src = np.empty(size, np.int32)
-    dst = np.empty(size, np.int32)
-    edge_ptr = np.zeros(len(node_ptr), np.int64)
+def _hit_edges(node_ptr, ids, indptr, neighbours, table, out, edge_ptr):  # pragma: no cover
+    """Fills ``out`` (2, >= candidates) and ``edge_ptr``; returns the number of edges.
+    ``table`` (n_cells,) is all -1 on entry and on exit."""
     k = 0
     for s in range(len(node_ptr) - 1):
         lo, hi = node_ptr[s], node_ptr[s + 1]
-        for h in range(lo, hi):
+        for h in range(lo, hi):  # cell -> hit index within this shower
             table[ids[h]] = h - lo
         for h in range(lo, hi):
             for j in range(indptr[ids[h]], indptr[ids[h] + 1]):
                 other = table[neighbours[j]]
-                if other >= 0:
-                    src[k] = h - lo
-                    dst[k] = other
-                    k += 1
+                out[0, k] = h - lo  # written always, kept when found: no branch to mispredict
+                out[1, k] = other
+                k += other >= 0
         for h in range(lo, hi):
             table[ids[h]] = -1
         edge_ptr[s + 1] = k
-    return src[:k].copy(), dst[:k].copy(), edge_ptr
+    return k
+
+
+_SCRATCH = {"out": np.empty((2, 0), np.int32)}  # per process, reused: fresh memory is slow
+_LOCK = threading.Lock()
 
 
 def graph_edges(geom: Geometry, node_ptr: np.ndarray,
@@ -126,13 +125,19 @@ def graph_edges(geom: Geometry, node_ptr: np.ndarray,
 
     ``ids`` sorted by cell within each shower; edges come out in the order of the geometry's
     CSR rows. This is a compiled loop (numba): the same in numpy needs a dozen passes over
-    ~10 candidate neighbours per hit and was 2-4x slower (docs/data.md).
+    ~10 candidate neighbours per hit and ran 4x slower (docs/data.md).
     """
     indptr, neighbours = _cached(geom, "csr32", lambda: (geom.csr[0].astype(np.int64),
                                                          geom.csr[1].astype(np.int32)))
-    src, dst, edge_ptr = _hit_edges(node_ptr, ids.astype(np.int32), indptr, neighbours,
-                                    geom.n_cells)
-    return np.stack([src, dst]), edge_ptr
+    table = _cached(geom, "table", lambda: np.full(geom.n_cells, -1, np.int32))
+    ids = ids.astype(np.int32)
+    candidates = int((indptr[ids + 1] - indptr[ids]).sum())
+    edge_ptr = np.zeros(len(node_ptr), np.int64)
+    with _LOCK:
+        if _SCRATCH["out"].shape[1] < candidates:
+            _SCRATCH["out"] = np.empty((2, 2 * candidates), np.int32)
+        k = _hit_edges(node_ptr, ids, indptr, neighbours, table, _SCRATCH["out"], edge_ptr)
+        return _SCRATCH["out"][:, :k].copy(), edge_ptr
 
 
 def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
@@ -149,7 +154,7 @@ class GraphChunk:
 
     x: np.ndarray  # (N, 7) float32, NODE_FEATURES, raw
     cell_id: np.ndarray  # (N,) int32
-    edge_index: np.ndarray  # (2, E) int32
+    edge_index: np.ndarray  # (2, E) int32 (uint16 as read from a shard of small showers)
     node_ptr: np.ndarray  # (n + 1,) int64
     edge_ptr: np.ndarray  # (n + 1,) int64
     cond: np.ndarray  # (n, 4) float32, CONDITION
@@ -177,14 +182,23 @@ class GraphChunk:
             np.concatenate([c.cond for c in chunks]))
 
     def save(self, path: str | Path) -> None:
-        """An uncompressed .npz (shards are read once per epoch: reading speed matters)."""
+        """An uncompressed .npz without the cell-constant features (they come back from the
+        geometry's node table on ``load``), edges as uint16 where showers are small enough:
+        about a third of the bytes of the full arrays, so writing and reading are cheaper."""
+        small = len(self) == 0 or np.diff(self.node_ptr).max() <= np.iinfo(np.uint16).max
         with open(path, "wb") as f:
-            np.savez(f, **{k.name: getattr(self, k.name) for k in fields(self)})
+            np.savez(f, energy=self.x[:, 0], cell_id=self.cell_id, node_ptr=self.node_ptr,
+                     edge_index=self.edge_index.astype(np.uint16 if small else np.int32),
+                     edge_ptr=self.edge_ptr, cond=self.cond)
 
     @staticmethod
-    def load(path: str | Path) -> GraphChunk:
+    def load(path: str | Path, nodes: np.ndarray) -> GraphChunk:
+        """A saved chunk; ``nodes``: the node table (``node_table``) of its geometry."""
         with np.load(path) as z:
-            return GraphChunk(**{k.name: z[k.name] for k in fields(GraphChunk)})
+            x = np.take(nodes, z["cell_id"], axis=0)
+            x[:, 0] = z["energy"]
+            return GraphChunk(x, z["cell_id"], z["edge_index"], z["node_ptr"], z["edge_ptr"],
+                              z["cond"])
 
 
 class Moments:
@@ -243,7 +257,7 @@ def to_chunk(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig,
     """The graphs of all showers of ``batch`` (see the module docstring)."""
     event, ids, energy = select_hits(batch, geom, cfg, where)
     node_ptr = np.searchsorted(event, np.arange(len(batch) + 1)).astype(np.int64)
-    x = node_table(geom)[ids]
+    x = np.take(node_table(geom), ids, axis=0)
     x[:, 0] = energy
     edge_index, edge_ptr = graph_edges(geom, node_ptr, ids)
     return GraphChunk(x, ids.astype(np.int32), edge_index, node_ptr, edge_ptr,
@@ -261,12 +275,13 @@ def without_bad_showers(batch: ShowerBatch, geom: Geometry) -> tuple[ShowerBatch
 _GEOMETRY: dict[str, Geometry] = {}  # per worker process: each geometry loaded once
 
 
-def transform_file_range(task: tuple) -> tuple[GraphChunk, Moments, int]:
-    """Worker: read showers [start, stop) of one file and transform them; returns the graphs,
-    their feature moments and the number of bad showers left out (``bad_showers='skip'``)."""
+def transform_file_range(task: tuple) -> tuple[int, Moments, int]:
+    """Worker: read showers [start, stop) of one file, transform them and save the graphs as
+    the shard ``out``; returns the number of graphs, their feature moments and the number of
+    bad showers left out (``bad_showers='skip'``)."""
     from fastshower.geometry import load
 
-    geometry, cfg, file, start, stop = task
+    geometry, cfg, file, start, stop, out = task
     cfg = TransformConfig(**cfg)
     if geometry not in _GEOMETRY:
         _GEOMETRY[geometry] = load(geometry)
@@ -279,4 +294,5 @@ def transform_file_range(task: tuple) -> tuple[GraphChunk, Moments, int]:
     if cfg.bad_showers == "skip":
         batch, skipped = without_bad_showers(batch, geom)
     chunk = to_chunk(batch, geom, cfg, where=f"{file} (showers from {start})")
-    return chunk, Moments().add(chunk), skipped
+    chunk.save(out)
+    return len(chunk), Moments().add(chunk), skipped

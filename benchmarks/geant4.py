@@ -11,7 +11,7 @@ costs: navigation voxels, physics-table caches) are reported separately and the 
 is measured on the rest, so process start-up and table building do not dilute the ratio.
 Usage:
     python benchmarks/geant4.py [--n 40] [--warmup 8] [--energies 10,50] [--particles e-,gamma]
-        [--geometry hgcal|clic|FILE]
+        [--geometry hgcal|grid|FILE] [--eta 2.0]
 """
 
 from __future__ import annotations
@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--energies", default="10,50")
     ap.add_argument("--particles", default="e-,gamma")
     ap.add_argument("--geometry", default="hgcal")
+    ap.add_argument("--eta", type=float, default=2.0, help="gun direction (the CLIC-like grid "
+                    "built by default sits at eta 4-5)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="alternate the modes this many times; the median is reported")
     ap.add_argument("--out", default="benchmarks/results/geant4.json")
@@ -70,7 +72,8 @@ def main() -> None:
     rows = []
     for particle in args.particles.split(","):
         for energy in (float(e) for e in args.energies.split(",")):
-            spec = dict(geometry=str(geometry), gun={"particle": particle, "energy": [energy]},
+            spec = dict(geometry=str(geometry), gun={"particle": particle, "energy": [energy],
+                                                     "eta": [args.eta, args.eta]},
                         n=args.n, seed=7, out=str(tmp / f"{particle}_{energy}.root"))
             runs: dict[str, list[dict]] = {m: [] for m in MODES}
             for _ in range(args.repeats):  # alternating: slow drifts of the machine cancel

@@ -111,7 +111,9 @@ def shifted_one_layer(batch: ShowerBatch, geom) -> ShowerBatch:
 def test_distortions_are_detected_above_the_noise_floor(geant4_sample):
     geom, _, batch, _, _, _ = geant4_sample
     ref = high_level(batch, geom)
-    scaled = high_level(ShowerBatch(batch.primaries, batch.cell_id, batch.cell_energy * 1.05,
+    # +10 % energy scale at 5 GeV (shower-to-shower spread ~9 %): an ideal classifier reaches
+    # AUC 0.78; at +5 % (0.65) 400 showers do not separate it from the floor reliably
+    scaled = high_level(ShowerBatch(batch.primaries, batch.cell_id, batch.cell_energy * 1.10,
                                     batch.cell_time, batch.lost_energy), geom)
     m = compare_with_floor(ref, scaled, seed=1)
     g, f = m["generated"], m["floor"]

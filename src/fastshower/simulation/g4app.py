@@ -67,6 +67,7 @@ class Detector(g4.G4VUserDetectorConstruction):
         self.scoring = scoring
         self.upstream_x0, self.entry = upstream_x0, entry
         self.sd = None
+        self.cell_of_index = None
         self.keep: list = []  # Geant4 objects must outlive construction
         self.sensors: list = []
 
@@ -206,10 +207,46 @@ class Detector(g4.G4VUserDetectorConstruction):
         return list(lvs.values())
 
     def _grid_plane(self, lay, idx, mat):
+        if self.scoring == "cells":
+            return self._grid_replicas(lay, mat, float(self.geom.cells["thickness"][idx][0]))
         corners = self.geom.cells["corners"][idx]
         box = shapely.box(np.nanmin(corners[..., 0]), np.nanmin(corners[..., 1]),
                           np.nanmax(corners[..., 0]), np.nanmax(corners[..., 1]))
         return self._sensor(lay, "sensor" if mat == "G4_Si" else "scint", box, mat, idx)
+
+    def _grid_replicas(self, lay, mat: str, thickness: float) -> list:
+        """A grid layer's cells as replicas: the plane cut into nx rows along x, each row
+        into ny cells along y (replica numbers count from -x and -y, as the segmentation's
+        indices), so the navigator finds a cell by arithmetic instead of among thousands of
+        placed volumes. Returns the cell volume (the sensitive one)."""
+        seg = self.geom.segmentation
+        nx, ny = int(seg.nx[lay.index]), int(seg.ny[lay.index])
+        size = float(seg.cell_size[lay.index])
+        name = f"L{lay.index}_grid"
+        plane = self._place(g4.G4Box(name, nx * size / 2, ny * size / 2, thickness / 2), mat,
+                            self.world_lv, lay.z, name, copy=lay.index)
+        row_solid = g4.G4Box(f"{name}_row", size / 2, ny * size / 2, thickness / 2)
+        cell_solid = g4.G4Box(f"{name}_cell", size / 2, size / 2, thickness / 2)
+        row = g4.G4LogicalVolume(row_solid, g4_material(mat), f"{name}_row")
+        cell = g4.G4LogicalVolume(cell_solid, g4_material(mat), f"{name}_cell")
+        self.keep += [row_solid, cell_solid, row, cell,
+                      g4.G4PVReplica(f"{name}_row", row, plane, g4.EAxis.kXAxis, nx, size),
+                      g4.G4PVReplica(f"{name}_cell", cell, row, g4.EAxis.kYAxis, ny, size)]
+        return [cell]
+
+    def _grid_index(self) -> tuple[tuple[int, int, int], np.ndarray]:
+        """For a grid in 'cells' scoring: the (layers, nx, ny) index space of the C++ scorer
+        (layer = copy number of the plane, then the x and y replica numbers) and the cell id
+        of every index (-1 where a layer has fewer cells)."""
+        seg, geom = self.geom.segmentation, self.geom
+        shape = (len(geom.layers), int(seg.nx.max()), int(seg.ny.max()))
+        layer, i, j = (a.ravel() for a in np.indices(shape))
+        nx, ny, size = seg.nx[layer], seg.ny[layer], seg.cell_size[layer]
+        inside = (i < nx) & (j < ny)
+        x, y = (i - nx / 2 + 0.5) * size, (j - ny / 2 + 0.5) * size
+        cell = np.full(layer.size, -1, np.int64)
+        cell[inside] = geom.lookup(layer[inside], x[inside], y[inside])
+        return shape, cell
 
     def _scintillator(self, lay, idx, shape):
         """The ring (full detector) or ring sector (region of interest) holding the tiles.
@@ -263,7 +300,10 @@ class Detector(g4.G4VUserDetectorConstruction):
         if self.scoring == "none":  # timing runs without scoring
             return
         self.sd = g4.G4MultiFunctionalDetector("cells")
-        if self.scoring == "cells":
+        if self.scoring == "cells" and self.geom.builder == "grid":
+            shape, self.cell_of_index = self._grid_index()
+            self.primitive = g4.G4PSEnergyDeposit3D("edep", *shape, 2, 1, 0)
+        elif self.scoring == "cells":
             self.primitive = g4.G4PSEnergyDeposit("edep")
         else:
             self.primitive = StepRecorder("steps")
@@ -296,6 +336,8 @@ class Detector(g4.G4VUserDetectorConstruction):
         hits = event.GetHCofThisEvent().GetHC(self.collection)
         pairs = np.array(list(hits), dtype=np.float64).reshape(-1, 2)
         ids = pairs[:, 0].astype(np.int64)
+        if self.cell_of_index is not None:  # a grid's replicas: scorer index -> cell id
+            ids = self.cell_of_index[ids]
         inside = ids >= 0
         order = np.argsort(ids[inside])
         ids, energy = ids[inside][order], pairs[inside, 1][order]

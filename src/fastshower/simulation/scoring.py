@@ -13,8 +13,9 @@ import numpy as np
 from fastshower.geometry import Geometry
 
 SCORING = {  # measured in benchmarks/geant4.py and docs/physics.md
-    "cells": "cells are Geant4 volumes scored in C++ (G4PSEnergyDeposit); cell time = straight "
-             "time of flight from the vertex to the cell centre",
+    "cells": "cells are Geant4 volumes (placed prisms; replicas on a grid) scored in C++ "
+             "(G4PSEnergyDeposit, G4PSEnergyDeposit3D); cell time = straight time of flight "
+             "from the vertex to the cell centre",
     "steps": "every charged-particle sensor step goes to Python and is assigned to a cell by "
              "the geometry lookup (pre-step point); cell time = time of the first deposit",
     "none": "no scoring (timing reference)",

@@ -116,6 +116,7 @@ def _hit_edges(node_ptr, ids, indptr, neighbours, table, out, edge_ptr):  # prag
 
 _SCRATCH = {"out": np.empty((2, 0), np.int32)}  # per process, reused: fresh memory is slow
 _LOCK = threading.Lock()
+GROUP = 64  # showers per call of the loop: its buffer stays a few MB
 
 
 def graph_edges(geom: Geometry, node_ptr: np.ndarray,
@@ -131,13 +132,20 @@ def graph_edges(geom: Geometry, node_ptr: np.ndarray,
                                                          geom.csr[1].astype(np.int32)))
     table = _cached(geom, "table", lambda: np.full(geom.n_cells, -1, np.int32))
     ids = ids.astype(np.int32)
-    candidates = int((indptr[ids + 1] - indptr[ids]).sum())
+    before = np.concatenate([[0], np.cumsum(indptr[ids + 1] - indptr[ids])])  # candidates
     edge_ptr = np.zeros(len(node_ptr), np.int64)
+    parts = []
     with _LOCK:
-        if _SCRATCH["out"].shape[1] < candidates:
-            _SCRATCH["out"] = np.empty((2, 2 * candidates), np.int32)
-        k = _hit_edges(node_ptr, ids, indptr, neighbours, table, _SCRATCH["out"], edge_ptr)
-        return _SCRATCH["out"][:, :k].copy(), edge_ptr
+        for lo in range(0, len(node_ptr) - 1, GROUP):
+            hi = min(lo + GROUP, len(node_ptr) - 1)
+            need = int(before[node_ptr[hi]] - before[node_ptr[lo]])
+            if _SCRATCH["out"].shape[1] < need:
+                _SCRATCH["out"] = np.empty((2, need), np.int32)
+            k = _hit_edges(node_ptr[lo:hi + 1], ids, indptr, neighbours, table,
+                           _SCRATCH["out"], edge_ptr[lo:hi + 1])
+            edge_ptr[lo + 1:hi + 1] += edge_ptr[lo]
+            parts.append(_SCRATCH["out"][:, :k].copy())
+    return (np.concatenate(parts, axis=1) if parts else np.zeros((2, 0), np.int32)), edge_ptr
 
 
 def ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

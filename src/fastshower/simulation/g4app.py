@@ -47,7 +47,8 @@ class Detector(g4.G4VUserDetectorConstruction):
     region-of-interest geometry gets square absorbers reaching ROI_MARGIN beyond its cells; a full
     one gets disks. Ring-shaped volumes are circular where the readout uses 288-gons (sagitta
     under 0.1 mm). ``scoring``: see SCORING; with 'cells' every cell is a daughter volume whose
-    copy number is its cell id (sensors then carry -1 - layer).
+    copy number is its cell id (sensors then carry -1 - layer); on a grid geometry the cells
+    are replicas of the sensor plane instead (``_grid_replicas``).
 
     Options for full events: ``upstream_x0`` puts that many radiation lengths of silicon, in
     UPSTREAM_PLANES planes between 30 % and 80 % of the calorimeter's distance, in front of it

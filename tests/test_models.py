@@ -170,6 +170,9 @@ def test_cli_refuses_what_a_model_cannot_do(sample):
         "no trained model": [*gen, "--run", str(tmp / "nothing"), "--out", str(tmp / "x.root")],
         "another configuration": [*base, "train", "--data", data, "--geometry", str(gpath),
                                   "--out", str(flow), "--set", "lr=0.5"],
+        "bad training config: max_steps": [*base, "train", "--data", data, "--geometry",
+                                           str(gpath), "--out", str(tmp / "y"), "--set",
+                                           "max_steps=-5"],
     }
     for message, cmd in cases.items():
         res = subprocess.run(cmd, capture_output=True, text=True)

@@ -157,15 +157,15 @@ def default_geometry(path: Path) -> Path:
     return path
 
 
-def _valid(model, **values):
-    """``model(**values)`` with a validation failure as one clear line."""
+def _valid(config, what: str, /, **values):
+    """``config(**values)``; a validation failure becomes one line starting with ``what``."""
     from pydantic import ValidationError
 
     try:
-        return model(**values)
+        return config(**values)
     except ValidationError as err:
-        raise FastShowerError("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                        for e in err.errors())) from None
+        raise FastShowerError(f"{what}: " + "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
 
 
 def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: str,
@@ -274,8 +274,8 @@ def preprocess(
     from fastshower.data.cache import preprocess as run
     from fastshower.data.transform import TransformConfig
 
-    cfg = _valid(TransformConfig, threshold_mip=threshold_mip, max_hits=max_hits,
-                 bad_showers=bad_showers)
+    cfg = _valid(TransformConfig, "bad preprocessing option", threshold_mip=threshold_mip,
+                 max_hits=max_hits, bad_showers=bad_showers)
     folder = run(input_, geometry, out, cfg, workers=workers, scheduler=scheduler)
     manifest = json.loads((folder / "manifest.json").read_text())
     console.print(f"cache {folder}: " + ", ".join(f"{k} {v}" for k, v in
@@ -351,8 +351,6 @@ def train(
 ) -> None:
     """Train a generator on the train split of a Geant4 sample (run folder, resumable).
     Data-parallel: torchrun --nproc_per_node N -m fastshower train ..."""
-    from pydantic import ValidationError
-
     from fastshower.training.loop import TrainConfig
     from fastshower.training.loop import train as run
 
@@ -363,11 +361,7 @@ def train(
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = value
-    try:
-        cfg = TrainConfig(**values)
-    except ValidationError as err:
-        raise FastShowerError("bad training config: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    cfg = _valid(TrainConfig, "bad training config", **values)
     record = run(data, geometry, out, cfg)
     if not record:  # a data-parallel rank other than 0: rank 0 reports
         return
@@ -387,16 +381,11 @@ def regress_train(
         DEFAULT_GEOMETRY),
 ) -> None:
     """Train the energy-regression GNN (3 graph convolutions, 2 BN, 2 FC) on a graph cache."""
-    from pydantic import ValidationError
-
     from fastshower.models.regression import RegressionConfig
     from fastshower.training.regress import train as run
 
-    try:
-        cfg = RegressionConfig(**{**_load_yaml(config), **_parse_set(set_ or [])})
-    except ValidationError as err:
-        raise FastShowerError("bad regression config: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+    cfg = _valid(RegressionConfig, "bad regression config",
+                 **{**_load_yaml(config), **_parse_set(set_ or [])})
     result = run(cache, geometry, out, cfg)
     if result["rank"] != 0:  # a data-parallel rank other than 0: rank 0 reports
         return

@@ -53,9 +53,10 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
                fractions=(0.8, 0.1, 0.1), show_progress: bool = True,
                scheduler: str | None = None) -> Path:
     """Build (or find) the cache of ``inputs``; returns its folder. Each chunk of ``chunk``
-    showers becomes one shard, written by the worker that made it (nothing large crosses
-    processes). ``scheduler``: transform the chunks on a Dask cluster ('local' or an address,
-    see fastshower.cluster) instead of a local process pool; the cache is the same."""
+    showers of a file is read once and becomes one shard per split it overlaps, written by the
+    worker that made it (nothing large crosses processes). ``scheduler``: transform the chunks
+    on a Dask cluster ('local' or an address, see fastshower.cluster) instead of a local process
+    pool; the cache is the same."""
     cfg = cfg or TransformConfig()
     geom = load(geometry)
     files = sample_files(inputs)
@@ -68,34 +69,34 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
     np.save(folder / "nodes.npy", node_table(geom))  # cell features, to rebuild shards' nodes
 
     ranges, tasks = [], []
-    shards = {s: 0 for s in SPLITS}
     for f, n in zip(files, sizes, strict=True):
         bounds = split_bounds(n, fractions)
-        for split, lo, hi in zip(SPLITS, bounds[:-1], bounds[1:], strict=True):
-            ranges.append({"file": str(f), "split": split, "start": int(lo), "stop": int(hi)})
-            for start in range(lo, hi, chunk):
-                shard = folder / f"shard_{split}_{shards[split]:05d}.npz"
-                tasks.append((split, (str(geometry), cfg.model_dump(), str(f), start,
-                                      min(start + chunk, hi), str(shard))))
-                shards[split] += 1
+        splits = {split: (int(lo), int(hi)) for split, lo, hi
+                  in zip(SPLITS, bounds[:-1], bounds[1:], strict=True)}
+        ranges += [{"file": str(f), "split": k, "start": lo, "stop": hi}
+                   for k, (lo, hi) in splits.items()]
+        tasks += [(str(geometry), cfg.model_dump(), str(f), start, min(start + chunk, n),
+                   splits, str(folder), len(tasks) + i)
+                  for i, start in enumerate(range(0, n, chunk))]
     counts = {s: 0 for s in SPLITS}
+    shards = {s: 0 for s in SPLITS}
     skipped = 0
     stats = Moments()
     columns = [TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[rate]:.0f} showers/s"), TimeRemainingColumn()]
     with Progress(*columns, disable=not show_progress) as bar, \
             (DaskPool(scheduler, workers) if scheduler else _pool(workers)) as pool:
-        task = bar.add_task("pre", total=sum(sizes), rate=0.0)
-        work = [t for _, t in tasks]
-        results = (pool.imap(transform_file_range, work) if pool is not None
-                   else map(transform_file_range, work))
-        for (split, (*_, start, stop, _)), (n, moments, bad) in zip(tasks, results,
-                                                                    strict=True):
-            if split == "train":
-                stats.merge(moments)
-            counts[split] += n
+        progress = bar.add_task("pre", total=sum(sizes), rate=0.0)
+        results = (pool.imap(transform_file_range, tasks) if pool is not None
+                   else map(transform_file_range, tasks))
+        for task, (written, bad) in zip(tasks, results, strict=True):
+            for split, (n, moments) in written.items():
+                counts[split] += n
+                shards[split] += 1
+                if moments is not None:
+                    stats.merge(moments)
             skipped += bad
-            bar.update(task, advance=stop - start,
+            bar.update(progress, advance=task[4] - task[3],
                        rate=bar.tasks[0].completed / max(bar.tasks[0].elapsed or 1e-9, 1e-9))
     if skipped:
         bar.console.print(f"[yellow]left out {skipped} bad shower(s) (NaN/negative energy or "

@@ -272,24 +272,25 @@ def to_chunk(batch: ShowerBatch, geom: Geometry, cfg: TransformConfig,
                       conditions(batch.primaries))
 
 
-def without_bad_showers(batch: ShowerBatch, geom: Geometry) -> tuple[ShowerBatch, int]:
-    """``batch`` less its bad showers (see ``bad_showers``), and how many were left out."""
+def good_showers(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
+    """Indices of the showers of ``batch`` that are not bad (see ``bad_showers``)."""
     bad, _ = bad_showers(*batch.flat(), geom.n_cells)
-    if not len(bad):
-        return batch, 0
-    return batch.subset(np.setdiff1d(np.arange(len(batch)), bad)), len(bad)
+    return np.setdiff1d(np.arange(len(batch)), bad)
 
 
 _GEOMETRY: dict[str, Geometry] = {}  # per worker process: each geometry loaded once
 
 
-def transform_file_range(task: tuple) -> tuple[int, Moments, int]:
-    """Worker: read showers [start, stop) of one file, transform them and save the graphs as
-    the shard ``out``; returns the number of graphs, their feature moments and the number of
-    bad showers left out (``bad_showers='skip'``)."""
+def transform_file_range(task: tuple) -> tuple[dict[str, tuple[int, Moments | None]], int]:
+    """Worker: read showers [start, stop) of one file once, transform them and save the
+    graphs of each split they belong to as the shard ``<folder>/shard_<split>_<index>.npz``.
+
+    ``splits`` maps split names to their [first, last) shower range in the file. Returns, per
+    split written, the number of graphs and (training split only) their feature moments, and
+    the number of bad showers left out (``bad_showers='skip'``)."""
     from fastshower.geometry import load
 
-    geometry, cfg, file, start, stop, out = task
+    geometry, cfg, file, start, stop, splits, folder, index = task
     cfg = TransformConfig(**cfg)
     if geometry not in _GEOMETRY:
         _GEOMETRY[geometry] = load(geometry)
@@ -298,9 +299,16 @@ def transform_file_range(task: tuple) -> tuple[int, Moments, int]:
         batch = read_showers(file, start, stop)
     except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a damaged file
         raise FastShowerError(f"{file}: cannot read showers {start}-{stop}: {err}") from None
-    skipped = 0
+    kept = np.arange(len(batch))
     if cfg.bad_showers == "skip":
-        batch, skipped = without_bad_showers(batch, geom)
+        kept = good_showers(batch, geom)
+        batch = batch.subset(kept)
     chunk = to_chunk(batch, geom, cfg, where=f"{file} (showers from {start})")
-    chunk.save(out)
-    return len(chunk), Moments().add(chunk), skipped
+    position = start + kept  # of each graph in the file
+    out = {}
+    for split, (lo, hi) in splits.items():
+        if lo < stop and hi > start:
+            part = chunk.select(np.flatnonzero((position >= lo) & (position < hi)))
+            part.save(Path(folder) / f"shard_{split}_{index:05d}.npz")
+            out[split] = (len(part), Moments().add(part) if split == "train" else None)
+    return out, stop - start - len(kept)

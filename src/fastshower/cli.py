@@ -205,7 +205,11 @@ def simulate(
     eta: Eta = "2.0",
     phi: Phi = "90",
     n: Count = 100,
-    jobs: Annotated[int, typer.Option(help="Parallel Geant4 processes.")] = 1,
+    jobs: Annotated[int, typer.Option(
+        help="Geant4 jobs, one output file each (more jobs: smaller files, less lost when a "
+             "stopped production resumes).")] = 1,
+    workers: Annotated[int | None, typer.Option(
+        help="Geant4 processes at once (default: one per job, at most one per core).")] = None,
     seed: Annotated[int, typer.Option(help="Production seed (jobs get distinct seeds).")] = 1,
     geometry: Annotated[Path, typer.Option(help="Geometry file.")] = DEFAULT_GEOMETRY,
     physics: Annotated[str, typer.Option(help="auto, full (Geant4 datasets) or offline.")] = "auto",
@@ -251,7 +255,7 @@ def simulate(
         raise FastShowerError("--fast-min-energy must be positive (GeV)")
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
-                scheduler=scheduler, scoring=scoring)
+                scheduler=scheduler, scoring=scoring, workers=workers)
     console.print(f"wrote {len(files)} file(s) to {out}")
 
 
@@ -329,8 +333,7 @@ def export(
         raise FastShowerError(f"unknown export format {format_!r}; available: calochallenge")
     batch, meta = read_sample(input_)
     geom = load(geometry)
-    if meta.get("geometry_hash") != geom.hash:
-        raise FastShowerError(f"{input_} was not made with the geometry {geometry}")
+    geom.require_same(meta.get("geometry_hash"), str(input_))
     info = export_calochallenge(batch, geom, out, like=like)
     console.print(f"wrote {out} ({info['n_showers']} showers x {info['n_voxels']} voxels), "
                   f"{out.with_suffix('.xml')} and {out.with_suffix('.json')} "

@@ -34,9 +34,7 @@ def file_sizes(files, geom: Geometry) -> list[int]:
     sizes = []
     for f in files:
         meta = read_metadata(f)
-        if meta.get("geometry_hash") != geom.hash:
-            raise FastShowerError(f"{f} was made with geometry "
-                                  f"{str(meta.get('geometry_hash'))[:12]}, not {geom.short_hash}")
+        geom.require_same(meta.get("geometry_hash"), str(f))
         try:
             with uproot.open(f) as handle:
                 sizes.append(int(handle[TREE].num_entries))

@@ -1,12 +1,12 @@
 """The detector description every stage shares: layers, cell table, segmentation, neighbour graph.
 
-Saved as one HDF5 file with a format version and a content hash; readers recompute the hash and
-refuse a file that does not match, so a corrupt or edited geometry never passes silently.
+Saved as one HDF5 file with a format version and its identity (geometry.identity: the same on
+every CPU); readers recompute the identity and refuse a file that does not match, so a corrupt or
+edited geometry never passes silently.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from fastshower.errors import GeometryError
-from fastshower.geometry import grid, hgcal
+from fastshower.geometry import grid, hgcal, identity
 from fastshower.geometry.layers import Layer, next_layer
 from fastshower.geometry.materials import material
 from fastshower.geometry.neighbours import (
@@ -29,7 +29,7 @@ from fastshower.geometry.polygons import pad_corners
 from fastshower.geometry.segmentation import Segmentation
 
 FORMAT = "fastshower-geometry"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: identity scheme 2 (quantised content, CPU-independent)
 BUILDERS = {"hgcal": (hgcal.HGCalConfig, hgcal.build), "grid": (grid.GridConfig, grid.build)}
 CELL_COLUMNS = ("key", "layer", "x", "y", "z", "type", "area", "thickness", "corners",
                 "n_corners")
@@ -81,14 +81,18 @@ class Geometry:
 
     @cached_property
     def hash(self) -> str:
-        """SHA-256 of the metadata and every array: the geometry's identity downstream."""
-        h = hashlib.sha256(json.dumps(self.metadata(), sort_keys=True).encode())
-        for name in CELL_COLUMNS:
-            h.update(name.encode())
-            h.update(np.ascontiguousarray(self.cells[name]).tobytes())
-        h.update(np.ascontiguousarray(self.edges).tobytes())
-        h.update(np.ascontiguousarray(self.edge_kind).tobytes())
-        return h.hexdigest()
+        """The geometry's identity downstream: the same on every machine (geometry.identity)."""
+        return identity.identity(self.metadata(), self.cells, self.edges, self.edge_kind, FORMAT)
+
+    @cached_property
+    def legacy_hash(self) -> str:
+        """The CPU-dependent scheme-1 hash that files written before identity scheme 2 record."""
+        return identity.legacy_hash(self.metadata(), self.cells, self.edges, self.edge_kind,
+                                    CELL_COLUMNS)
+
+    def require_same(self, recorded: str | None, what: str) -> None:
+        """Refuse ``what`` unless the identity it records is this geometry's."""
+        identity.require_same(recorded, self, what)
 
     @cached_property
     def mip_energy(self) -> np.ndarray:
@@ -119,6 +123,7 @@ class Geometry:
         self.edges, self.edge_kind = symmetric_edges(
             unique(np.concatenate(pairs)), c["type"], c["layer"])
         self.__dict__.pop("hash", None)
+        self.__dict__.pop("legacy_hash", None)
 
 
 def build_geometry(builder: str = "hgcal", config: dict | None = None,
@@ -175,7 +180,8 @@ def load(path: str | Path) -> Geometry:
             version = int(f.attrs["format_version"])
             if version != FORMAT_VERSION:
                 raise GeometryError(f"{path} has geometry format version {version}; this "
-                                    f"fastshower reads version {FORMAT_VERSION}: rebuild it")
+                                    f"fastshower reads version {FORMAT_VERSION}: rebuild it "
+                                    "with `fastshower geometry build`")
             stored = str(f.attrs["hash"])
             meta = json.loads(f.attrs["metadata"])
             cells = {name: f[f"cells/{name}"][...] for name in CELL_COLUMNS}
@@ -189,7 +195,7 @@ def load(path: str | Path) -> Geometry:
                     [Layer.from_dict(d) for d in meta["layers"]],
                     Segmentation.from_dict(meta["segmentation"]), cells, edges, kind)
     if geom.hash != stored:
-        raise GeometryError(f"geometry file {path} fails its content hash check (stored "
+        raise GeometryError(f"geometry file {path} fails its identity (content hash) check (stored "
                             f"{stored[:12]}, computed {geom.short_hash}): it is corrupt or was "
                             "modified; rebuild it with `fastshower geometry build`")
     return geom

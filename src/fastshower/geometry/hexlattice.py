@@ -7,6 +7,8 @@ the six nearest sites, so rounding to the nearest site is an exact hexagonal cel
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -16,11 +18,14 @@ class HexLattice:
     def __init__(self, pitch: float, angle_deg: float = 0.0):
         self.pitch = float(pitch)
         self.angle_deg = float(angle_deg)
-        t = np.deg2rad(angle_deg)
-        a1 = self.pitch * np.array([np.cos(t), np.sin(t)])
-        a2 = self.pitch * np.array([np.cos(t + np.pi / 3), np.sin(t + np.pi / 3)])
-        self.basis = np.stack([a1, a2], axis=1)  # columns a1, a2
-        self.inverse = np.linalg.inv(self.basis)
+        # Scalar sin/cos from the C library and an explicit 2x2 inverse: no SIMD or BLAS path
+        # whose last bits vary with the CPU (geometry.identity).
+        t = math.radians(angle_deg)
+        a1 = [self.pitch * math.cos(t), self.pitch * math.sin(t)]
+        a2 = [self.pitch * math.cos(t + math.pi / 3), self.pitch * math.sin(t + math.pi / 3)]
+        self.basis = np.array([[a1[0], a2[0]], [a1[1], a2[1]]])  # columns a1, a2
+        det = a1[0] * a2[1] - a2[0] * a1[1]
+        self.inverse = np.array([[a2[1], -a2[0]], [-a1[1], a1[0]]]) / det
 
     @property
     def circumradius(self) -> float:
@@ -52,8 +57,8 @@ class HexLattice:
 
     def corners(self) -> np.ndarray:
         """(6, 2) corner offsets of a site's hexagon, counter-clockwise."""
-        a = np.deg2rad(self.angle_deg + 30.0 + 60.0 * np.arange(6))
-        return self.circumradius * np.stack([np.cos(a), np.sin(a)], axis=1)
+        a = [math.radians(self.angle_deg + 30.0 + 60.0 * k) for k in range(6)]
+        return self.circumradius * np.array([[math.cos(t), math.sin(t)] for t in a])
 
     def sites_within(self, radius: float) -> tuple[np.ndarray, np.ndarray]:
         """All site indices whose centre lies within ``radius`` of the origin."""

@@ -9,6 +9,7 @@ clipped to it, so cells tile each layer with no gaps and no overlaps.
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
@@ -16,6 +17,7 @@ import shapely
 from pydantic import BaseModel, ConfigDict
 
 from fastshower.geometry.hexlattice import HexLattice
+from fastshower.geometry.identity import length_quanta
 from fastshower.geometry.layers import Layer, Slab, lay_out, mirror
 from fastshower.geometry.polygons import from_shapely, pad_corners, regular_polygon
 from fastshower.geometry.segmentation import (
@@ -78,8 +80,23 @@ def layer_stack(cfg: HGCalConfig) -> list[Layer]:
     return mirror(layers) if cfg.both_endcaps() else layers
 
 
-def _radius_at(z: np.ndarray, eta) -> np.ndarray:
-    return np.abs(z) / np.sinh(eta)
+def _radius_at(z, eta) -> np.ndarray:
+    """Radius (mm) at |z| (mm) of pseudorapidity eta. sinh comes from the C library per value,
+    not from numpy's SIMD loops, whose last bits depend on the CPU (geometry.identity)."""
+    z, eta = np.broadcast_arrays(np.abs(np.asarray(z, dtype=np.float64)),
+                                 np.asarray(eta, dtype=np.float64))
+    return z / np.array([math.sinh(e) for e in eta.ravel()]).reshape(eta.shape)
+
+
+def _closer(distance_mm, radius_mm) -> np.ndarray:
+    """distance < radius compared in 1 um quanta, so that distances equal in exact arithmetic
+    compare the same way on every CPU (a last-bit difference never flips such a cell)."""
+    return length_quanta(distance_mm) < length_quanta(radius_mm)
+
+
+def _in_window(distance_mm, radius_mm) -> np.ndarray:
+    """distance <= radius in 1 um quanta (a cell centre 0.5 um inside the edge stays in)."""
+    return length_quanta(distance_mm) <= length_quanta(radius_mm)
 
 
 class HGCalSegmentation(Segmentation):
@@ -101,7 +118,7 @@ class HGCalSegmentation(Segmentation):
         self.cells_ld = HexLattice(np.sqrt(2 * cell_area_ld / np.sqrt(3)), 30.0)
         self.cells_hd = HexLattice(np.sqrt(2 * cell_area_hd / np.sqrt(3)), 30.0)
         self.dphi = 2 * np.pi / self.n_sectors
-        self.cos_half = np.cos(self.dphi / 2)
+        self.cos_half = math.cos(self.dphi / 2)
 
     @classmethod
     def from_config(cls, cfg: HGCalConfig, layers: list[Layer]) -> HGCalSegmentation:
@@ -196,11 +213,11 @@ class HGCalSegmentation(Segmentation):
         rw = self.wafers.circumradius
         wi, wj = self.wafers.sites_within(r_si + rw)
         wx, wy = self.wafers.centre(wi, wj)
-        ok = np.hypot(wx, wy) > r_in * self.cos_half - rw
+        ok = _closer(r_in * self.cos_half - rw, np.hypot(wx, wy))
         if window is not None:
-            ok &= np.hypot(wx - window[0], wy - window[1]) < window[2] + rw
+            ok &= _closer(np.hypot(wx - window[0], wy - window[1]), window[2] + rw)
         wi, wj, wx, wy = wi[ok], wj[ok], wx[ok], wy[ok]
-        hd_wafer = np.hypot(wx, wy) < self.r_hd[layer]
+        hd_wafer = _closer(np.hypot(wx, wy), self.r_hd[layer])
         parts = []
         for hd in (False, True):
             sel = hd_wafer == hd
@@ -228,9 +245,9 @@ class HGCalSegmentation(Segmentation):
         c = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         c = self._clip_to_region(c, layer, r_in, r_si)
         if window is not None:
-            c = _select(c, np.hypot(*(c["centre"] - window[:2]).T) < window[2])
-        thickness = np.where(c["wafer_r"] < self.r_hd[layer], 0.12,
-                             np.where(c["wafer_r"] < self.r_200[layer], 0.2, 0.3))
+            c = _select(c, _in_window(np.hypot(*(c["centre"] - window[:2]).T), window[2]))
+        thickness = np.where(_closer(c["wafer_r"], self.r_hd[layer]), 0.12,
+                             np.where(_closer(c["wafer_r"], self.r_200[layer]), 0.2, 0.3))
         return _columns(
             key=pack_key(layer, SILICON, pack_pair(c["wi"], c["wj"], 15),
                          pack_pair(c["ci"], c["cj"], 12)),
@@ -244,8 +261,8 @@ class HGCalSegmentation(Segmentation):
         reach = np.nanmax(np.hypot(*(c["corners"] - c["centre"][:, None, :]).transpose(2, 0, 1)),
                           axis=1)
         lo, hi = r - reach, r + reach
-        inside = (lo >= r_in) & (hi < r_si * self.cos_half)
-        outside = (hi < r_in * self.cos_half) | (lo >= r_si)
+        inside = ~_closer(lo, r_in) & _closer(hi, r_si * self.cos_half)
+        outside = _closer(hi, r_in * self.cos_half) | ~_closer(lo, r_si)
         cross = ~inside & ~outside
         if cross.any():
             region = shapely.Polygon(regular_polygon(r_si, self.n_sectors),
@@ -261,18 +278,20 @@ class HGCalSegmentation(Segmentation):
 
     def _tiles(self, layer, window) -> dict:
         rb, ro = self.r_border[layer], self.r_out[layer]
-        n_rings = int(np.ceil(np.log(ro / rb) / np.log1p(self.dphi)))
-        edges = np.minimum(rb * (1 + self.dphi) ** np.arange(n_rings + 1), ro)
+        n_rings = math.ceil(math.log(ro / rb) / math.log1p(self.dphi))
+        edges = np.minimum([rb * math.pow(1 + self.dphi, i) for i in range(n_rings + 1)], ro)
         ring, k = np.meshgrid(np.arange(n_rings), np.arange(self.n_sectors), indexing="ij")
         ring, k = ring.ravel(), k.ravel()
         r = np.stack([edges[ring], edges[ring], edges[ring + 1], edges[ring + 1]], -1)
-        a = np.stack([k, k + 1, k + 1, k], -1) * self.dphi
-        corners = np.stack([r * np.cos(a), r * np.sin(a)], -1)
+        sector = np.arange(self.n_sectors + 1) * self.dphi
+        cos, sin = (np.array([f(a) for a in sector]) for f in (math.cos, math.sin))
+        k4 = np.stack([k, k + 1, k + 1, k], -1)
+        corners = np.stack([r * cos[k4], r * sin[k4]], -1)
         polys = shapely.polygons(corners)
         centre = shapely.get_coordinates(shapely.centroid(polys))
         keep = np.ones(len(ring), dtype=bool)
         if window is not None:
-            keep = np.hypot(*(centre - window[:2]).T) < window[2]
+            keep = _in_window(np.hypot(*(centre - window[:2]).T), window[2])
         return _columns(
             key=pack_key(layer, SCINTILLATOR, ring, k)[keep], layer=layer, z=self.z[layer],
             cell_type=SCINTILLATOR, thickness=3.0, centre=centre[keep],
@@ -309,8 +328,8 @@ def build(cfg: HGCalConfig):
     for lay in layers:
         window = None
         if cfg.region == "roi":
-            r = _radius_at(np.array(lay.z), cfg.eta)
-            phi = np.deg2rad(cfg.phi_deg)
-            window = np.array([r * np.cos(phi), r * np.sin(phi), cfg.roi_radius])
+            r = float(_radius_at(lay.z, cfg.eta))
+            phi = math.radians(cfg.phi_deg)
+            window = np.array([r * math.cos(phi), r * math.sin(phi), cfg.roi_radius])
         per_layer.append(seg.build_layer(lay.index, window))
     return layers, seg, per_layer

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import shapely
 
@@ -52,6 +54,7 @@ def pad_corners(corners: np.ndarray, width: int) -> np.ndarray:
 
 
 def regular_polygon(radius: float, n_sides: int) -> np.ndarray:
-    """(n, 2) vertices of a regular polygon with vertices at angles 2*pi*k/n."""
-    a = 2 * np.pi * np.arange(n_sides) / n_sides
-    return radius * np.stack([np.cos(a), np.sin(a)], axis=1)
+    """(n, 2) vertices of a regular polygon with vertices at angles 2*pi*k/n (sin and cos
+    from the C library: no CPU-dependent SIMD last bits)."""
+    a = [2 * math.pi * k / n_sides for k in range(n_sides)]
+    return radius * np.array([[math.cos(t), math.sin(t)] for t in a])

@@ -31,9 +31,7 @@ class Generator:
         saved = load_model_file(run)
         self.source = str(run)
         self.name = saved.get("model")
-        if saved.get("geometry_hash") != geom.hash:
-            raise FastShowerError(f"{run} was trained on geometry "
-                                  f"{str(saved.get('geometry_hash'))[:12]}, not {geom.short_hash}")
+        geom.require_same(saved.get("geometry_hash"), str(run))
         self.geom = geom
         if self.name == "parametric":
             self.model = ParametricShower.from_dict(saved["params"])

@@ -162,9 +162,7 @@ class OnnxGenerator:
             raise FastShowerError(f"{folder} is not an exported model (model.onnx + model.json); "
                                   "make one with `fastshower export-model`")
         self.side = json.loads((folder / "model.json").read_text())
-        if self.side["geometry_hash"] != geom.hash:
-            raise FastShowerError(f"{folder} was exported for geometry "
-                                  f"{self.side['geometry_hash'][:12]}, not {geom.short_hash}")
+        geom.require_same(self.side["geometry_hash"], str(folder))
         self.geom, self.source, self.name = geom, str(folder), self.side["model"]
         self.allow_extrapolation, self.max_batch = allow_extrapolation, max_batch
         self.particles = list(self.side["particles"])

@@ -300,9 +300,7 @@ class FlowGNN(nn.Module):
 
     @classmethod
     def from_export(cls, d: dict, geom: Geometry) -> FlowGNN:
-        if d["geometry_hash"] != geom.hash:
-            raise FastShowerError(f"this model was trained on geometry {d['geometry_hash'][:12]}, "
-                                  f"not {geom.short_hash}")
+        geom.require_same(d["geometry_hash"], "this model")
         model = cls(geom, d["particles"], FlowGNNConfig(**d["config"]), d["norms"])
         model.load_state_dict({k: v.float() if v.is_floating_point() else v
                                for k, v in d["state_dict"].items()})

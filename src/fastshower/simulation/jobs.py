@@ -18,17 +18,9 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
+from fastshower.progress import Tracker
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.runner import JobSpec, job_seed, run_job
 
@@ -77,17 +69,22 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
              seed: int = 1, physics: str = "auto", em_option: int = 0,
              force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
              fast: dict | None = None, scheduler: str | None = None,
-             scoring: str = "cells") -> list[Path]:
+             scoring: str = "cells", workers: int | None = None) -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
     ``fast`` ({"model", "backend", "min_energy_gev"}) makes it a hybrid production: showers
     of e+-/gamma reaching the calorimeter come from that model (inference.g4hook).
     ``scheduler``: run the jobs on a Dask cluster ('local' or an address; fastshower.cluster)
     instead of local processes; the files are the same. ``scoring``: 'cells' (C++, the
-    default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING."""
+    default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING.
+    ``workers``: processes at once (default: one per job, at most one per core); more jobs
+    than workers make smaller files, so a stopped production loses less when resumed."""
     if scoring not in ("cells", "steps"):
         raise FastShowerError(f"--scoring must be cells or steps, not {scoring!r}")
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
+    workers = min(jobs, os.cpu_count() or 1) if workers is None else workers
+    if workers <= 0:
+        raise FastShowerError(f"--workers must be positive, got {workers}")
     if upstream_x0 < 0:
         raise FastShowerError(f"--upstream-x0 must not be negative, got {upstream_x0}")
     if fast is not None:  # a missing or mismatched model fails here, not in every job
@@ -110,9 +107,9 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     todo = [i for i, s in enumerate(specs) if force or not Path(s.out).is_file()]
     skipped = sum(specs[i].n for i in range(len(specs)) if i not in todo)
     if todo and scheduler:
-        _run_dask([specs[i] for i in todo], out, skipped, n, show_progress, scheduler, jobs)
+        _run_dask([specs[i] for i in todo], out, skipped, n, show_progress, scheduler, workers)
     elif todo:
-        _run_parallel([specs[i] for i in todo], out, skipped, n, show_progress)
+        _run_parallel([specs[i] for i in todo], out, skipped, n, show_progress, workers)
     return [Path(s.out) for s in specs]
 
 
@@ -145,17 +142,14 @@ def _run_dask(specs: list[JobSpec], out: Path, skipped: int, total: int, show_pr
     from fastshower.cluster import RETRIES, close, connect
 
     client = connect(scheduler, workers)
-    columns = [TextColumn(f"simulating on Dask ({scheduler})"), BarColumn(),
-               MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("ETA"),
-               TimeRemainingColumn()]
     try:
         futures = [client.submit(run_isolated, asdict(s), retries=RETRIES, pure=False)
                    for s in specs]
-        with Progress(*columns, disable=not show_progress) as bar:
-            task = bar.add_task("sim", total=total, completed=skipped)
+        with Tracker(f"simulating on Dask ({scheduler})", total, completed=skipped,
+                     enabled=show_progress) as bar:
             for future in as_completed(futures):
                 try:
-                    bar.advance(task, future.result()["n"])
+                    bar.update(advance=future.result()["n"])
                 except Exception as err:  # noqa: BLE001 - every failure ends the same way
                     raise FastShowerError(f"a simulation job failed {RETRIES + 1} times: {err}"
                                           ) from None
@@ -172,25 +166,27 @@ def geant4_cpu_per_shower(out: str | Path) -> float:
 
 
 def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
-                  show_progress: bool) -> None:
+                  show_progress: bool, workers: int) -> None:
+    """Run the jobs in spawned processes, at most ``workers`` at a time."""
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
-    procs = {}
-    for spec in specs:
+    pending = list(specs)
+    procs: dict[int, mp.Process] = {}
+
+    def start_next() -> None:
+        spec = pending.pop(0)
         index = spec.meta["job"]
         log = str(out / "logs" / f"job_{index:03d}.log")
         procs[index] = ctx.Process(target=_child, args=(asdict(spec), index, messages, log),
                                    daemon=True)
         procs[index].start()
+
+    while pending and len(procs) < workers:
+        start_next()
     done = {spec.meta["job"]: 0 for spec in specs}
     finished: set[int] = set()
-    columns = [TextColumn("simulating"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.2f} showers/s"), TimeElapsedColumn(),
-               TextColumn("ETA"), TimeRemainingColumn()]
-    t0 = time.monotonic()
     try:
-        with Progress(*columns, disable=not show_progress, transient=False) as bar:
-            task = bar.add_task("sim", total=total, completed=skipped, rate=0.0)
+        with Tracker("simulating", total, completed=skipped, enabled=show_progress) as bar:
             while len(finished) < len(specs):
                 try:
                     kind, index, payload = messages.get(timeout=1.0)
@@ -200,6 +196,7 @@ def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                         raise FastShowerError(f"simulation job {dead[0]} died; see "
                                               f"{out / 'logs' / f'job_{dead[0]:03d}.log'}"
                                               ) from None
+                    bar.update()
                     continue
                 if kind == "error":
                     raise FastShowerError(f"simulation job {index} failed:\n{payload}\nlog: "
@@ -209,11 +206,12 @@ def _run_parallel(specs: list[JobSpec], out: Path, skipped: int, total: int,
                     done[index] = payload["n"]
                     (out / "logs" / f"job_{index:03d}.json").write_text(json.dumps(
                         {k: payload[k] for k in TIMING_KEYS}))
+                    procs[index].join()
+                    if pending:
+                        start_next()
                 else:
                     done[index] = payload
-                n_done = sum(done.values())
-                bar.update(task, completed=skipped + n_done,
-                           rate=n_done / max(time.monotonic() - t0, 1e-9))
+                bar.update(completed=skipped + sum(done.values()))
     finally:
         for p in procs.values():
             if p.is_alive():

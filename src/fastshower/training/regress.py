@@ -56,9 +56,7 @@ def attach(chunk: GraphChunk, scaler: Scaler, em: np.ndarray) -> list[Data]:
 
 def read_cache_split(cache: str | Path, split: str, geom: Geometry) -> tuple[list[Data], dict]:
     manifest = read_manifest(cache)
-    if manifest["geometry_hash"] != geom.hash:
-        raise FastShowerError(f"{cache} was made with geometry {manifest['geometry_hash'][:12]}, "
-                              f"not {geom.short_hash}")
+    geom.require_same(manifest["geometry_hash"], str(cache))
     chunk = read_split(cache, split)
     return attach(chunk, Scaler.from_dict(manifest["scaler"]), em_layers(geom)), manifest
 
@@ -164,9 +162,7 @@ def load_regressor(run: str | Path, geom: Geometry) -> tuple[EnergyGNN, dict]:
     saved = load_model_file(run)
     if saved.get("task") != "energy-regression":
         raise FastShowerError(f"{run} is not an energy-regression run")
-    if saved["geometry_hash"] != geom.hash:
-        raise FastShowerError(f"{run} was trained on geometry {saved['geometry_hash'][:12]}, "
-                              f"not {geom.short_hash}")
+    geom.require_same(saved["geometry_hash"], str(run))
     cfg = RegressionConfig(**saved["config"])
     model = EnergyGNN(saved["node_features"], cfg)
     model.load_state_dict(saved["state_dict"])

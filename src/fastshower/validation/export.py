@@ -116,8 +116,7 @@ def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
             info = json.loads(like.with_suffix(".json").read_text())
         except (OSError, ValueError, AttributeError) as err:
             raise FastShowerError(f"cannot reuse the binning of {like}: {err}") from None
-        if info["geometry_hash"] != geom.hash:
-            raise FastShowerError(f"{like} was exported with another geometry")
+        geom.require_same(info["geometry_hash"], str(like))
         scale = info["scale"]
     else:
         binning = default_binning(geom, batch)

@@ -66,10 +66,7 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     gen, meta_g = read_sample(generated)
     geom = load(geometry)
     for name, meta in (("reference", meta_r), ("generated", meta_g)):
-        if meta.get("geometry_hash") != geom.hash:
-            raise FastShowerError(f"the {name} sample was made with geometry "
-                                  f"{str(meta.get('geometry_hash'))[:12]}, not with {geometry} "
-                                  f"({geom.short_hash})")
+        geom.require_same(meta.get("geometry_hash"), f"the {name} sample")
     if len(ref) < 20 or len(gen) < 10:
         raise FastShowerError(f"too few showers to compare ({len(ref)} reference, {len(gen)} "
                               "generated): need at least 20 and 10")

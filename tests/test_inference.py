@@ -199,16 +199,46 @@ def test_server_batches_concurrent_requests_without_changing_them(server):
         np.testing.assert_allclose(energy, energy1, rtol=1e-5)
 
 
-def test_malformed_requests_get_a_clear_400(server):
+def _request(**inputs) -> bytes:
+    """A KServe v2 JSON request; inputs: name -> (datatype, shape, data)."""
+    return json.dumps({"inputs": [{"name": k, "datatype": t, "shape": shape, "data": data}
+                                  for k, (t, shape, data) in inputs.items()]}).encode()
+
+
+UP = [0.0, 0.2649, 0.9643]  # eta 2, phi 90 deg: into the default region
+GOOD = {"energy": ("FP32", [1], [20e3]), "direction": ("FP32", [1, 3], UP),
+        "pdg": ("INT32", [1], [22])}
+
+
+@pytest.mark.parametrize("body, message", [
+    (b"{not json", "not valid JSON"),
+    (b'{"inputs": 3}', "'inputs' list"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    (_request(energy=("FP32", [2], [1.0])), "do not match shape"),
+    (_request(**{**GOOD, "energy": ("FP32", [1], ["NaN"])}), "finite"),
+    (_request(**{**GOOD, "energy": ("FP32", [1], ["inf"])}), "finite"),
+    (_request(**{**GOOD, "direction": ("FP32", [1, 3], [0, 0, 0])}), "zero"),
+    (_request(**{**GOOD, "direction": ("FP32", [1, 3], [0, 0, float("nan")])}), "finite"),
+    (_request(**{**GOOD, "direction": ("FP32", [2, 3], UP * 2)}), "shape"),
+    (_request(**{**GOOD, "position": ("FP32", [1, 3], [1e30, 0, 0])}), "miss the calorimeter"),
+    (_request(**{**GOOD, "direction": ("FP32", [1, 3], [0, -0.2649, -0.9643])}),
+     "miss the calorimeter"),
+    (_request(**{**GOOD, "energy": ("FP32", [1], [0.0])}), "positive"),
+])
+def test_malformed_requests_get_a_clear_400(server, body, message):
     url = f"http://{server}/v2/models/fastshower/infer"
-    for body, message in ((b"{not json", "not valid JSON"), (b'{"inputs": 3}', "'inputs' list"),
-                          (json.dumps({"inputs": [{"name": "energy", "shape": [2],
-                                                   "datatype": "FP32", "data": [1.0]}]}).encode(),
-                           "do not match shape")):
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"))
-        assert err.value.code == 400
-        assert message in json.loads(err.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(urllib.request.Request(url, data=body, method="POST"))
+    assert err.value.code == 400
+    assert message in json.loads(err.value.read())["error"]
+
+
+def test_a_good_json_request_is_served(server):
+    url = f"http://{server}/v2/models/fastshower/infer"
+    with urllib.request.urlopen(urllib.request.Request(url, data=_request(**GOOD),
+                                                       method="POST")) as r:
+        out = {t["name"]: t["data"] for t in json.loads(r.read())["outputs"]}
+    assert len(out["hit_cell"]) > 20 and sum(out["hit_energy"]) > 0
 
 
 def test_triton_repository_has_a_valid_model_config(exported):

@@ -133,17 +133,17 @@ def test_training_resumes_exactly_after_kill_9(sample):
                             stderr=subprocess.DEVNULL)
     last = killed / "checkpoints" / "last.pt"
     deadline = time.time() + 120
-    while not (last.is_file() and torch.load(last, weights_only=False)["step"] >= 10):
+    while not (last.is_file() and torch.load(last, weights_only=True)["step"] >= 10):
         assert time.time() < deadline and proc.poll() is None
         time.sleep(0.2)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert torch.load(last, weights_only=False)["step"] < 30
+    assert torch.load(last, weights_only=True)["step"] < 30
     resumed = subprocess.run([*args, "--out", str(killed), *sets], check=True,
                              capture_output=True, text=True)
     assert "resuming" in resumed.stdout
-    a = torch.load(clean / "checkpoints" / "last.pt", weights_only=False)
-    b = torch.load(last, weights_only=False)
+    a = torch.load(clean / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(last, weights_only=True)
     assert a["step"] == b["step"] == 30
     for k in a["model"]:
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-6), k
@@ -224,7 +224,7 @@ def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sam
                           "--nproc_per_node", "2", *args, "--out", str(tmp / "two")],
                          capture_output=True, text=True, timeout=600)  # a hang fails, not waits
     assert two.returncode == 0, two.stdout + two.stderr
-    a, b = (torch.load(tmp / run / "checkpoints" / "last.pt", weights_only=False)
+    a, b = (torch.load(tmp / run / "checkpoints" / "last.pt", weights_only=True)
             for run in ("one", "two"))
     assert a["step"] == b["step"] == 8
     floats = [k for k, v in a["model"].items() if v.is_floating_point()]
@@ -240,7 +240,7 @@ def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sam
                            capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming" in again.stdout
-    assert torch.equal(torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=False)
+    assert torch.equal(torch.load(tmp / "two" / "checkpoints" / "last.pt", weights_only=True)
                        ["model"][floats[0]], b["model"][floats[0]])
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 from pathlib import Path
 from typing import Annotated
@@ -15,6 +16,11 @@ from rich.table import Table
 
 from fastshower.errors import FastShowerError
 
+try:  # typer >= 0.16 carries its own copy of click
+    from typer._click.exceptions import NoArgsIsHelpError, UsageError
+except ImportError:  # pragma: no cover - older typer on the real click
+    from click.exceptions import NoArgsIsHelpError, UsageError
+
 console = Console()
 app = typer.Typer(help="Fast ML calorimeter showers for high-granularity calorimeters.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -26,6 +32,20 @@ regress_app = typer.Typer(help="Energy regression from shower graphs (GNN and ba
 app.add_typer(regress_app, name="regress")
 
 DEFAULT_GEOMETRY = Path("data/geometry/hgcal_roi.h5")
+
+
+def finite(value: float | None) -> float | None:
+    """Option callback: NaN and inf are refused (click's float ranges let NaN through)."""
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
+
+
+def positive(value: float | None) -> float | None:
+    """Option callback: a finite number above zero."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"{value} is not a finite number above zero")
+    return value
 
 
 def _load_yaml(path: Path | None) -> dict:
@@ -101,8 +121,9 @@ def geometry_info(
 @geometry_app.command("plot")
 def geometry_plot(
     path: Annotated[Path, typer.Argument(help="Geometry file.")] = DEFAULT_GEOMETRY,
-    layer: Annotated[int | None, typer.Option(help="Layer index; default: the one with the "
-                                              "most silicon-scintillator edges.")] = None,
+    layer: Annotated[int | None, typer.Option(
+        min=0, help="Layer index; default: the one with the most "
+                                  "silicon-scintillator edges.")] = None,
     out: Annotated[Path, typer.Option(help="Output PNG.")] = Path("geometry.png"),
 ) -> None:
     """Draw one layer: cells by type and thickness, neighbour edges, border edges in red."""
@@ -117,32 +138,33 @@ def geometry_plot(
     console.print(f"wrote {out} (layer {layer})")
 
 
+def _numbers(text: str, sep: str, what: str, usage: str, sizes: tuple[int, ...]) -> list[float]:
+    """Finite numbers separated by ``sep``, as many as one of ``sizes``; one-line errors."""
+    try:
+        values = [float(v) for v in text.split(sep)]
+    except ValueError:
+        values = []
+    if len(values) not in sizes or not all(math.isfinite(v) for v in values):
+        raise FastShowerError(f"cannot read --{what} {text!r}: use {usage} (finite numbers)")
+    return values
+
+
 def parse_energy(text: str, spectrum: str | None) -> tuple[list[float], str]:
     """'10' (fixed), '10,50,100' (list) or '1:500' (range; uniform or log-uniform), in GeV."""
-    try:
-        if ":" in text:
-            lo, hi = (float(v) for v in text.split(":"))
-            return [lo, hi], spectrum or "log-uniform"
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        raise FastShowerError(f"cannot read --energy {text!r}: use 10, 10,50,100 or 1:500 "
-                              "(GeV)") from None
+    usage = "10, 10,50,100 or 1:500 (GeV)"
+    if ":" in text:
+        return _numbers(text, ":", "energy", usage, (2,)), spectrum or "log-uniform"
+    values = _numbers(text, ",", "energy", usage, tuple(range(1, 1000)))
     return values, spectrum or ("fixed" if len(values) == 1 else "list")
 
 
 def _range(text: str, what: str) -> tuple[float, float]:
-    try:
-        parts = [float(v) for v in text.split(":")]
-    except ValueError:
-        raise FastShowerError(f"cannot read --{what} {text!r}: use 2.0 or 1.8:2.2") from None
+    parts = _numbers(text, ":", what, "2.0 or 1.8:2.2", (1, 2))
     return (parts[0], parts[-1])
 
 
 def _vector(text: str, what: str) -> tuple[float, float, float]:
-    try:
-        x, y, z = (float(v) for v in text.split(","))
-    except ValueError:
-        raise FastShowerError(f"cannot read --{what} {text!r}: use three numbers x,y,z") from None
+    x, y, z = _numbers(text, ",", what, "three numbers x,y,z", (3,))
     return (x, y, z)
 
 
@@ -193,7 +215,8 @@ Spectrum = Annotated[str | None, typer.Option(
     help="fixed, list, uniform or log-uniform (default from --energy).")]
 Eta = Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")]
 Phi = Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")]
-Count = Annotated[int, typer.Option("--n", help="Number of showers.")]
+Count = Annotated[int, typer.Option("--n", min=1, help="Number of showers.")]
+Seed = Annotated[int, typer.Option(min=0, help="Seed (non-negative).")]
 ModelGeometry = Annotated[Path, typer.Option(help="Geometry file the model was trained on.")]
 
 
@@ -206,14 +229,17 @@ def simulate(
     phi: Phi = "90",
     n: Count = 100,
     jobs: Annotated[int, typer.Option(
-        help="Geant4 jobs, one output file each (more jobs: smaller files, less lost when a "
+        min=1, help="Geant4 jobs, one output file each (more jobs: smaller files, less lost when a "
              "stopped production resumes).")] = 1,
     workers: Annotated[int | None, typer.Option(
-        help="Geant4 processes at once (default: one per job, at most one per core).")] = None,
-    seed: Annotated[int, typer.Option(help="Production seed (jobs get distinct seeds).")] = 1,
+        min=1, help="Geant4 processes at once (default: one per job, at most one per core).")
+    ] = None,
+    seed: Annotated[int, typer.Option(
+        min=0, help="Production seed (jobs get distinct seeds).")] = 1,
     geometry: Annotated[Path, typer.Option(help="Geometry file.")] = DEFAULT_GEOMETRY,
     physics: Annotated[str, typer.Option(help="auto, full (Geant4 datasets) or offline.")] = "auto",
-    em_option: Annotated[int, typer.Option(help="Geant4 EM option: 0 or 1.")] = 0,
+    em_option: Annotated[int, typer.Option(min=0, max=1,
+                                           help="Geant4 EM option: 0 or 1.")] = 0,
     direction: Annotated[str | None, typer.Option(
         help="Fixed direction x,y,z instead of (eta, phi) from the origin.")] = None,
     vertex_sigma: Annotated[str, typer.Option(
@@ -222,6 +248,7 @@ def simulate(
         "samples/e-_10GeV"),
     force: Annotated[bool, typer.Option(help="Overwrite an existing output folder.")] = False,
     upstream_x0: Annotated[float, typer.Option(
+        min=0.0, max=100.0, callback=finite,
         help="Silicon in front of the calorimeter, in radiation lengths (tracker material).")
     ] = 0.0,
     fast_model: Annotated[Path | None, typer.Option(
@@ -229,7 +256,7 @@ def simulate(
              "(run folder, model.pt, or ONNX export with --fast-backend onnx).")] = None,
     fast_backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     fast_min_energy: Annotated[float, typer.Option(
-        help="Hybrid run: lowest energy (GeV) handed to the model.")] = 1.0,
+        callback=positive, help="Hybrid run: lowest energy (GeV) handed to the model.")] = 1.0,
     scheduler: Annotated[str | None, typer.Option(
         help="Run the jobs on Dask: 'local' or a scheduler address (tcp://host:8786).")] = None,
     scoring: Annotated[str, typer.Option(
@@ -265,12 +292,15 @@ def preprocess(
     geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
         DEFAULT_GEOMETRY),
     out: Annotated[Path, typer.Option(help="Cache root folder.")] = Path("cache"),
-    threshold_mip: Annotated[float, typer.Option(help="Cell threshold in MIPs.")] = 0.5,
-    max_hits: Annotated[int | None, typer.Option(help="Keep the N most energetic hits.")] = None,
+    threshold_mip: Annotated[float, typer.Option(min=0.0, callback=finite,
+                                                 help="Cell threshold in MIPs.")] = 0.5,
+    max_hits: Annotated[int | None, typer.Option(
+        min=1, help="Keep the N most energetic hits.")] = None,
     bad_showers: Annotated[str, typer.Option(
         help="A shower with NaN/negative energies or unknown cells: 'raise' (stop, naming "
              "file and shower) or 'skip' (leave it out, counted).")] = "raise",
-    workers: Annotated[int, typer.Option(help="Transform worker processes.")] = 1,
+    workers: Annotated[int, typer.Option(min=1,
+                                         help="Transform worker processes.")] = 1,
     scheduler: Annotated[str | None, typer.Option(
         help="Transform on Dask: 'local' or a scheduler address (tcp://host:8786).")] = None,
 ) -> None:
@@ -295,7 +325,8 @@ def validate(
     geometry: Annotated[Path, typer.Option(help="Geometry file of both samples.")] = (
         DEFAULT_GEOMETRY),
     out: Annotated[Path, typer.Option(help="Report folder.")] = Path("validation"),
-    seed: Annotated[int, typer.Option(help="Seed of the splits and the classifier.")] = 0,
+    seed: Annotated[int, typer.Option(min=0,
+                                      help="Seed of the splits and the classifier.")] = 0,
     regressor: Annotated[Path | None, typer.Option(
         help="Energy-regression run (trained on Geant4) to apply to both samples.")] = None,
 ) -> None:
@@ -423,7 +454,8 @@ def tune(
     out: Annotated[Path, typer.Option(help="Study folder: trial runs, best.yaml, plot.")],
     config: Annotated[Path, typer.Option(help="Search YAML: base, space, objective.")] = Path(
         "configs/tune/flowgnn.yaml"),
-    trials: Annotated[int, typer.Option(help="Trials to run (added to the study).")] = 10,
+    trials: Annotated[int, typer.Option(min=1,
+                                        help="Trials to run (added to the study).")] = 10,
     storage: Annotated[str | None, typer.Option(
         help="Optuna storage URL shared by workers (default: sqlite in OUT).")] = None,
     study: Annotated[str, typer.Option(help="Study name in the storage.")] = "fastshower",
@@ -460,8 +492,10 @@ def generate(
     eta: Eta = "2.0",
     phi: Phi = "90",
     n: Count = 100,
-    seed: Annotated[int, typer.Option(help="Seed of conditions and generation.")] = 1,
-    batch_size: Annotated[int, typer.Option(help="Showers per generation batch.")] = 500,
+    seed: Annotated[int, typer.Option(min=0,
+                                      help="Seed of conditions and generation.")] = 1,
+    batch_size: Annotated[int, typer.Option(min=1,
+                                            help="Showers per generation batch.")] = 500,
     allow_extrapolation: Annotated[bool, typer.Option(
         help="Generate outside the training range (logged, and flagged in the file).")] = False,
     geometry: ModelGeometry = DEFAULT_GEOMETRY,
@@ -469,14 +503,13 @@ def generate(
     """Generate showers with a trained model into a sim-hit ROOT file (same schema as Geant4)."""
     from fastshower.geometry import load
     from fastshower.inference.generate import generate_file, load_generator
-    from fastshower.simulation.gun import sample_primaries
+    from fastshower.simulation.gun import require_on_detector, sample_primaries
 
-    if n <= 0 or batch_size <= 0:
-        raise FastShowerError("--n and --batch-size must be positive")
     gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
-    generator = load_generator(run, load(default_geometry(geometry)), backend,
-                               allow_extrapolation)
+    geom = load(default_geometry(geometry))
+    generator = load_generator(run, geom, backend, allow_extrapolation)
     primaries = sample_primaries(gun, n, np.random.default_rng(seed))
+    require_on_detector(geom, primaries)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = generate_file(generator, primaries, out, seed=seed, batch_size=batch_size)
     console.print(f"wrote {n} {generator.name} showers -> {path}")
@@ -514,12 +547,15 @@ def serve(
     model: Annotated[Path, typer.Option(help="Export folder (fastshower export-model).")],
     host: Annotated[str, typer.Option(help="Address to bind; localhost by default.")] = (
         "127.0.0.1"),
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
     name: Annotated[str, typer.Option(help="Model name in the URLs.")] = "fastshower",
-    max_showers: Annotated[int, typer.Option(help="Most showers in one request.")] = 256,
-    max_batch: Annotated[int, typer.Option(help="Most showers in one model call.")] = 8,
-    max_delay_ms: Annotated[float, typer.Option(help="Longest wait to fill a batch.")] = 5.0,
-    threads: Annotated[int, typer.Option(help="ONNX Runtime threads.")] = 1,
+    max_showers: Annotated[int, typer.Option(min=1,
+                                             help="Most showers in one request.")] = 256,
+    max_batch: Annotated[int, typer.Option(min=1,
+                                           help="Most showers in one model call.")] = 8,
+    max_delay_ms: Annotated[float, typer.Option(min=0.0, max=60_000.0, callback=finite,
+                                                help="Longest wait to fill a batch.")] = 5.0,
+    threads: Annotated[int, typer.Option(min=1, help="ONNX Runtime threads.")] = 1,
     allow_extrapolation: Annotated[bool, typer.Option(
         help="Serve conditions outside the training range.")] = False,
     geometry: ModelGeometry = DEFAULT_GEOMETRY,
@@ -544,7 +580,7 @@ def serve(
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo-out"),
-    n: Annotated[int, typer.Option("--n", help="Geant4 showers.")] = 200,
+    n: Annotated[int, typer.Option("--n", min=40, help="Geant4 showers.")] = 200,
     particle: Annotated[str, typer.Option(help="e- or gamma.")] = "gamma",
     energy: Annotated[str, typer.Option(help="GeV range (log-uniform).")] = "1:100",
 ) -> None:
@@ -632,10 +668,23 @@ def main() -> None:
     cleanly like Ctrl-C (no leaked worker processes, no file that looks complete)."""
     signal.signal(signal.SIGTERM, _terminate)
     try:
-        app()
+        code = app(standalone_mode=False)
+    except NoArgsIsHelpError as err:
+        console.print(err.ctx.get_help())
+        raise SystemExit(0) from None
+    except UsageError as err:
+        hint = f" (see {err.ctx.command_path} --help)" if err.ctx else ""
+        console.print(f"[bold red]error:[/] {err.format_message()}{hint}", highlight=False,
+                      soft_wrap=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        console.print("interrupted")
+        raise SystemExit(130) from None
     except FastShowerError as err:
-        console.print(f"[bold red]error:[/] {err}")
+        console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         console.print("interrupted")
         raise SystemExit(130) from None
+    if code:
+        raise SystemExit(code)

@@ -123,21 +123,30 @@ class SimHitWriter:
         self.tmp.unlink(missing_ok=True)
 
 
+def unreadable(path: str | Path, err: Exception) -> FastShowerError:
+    """The one-line error for a file that is not a (complete) sim-hit file (the reader's own
+    message, e.g. uproot's chunk sizes, says nothing to a user)."""
+    kind = "missing" if isinstance(err, FileNotFoundError) else "not ROOT, truncated or corrupt"
+    return FastShowerError(f"{path} is not a readable fastshower sim-hit file ({kind})")
+
+
 def read_metadata(path: str | Path) -> dict:
     """The JSON metadata of a sim-hit file; a clear error for anything else."""
-    path = Path(path)
     try:
         with uproot.open(path) as f:
             return json.loads(str(f["metadata"]))
-    except (OSError, KeyError, ValueError) as err:
-        raise FastShowerError(f"{path} is not a readable fastshower sim-hit file: {err}") from None
+    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
+        raise unreadable(path, err) from None
 
 
 def read_showers(path: str | Path, entry_start: int | None = None,
                  entry_stop: int | None = None) -> ShowerBatch:
     """Read showers [entry_start, entry_stop) of one sim-hit file."""
-    with uproot.open(path) as f:
-        arr = f[TREE].arrays(entry_start=entry_start, entry_stop=entry_stop)
+    try:
+        with uproot.open(path) as f:
+            arr = f[TREE].arrays(entry_start=entry_start, entry_stop=entry_stop)
+    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
+        raise unreadable(path, err) from None
     return ShowerBatch(
         primaries={k: ak.to_numpy(arr[k]) for k in PRIMARY_FIELDS},
         cell_id=arr["cell", "id"], cell_energy=arr["cell", "energy"], cell_time=arr["cell", "time"],

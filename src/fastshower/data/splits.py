@@ -18,6 +18,7 @@ from fastshower.simhits import (
     read_metadata,
     read_showers,
     sample_files,
+    unreadable,
 )
 
 SPLITS = ("train", "val", "test")
@@ -38,9 +39,8 @@ def file_sizes(files, geom: Geometry) -> list[int]:
         try:
             with uproot.open(f) as handle:
                 sizes.append(int(handle[TREE].num_entries))
-        except (OSError, KeyError, ValueError) as err:
-            raise FastShowerError(f"{f}: cannot read its shower tree (truncated or corrupt?): "
-                                  f"{err}") from None
+        except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
+            raise unreadable(f, err) from None
     return sizes
 
 

@@ -33,7 +33,7 @@ class TransformConfig(BaseModel):
     stops preprocessing with an error naming file and shower ('raise'), or is left out and
     counted in the cache's manifest ('skip')."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     threshold_mip: float = Field(0.5, ge=0)
     threshold_kev: float | None = Field(None, ge=0)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+from pydantic import ValidationError
 
 from fastshower.errors import GeometryError
 from fastshower.geometry import grid, hgcal, identity
@@ -70,6 +71,29 @@ class Geometry:
         table = self.cells["key"]
         pos = np.clip(np.searchsorted(table, keys), 0, len(table) - 1)
         return np.where((table[pos] == keys) & (keys >= 0), pos, -1)
+
+    def entry_cells(self, position_mm: np.ndarray, direction: np.ndarray) -> np.ndarray:
+        """Cell ids where straight lines from ``position_mm`` (n, 3) along ``direction`` (n, 3)
+        cross the first sensor plane of the endcap they point to; -1 where a line points away
+        from the calorimeter or crosses that plane outside every cell (it misses the detector).
+        """
+        pos = np.asarray(position_mm, dtype=np.float64).reshape(-1, 3)
+        d = np.asarray(direction, dtype=np.float64).reshape(-1, 3)
+        z = np.array([lay.z for lay in self.layers])
+        out = np.full(len(pos), -1, dtype=np.int64)
+        for side in (1.0, -1.0):
+            planes = np.flatnonzero(np.sign(z) == side)
+            if not len(planes):
+                continue
+            first = planes[np.argmin(np.abs(z[planes]))]
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                t = (z[first] - pos[:, 2]) / d[:, 2]
+                x, y = pos[:, 0] + t * d[:, 0], pos[:, 1] + t * d[:, 1]
+            ok = (np.sign(d[:, 2]) == side) & (t > 0) & (np.abs(x) < 1e5) & (np.abs(y) < 1e5)
+            ids = self.lookup(np.full(len(pos), first), np.where(ok, x, 0.0),
+                              np.where(ok, y, 0.0))
+            out = np.where(ok, ids, out)
+        return out
 
     def metadata(self) -> dict:
         return {
@@ -135,8 +159,10 @@ def build_geometry(builder: str = "hgcal", config: dict | None = None,
     config_type, build = BUILDERS[builder]
     try:
         cfg = config_type.model_validate(config or {})
-    except ValueError as err:
-        raise GeometryError(f"bad {builder} geometry config: {err}") from None
+    except ValidationError as err:
+        raise GeometryError(f"bad {builder} geometry config: " + "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg'].removeprefix('Value error, ')}"
+            for e in err.errors())) from None
     layers, seg, per_layer = build(cfg)
     width = max(c["corners"].shape[1] for c in per_layer)
     cells = {}

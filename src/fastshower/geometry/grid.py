@@ -14,7 +14,7 @@ from fastshower.geometry.segmentation import SCINTILLATOR, SILICON, Segmentation
 class GridSection(BaseModel):
     """Identical layers: absorber stack [(material, mm)], sensor, cells (lengths in mm)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     name: str
     n_layers: int = Field(gt=0)
@@ -30,9 +30,9 @@ class GridSection(BaseModel):
 class GridConfig(BaseModel):
     """CLIC-like: ECAL 25 x 51 x 51 (Si-W, 5.1 mm cells), HCAL 60 x 11 x 11 (scint-steel)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    z_front: float = 1500.0
+    z_front: float = Field(1500.0, gt=0)
     sections: list[GridSection] = [
         GridSection(name="ECAL", n_layers=25, nx=51, ny=51, cell_size=5.1,
                     absorbers=[("G4_W", 2.8), ("PCB", 1.0)], sensor="silicon",

@@ -14,7 +14,7 @@ from typing import Literal
 
 import numpy as np
 import shapely
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fastshower.geometry.hexlattice import HexLattice
 from fastshower.geometry.identity import length_quanta
@@ -35,26 +35,37 @@ MIN_CELL_AREA = 1e-3  # mm^2: clipped slivers smaller than this are dropped (loo
 class HGCalConfig(BaseModel):
     """HGCAL-like endcap. Lengths in mm, angles in degrees."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     region: Literal["roi", "full"] = "roi"
-    eta: float = 2.0
+    eta: float = Field(2.0, gt=0)
     phi_deg: float = 90.0
-    roi_radius: float = 150.0
+    roi_radius: float = Field(150.0, gt=0)
     endcaps: Literal["auto", "positive", "both"] = "auto"
-    z_front: float = 3210.5
-    z_ce_h: float = 3620.0
-    z_back: float = 5140.0
-    eta_min: float = 1.5
-    eta_max: float = 3.0
-    wafer_pitch: float = 167.4
-    cell_area_ld: float = 118.0
-    cell_area_hd: float = 52.0
-    eta_hd: float = 2.4
-    eta_200um: float = 2.1
-    tile_dphi_deg: float = 1.25
-    border_eta_first: float = 1.65
-    border_eta_last: float = 2.35
+    z_front: float = Field(3210.5, gt=0)
+    z_ce_h: float = Field(3620.0, gt=0)
+    z_back: float = Field(5140.0, gt=0)
+    eta_min: float = Field(1.5, gt=0)
+    eta_max: float = Field(3.0, gt=0)
+    wafer_pitch: float = Field(167.4, gt=0)
+    cell_area_ld: float = Field(118.0, gt=0)
+    cell_area_hd: float = Field(52.0, gt=0)
+    eta_hd: float = Field(2.4, gt=0)
+    eta_200um: float = Field(2.1, gt=0)
+    tile_dphi_deg: float = Field(1.25, gt=0, le=90)
+    border_eta_first: float = Field(1.65, gt=0)
+    border_eta_last: float = Field(2.35, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> HGCalConfig:
+        if not self.z_front < self.z_ce_h < self.z_back:
+            raise ValueError("need z_front < z_ce_h < z_back (mm)")
+        if not self.eta_min < self.eta_max:
+            raise ValueError("need eta_min < eta_max")
+        if self.region == "roi" and not self.eta_min <= self.eta <= self.eta_max:
+            raise ValueError(f"the region's eta {self.eta} lies outside the detector "
+                             f"({self.eta_min} to {self.eta_max})")
+        return self
 
     def both_endcaps(self) -> bool:
         return self.endcaps == "both" or (self.endcaps == "auto" and self.region == "full")

@@ -79,6 +79,8 @@ def decode_tensors(body: bytes, header_length: int | None) -> tuple[dict, dict]:
         request = json.loads(head)
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadRequest(f"the request is not valid JSON: {err}") from None
+    except RecursionError:
+        raise BadRequest("the request JSON is nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise BadRequest("the request needs an 'inputs' list")
     offset = 0 if header_length is None else header_length
@@ -169,6 +171,12 @@ class ShowerService:
         if (norm == 0).any():
             raise BadRequest("directions must not be zero vectors")
         direction = (direction / norm[:, None]).astype(np.float32)
+        missing = np.flatnonzero(self.generator.geom.entry_cells(position, direction) < 0)
+        if len(missing):
+            raise BadRequest(f"{len(missing)} primaries miss the calorimeter (shower "
+                             f"{missing[0]}: its straight line from position "
+                             f"{position[missing[0]].tolist()} mm along "
+                             f"{direction[missing[0]].tolist()} crosses no cell)")
         primaries = {"primary_energy": energy.astype(np.float64), "primary_dx": direction[:, 0],
                      "primary_dy": direction[:, 1], "primary_dz": direction[:, 2]}
         outside = outside_range(self.generator.side["ranges"], primaries)

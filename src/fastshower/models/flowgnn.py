@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 import torch
 import zuko
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 from torch_geometric.nn import MessagePassing
 
@@ -51,13 +51,13 @@ E_DEQUANT = 0.02  # MeV: uniform noise added to layer energies (well below half 
 class FlowGNNConfig(BaseModel):
     """Sizes of the two stages."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    flow_transforms: int = 4
-    flow_hidden: int = 64
-    flow_bins: int = 8
-    gnn_hidden: int = 32
-    gnn_layers: int = 3
+    flow_transforms: int = Field(4, gt=0)
+    flow_hidden: int = Field(64, gt=0)
+    flow_bins: int = Field(8, gt=1)
+    gnn_hidden: int = Field(32, gt=0)
+    gnn_layers: int = Field(3, gt=0)
 
 
 class LayerFlow(nn.Module):

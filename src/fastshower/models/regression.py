@@ -33,7 +33,7 @@ HIGH_LEVEL = ("e_em_gev", "e_had_gev", "eta_w", "phi_w")
 class RegressionConfig(BaseModel):
     """Architecture and training of the energy regression (saved in the run folder)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     conv: str = Field("gcn", pattern="^(gcn|edge|gravnet)$")
     hidden: int = Field(64, gt=0)
@@ -42,7 +42,7 @@ class RegressionConfig(BaseModel):
     batch_size: int = Field(64, gt=0)
     max_epochs: int = Field(60, gt=0)
     patience: int = Field(8, gt=0)
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 def em_layers(geom: Geometry) -> np.ndarray:

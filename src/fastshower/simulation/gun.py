@@ -11,13 +11,14 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from fastshower.errors import FastShowerError
 from fastshower.simhits import PARTICLES, eta_phi_direction
 
 
 class GunConfig(BaseModel):
     """What to shoot. Energies in GeV; angles in degrees; lengths in mm."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     particle: str = "e-"
     energy: list[float] = [10.0]
@@ -86,3 +87,17 @@ def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> dict[s
         "primary_dx": direction[:, 0], "primary_dy": direction[:, 1],
         "primary_dz": direction[:, 2],
     }
+
+
+def require_on_detector(geom, primaries: dict[str, np.ndarray]) -> None:
+    """Refuse primaries whose straight line misses the calorimeter (Geant4 or a model would
+    give empty showers). ``geom``: a fastshower.geometry.Geometry."""
+    position = np.stack([primaries[f"primary_{k}"] for k in "xyz"], -1)
+    direction = np.stack([primaries[f"primary_d{k}"] for k in "xyz"], -1)
+    missing = np.flatnonzero(geom.entry_cells(position, direction) < 0)
+    if len(missing):
+        i = missing[0]
+        raise FastShowerError(
+            f"{len(missing)} of {len(position)} primaries miss the calorimeter (e.g. from "
+            f"{np.round(position[i], 1).tolist()} mm along {np.round(direction[i], 4).tolist()}): "
+            "choose --eta/--phi (or --direction) that point into this geometry")

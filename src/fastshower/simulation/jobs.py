@@ -18,10 +18,12 @@ import traceback
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
+
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.progress import Tracker
-from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.gun import GunConfig, require_on_detector, sample_primaries
 from fastshower.simulation.runner import JobSpec, job_seed, run_job
 
 TIMING_KEYS = ("n", "cpu_seconds", "fast_showers", "fast_energy_mev")
@@ -82,6 +84,7 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     if scoring not in ("cells", "steps"):
         raise FastShowerError(f"--scoring must be cells or steps, not {scoring!r}")
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
+    require_on_detector(geom, sample_primaries(gun, 1000, np.random.default_rng(seed)))
     workers = min(jobs, os.cpu_count() or 1) if workers is None else workers
     if workers <= 0:
         raise FastShowerError(f"--workers must be positive, got {workers}")

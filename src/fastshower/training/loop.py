@@ -43,10 +43,10 @@ console = Console()
 class TrainConfig(BaseModel):
     """Everything that defines a training run (saved as RUN/config.yaml)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: str = "flowgnn"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     max_steps: int = Field(3000, gt=0)
     max_minutes: float = Field(110.0, gt=0)
     flow_batch: int = Field(256, gt=0)

@@ -4,12 +4,16 @@ RUN/config.yaml (the resolved configuration), RUN/environment.json (package vers
 commit, command line), RUN/history.jsonl (one line per validation), RUN/tensorboard/,
 RUN/checkpoints/last.pt (everything to resume; written atomically: a temporary file renamed
 over the old one), RUN/model.pt (the exported best model that ``generate`` loads).
+
+Model files hold tensors and plain data only and are read with ``torch.load(weights_only=True)``:
+a file whose unpickling would build other objects (and so could run code) is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
 import platform
 import subprocess
 import sys
@@ -60,6 +64,19 @@ def save_atomic(obj, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def load_weights(path: str | Path) -> dict:
+    """A torch file of tensors and plain data; anything that could run code is refused."""
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        raise FastShowerError(f"{path} was refused: it holds objects other than tensors and "
+                              "plain data, and loading it could run code "
+                              f"({str(err).splitlines()[-1][:200]})") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        raise FastShowerError(f"{path} is not a readable fastshower model file: "
+                              f"{str(err).splitlines()[0][:200]}") from None
+
+
 def read_history(run: str | Path) -> list[dict]:
     """A run folder's validation records (empty when there are none)."""
     f = Path(run) / "history.jsonl"
@@ -97,7 +114,7 @@ class RunFolder:
 
     def load(self, name: str = "last") -> dict | None:
         f = self.checkpoints / f"{name}.pt"
-        return torch.load(f, weights_only=False) if f.is_file() else None
+        return load_weights(f) if f.is_file() else None
 
     def save(self, state: dict, name: str = "last") -> None:
         save_atomic(state, self.checkpoints / f"{name}.pt")
@@ -121,7 +138,4 @@ def load_model_file(run: str | Path) -> dict:
     f = path / "model.pt" if path.is_dir() else path
     if not f.is_file():
         raise FastShowerError(f"no trained model at {f}: train one with `fastshower train`")
-    try:
-        return torch.load(f, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise FastShowerError(f"{f} is not a readable fastshower model: {err}") from None
+    return load_weights(f)

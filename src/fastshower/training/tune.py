@@ -17,19 +17,19 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from fastshower.errors import FastShowerError
 from fastshower.training.loop import TrainConfig, train
 
 
 class TuneConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     base: dict = {}
     space: dict[str, dict]
     objective: str = "sep_power_mean"
-    seed: int = 0
+    seed: int = Field(0, ge=0)
 
 
 def _set(config: dict, key: str, value) -> None:

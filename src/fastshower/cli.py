@@ -273,16 +273,15 @@ def simulate(
         raise FastShowerError(f"--em-option must be 0 or 1, not {em_option}")
     gun = make_gun(particle, energy, spectrum, eta, phi, direction, vertex_sigma)
     try:
-        console.print(describe_mode(physics, em_option))
+        mode = describe_mode(physics, em_option)
     except RuntimeError as err:
         raise FastShowerError(str(err)) from None
     fast = None if fast_model is None else {"model": str(fast_model), "backend": fast_backend,
                                              "min_energy_gev": fast_min_energy}
-    if fast is not None and fast_min_energy <= 0:
-        raise FastShowerError("--fast-min-energy must be positive (GeV)")
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
-                scheduler=scheduler, scoring=scoring, workers=workers)
+                scheduler=scheduler, scoring=scoring, workers=workers,
+                announce=lambda: console.print(mode))
     console.print(f"wrote {len(files)} file(s) to {out}")
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
@@ -71,7 +72,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
              seed: int = 1, physics: str = "auto", em_option: int = 0,
              force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
              fast: dict | None = None, scheduler: str | None = None,
-             scoring: str = "cells", workers: int | None = None) -> list[Path]:
+             scoring: str = "cells", workers: int | None = None,
+             announce: Callable[[], None] | None = None) -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
     ``fast`` ({"model", "backend", "min_energy_gev"}) makes it a hybrid production: showers
@@ -80,7 +82,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     instead of local processes; the files are the same. ``scoring``: 'cells' (C++, the
     default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING.
     ``workers``: processes at once (default: one per job, at most one per core); more jobs
-    than workers make smaller files, so a stopped production loses less when resumed."""
+    than workers make smaller files, so a stopped production loses less when resumed.
+    ``announce`` is called once every input has been checked, before anything is written."""
     if scoring not in ("cells", "steps"):
         raise FastShowerError(f"--scoring must be cells or steps, not {scoring!r}")
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
@@ -105,6 +108,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
         if not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest:
             raise FastShowerError(f"output folder {out} exists and holds something else; choose "
                                   "another --out, or pass --force to overwrite it")
+    if announce is not None:
+        announce()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest, indent=2))
     todo = [i for i, s in enumerate(specs) if force or not Path(s.out).is_file()]

@@ -61,7 +61,6 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     physics-level test: a generator should give the regression Geant4's response and
     resolution)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     ref, meta_r = read_sample(reference)
     gen, meta_g = read_sample(generated)
     geom = load(geometry)
@@ -70,6 +69,7 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     if len(ref) < 20 or len(gen) < 10:
         raise FastShowerError(f"too few showers to compare ({len(ref)} reference, {len(gen)} "
                               "generated): need at least 20 and 10")
+    out.mkdir(parents=True, exist_ok=True)
     hl_r, hl_g = high_level(ref, geom), high_level(gen, geom)
     binning = default_binning(geom, ref)
     low_r, low_g = (np.log1p(1e3 * voxelise(b, geom, binning, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,22 @@ def test_existing_output_is_not_overwritten(tmp_path):
     proc = fastshower("geometry", "build", "--out", str(out))
     assert proc.returncode == 2 and "--force" in proc.stdout
     assert out.read_text() == "precious"
+
+
+def test_progress_goes_to_a_log_as_lines_when_output_is_not_a_terminal(tmp_path):
+    from fastshower.models.pretrained import pretrained
+
+    env = {**os.environ, "FASTSHOWER_PROGRESS_SECONDS": "0"}
+    geometry = tmp_path / "g.h5"
+    assert fastshower("geometry", "build", "--out", str(geometry)).returncode == 0
+    proc = subprocess.run([sys.executable, "-m", "fastshower", "generate", "--run",
+                           str(pretrained("parametric")), "--particle", "gamma", "--energy",
+                           "10:100", "--eta", "1.99:2.01", "--n", "300", "--batch-size", "100",
+                           "--geometry", str(geometry), "--out", str(tmp_path / "p.root")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("generating (parametric)")]
+    assert [ln.split(": ")[1].split(" showers")[0] for ln in lines] == [
+        "0/300", "100/300", "200/300", "300/300"]
+    assert "showers/s" in lines[-1] and "ETA 0m00s" in lines[-1]
+    assert "\x1b[" not in proc.stdout  # no terminal control codes in a log

@@ -18,7 +18,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from fastshower.cluster import DaskPool, in_order
@@ -33,6 +32,7 @@ from fastshower.data.transform import (
 )
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
+from fastshower.progress import Tracker
 from fastshower.simhits import sample_files
 
 FORMAT = 3  # of the shards: 3 = GraphChunk .npz without cell-constant features
@@ -82,11 +82,8 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
     shards = {s: 0 for s in SPLITS}
     skipped = 0
     stats = Moments()
-    columns = [TextColumn("preprocessing"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.0f} showers/s"), TimeRemainingColumn()]
-    with Progress(*columns, disable=not show_progress) as bar, \
+    with Tracker("preprocessing", sum(sizes), enabled=show_progress) as bar, \
             (DaskPool(scheduler, workers) if scheduler else _pool(workers)) as pool:
-        progress = bar.add_task("pre", total=sum(sizes), rate=0.0)
         results = (pool.imap(transform_file_range, tasks) if pool is not None
                    else map(transform_file_range, tasks))
         for task, (written, bad) in zip(tasks, results, strict=True):
@@ -96,8 +93,7 @@ def preprocess(inputs: str | Path, geometry: str | Path, out: str | Path,
                 if moments is not None:
                     stats.merge(moments)
             skipped += bad
-            bar.update(progress, advance=task[4] - task[3],
-                       rate=bar.tasks[0].completed / max(bar.tasks[0].elapsed or 1e-9, 1e-9))
+            bar.update(advance=task[4] - task[3])
     if skipped:
         bar.console.print(f"[yellow]left out {skipped} bad shower(s) (NaN/negative energy or "
                           "cell id outside the geometry); counted in the manifest")

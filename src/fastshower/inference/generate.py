@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.flowgnn import FlowGNN
 from fastshower.models.parametric import ParametricShower
+from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch, SimHitWriter
 from fastshower.training.runs import load_model_file
 
@@ -90,16 +90,12 @@ def generate_file(generator, primaries: dict[str, np.ndarray], out: str | Path,
     if outside:
         log.warning("extrapolating: %s", "; ".join(outside))
     writer = SimHitWriter(out, {**generator.metadata(seed), "extrapolation": outside})
-    columns = [TextColumn(f"generating ({generator.name})"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[rate]:.0f} showers/s"), TimeRemainingColumn()]
     try:
-        with Progress(*columns, disable=not show_progress) as bar:
-            task = bar.add_task("gen", total=n, rate=0.0)
+        with Tracker(f"generating ({generator.name})", n, enabled=show_progress) as bar:
             for k, lo in enumerate(range(0, n, batch_size)):
                 part = {key: v[lo:lo + batch_size] for key, v in primaries.items()}
                 writer.write(generator.generate(part, seed=seed * 100_003 + k))
-                bar.advance(task, len(part["primary_energy"]))
-                bar.update(task, rate=bar.tasks[0].completed / max(bar.tasks[0].elapsed, 1e-9))
+                bar.update(advance=len(part["primary_energy"]))
     except BaseException:
         writer.abort()
         raise

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from fastshower.data.splits import read_split
 from fastshower.errors import FastShowerError
@@ -29,6 +28,7 @@ from fastshower.geometry import Geometry, load
 from fastshower.models.flowgnn import FlowGNN, FlowGNNConfig, TrainingData, fit_norms
 from fastshower.models.parametric import ParametricShower
 from fastshower.models.showers import PARTICLE_OF_PDG
+from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch
 from fastshower.training import distributed
 from fastshower.training.distributed import SINGLE, Dist
@@ -223,12 +223,10 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
               if ranks.main else None)
     record, started = {}, time.time() - elapsed
     stop = min(bad.values()) >= cfg.patience
-    columns = [TextColumn("training flowgnn"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.3f}  val {task.fields[val]}"),
-               TimeRemainingColumn()]
     model.train()
-    with Progress(*columns, disable=not (show_progress and ranks.main), console=console) as bar:
-        task = bar.add_task("train", total=cfg.max_steps, completed=step, loss=0.0, val="-")
+    with Tracker("training flowgnn", cfg.max_steps, unit="steps", completed=step,
+                 enabled=show_progress and ranks.main, console=console, loss="-",
+                 val="-") as bar:
         while step < cfg.max_steps and not stop:
             rng = np.random.default_rng([cfg.seed, step])
             torch.manual_seed(cfg.seed * 1_000_003 + step)
@@ -242,7 +240,7 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
             if step % 10 == 0 and ranks.main:
                 for k, v in losses.items():
                     writer.add_scalar(f"train/{k}", v.item(), step)
-            bar.update(task, completed=step, loss=losses["loss"].item())
+            bar.update(completed=step, loss=f"{losses['loss'].item():.3f}")
             out_of_time = ranks.agree(time.time() - started > 60 * cfg.max_minutes)
             if step % cfg.val_every and step < cfg.max_steps and not out_of_time:
                 continue
@@ -275,7 +273,7 @@ def _train_flowgnn(run: RunFolder, train_set, val_set, geom, cfg: TrainConfig,
                       "scheduler": sched.state_dict(), "step": step, "best": best, "bad": bad,
                       "best_state": best_state, "elapsed": time.time() - started,
                       "norms": norms})
-            bar.update(task, val=f"{record['val_loss']:.3f} sep {record['sep_power_mean']:.3f}")
+            bar.update(val=f"{record['val_loss']:.3f} sep {record['sep_power_mean']:.3f}")
             console.print(f"step {step}: val loss flow {record['val_flow_nll']:.4f}, cells "
                           f"{record['val_cell_bce']:.4f} + 0.1 x {record['val_cell_nll']:.4f} "
                           f"(improved: {', '.join(improved) or 'none'}); separation power mean "

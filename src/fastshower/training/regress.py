@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
@@ -35,6 +34,7 @@ from fastshower.models.regression import (
     relative_error,
     response_resolution,
 )
+from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch
 from fastshower.training import distributed
 from fastshower.training.distributed import Dist
@@ -111,14 +111,12 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
         if ranks.main:
             run.truncate_history(epoch)
             console.print(f"resuming {run.path} after epoch {epoch}")
-    columns = [TextColumn(f"training energy regression ({cfg.conv}"
-                          f"{' + high-level' if cfg.high_level else ''})"), BarColumn(),
-               MofNCompleteColumn(), TextColumn("val |1 - E/E_true| {task.fields[val]}")]
     e_val = np.concatenate([g.e_true.numpy() for g in va])
     try:
-        with Progress(*columns, disable=not (show_progress and ranks.main),
-                      console=console) as bar:
-            task = bar.add_task("reg", total=cfg.max_epochs, completed=epoch, val="-")
+        what = f"training energy regression ({cfg.conv}{' + high-level' * cfg.high_level})"
+        with Tracker(what, cfg.max_epochs, unit="epochs", completed=epoch,
+                     enabled=show_progress and ranks.main, console=console,
+                     val_rel_error="-") as bar:
             while ranks.agree(epoch < cfg.max_epochs and bad < cfg.patience):
                 start = time.time()
                 net.train()
@@ -150,7 +148,7 @@ def train(cache: str | Path, geometry: str | Path, out: str | Path, cfg: Regress
                 run.log(record)
                 run.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "epoch": epoch, "best": best, "bad": bad})
-                bar.update(task, completed=epoch, val=f"{val:.4f}")
+                bar.update(completed=epoch, val_rel_error=f"{val:.4f}")
     finally:
         del net  # DDP's destructor talks to the process group: it goes first
         distributed.stop()

@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from fastshower.errors import FastShowerError
+from fastshower.progress import Tracker
 from fastshower.training.loop import TrainConfig, train
 
 
@@ -90,7 +91,14 @@ def tune(tune_cfg: TuneConfig, data: str, geometry: str | Path, out: str | Path,
                        show_progress=False, on_validation=report)
         return record[tune_cfg.objective]
 
-    study.optimize(objective, n_trials=trials)
+    def progress(study_, trial) -> None:
+        best = (f"{study_.best_value:.4f}" if any(
+            t.state == optuna.trial.TrialState.COMPLETE for t in study_.trials) else "-")
+        bar.update(advance=1, best=best, pruned=sum(
+            t.state == optuna.trial.TrialState.PRUNED for t in study_.trials))
+
+    with Tracker("tuning", trials, unit="trials", best="-", pruned=0) as bar:
+        study.optimize(objective, n_trials=trials, callbacks=[progress])
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         raise FastShowerError("no trial completed; see the trial folders in " + str(out))

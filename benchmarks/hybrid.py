@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from fastshower.cli import make_gun
+from fastshower.inference.g4hook import fast_spec
 from fastshower.simulation.jobs import simulate
 from fastshower.validation.report import validate
 
@@ -51,7 +52,7 @@ def main() -> None:
     out = Path(args.out)
     spectrum = args.spectrum if ":" in args.energy else None
     gun = make_gun(args.particle, args.energy, spectrum, args.eta, args.phi, None, "0,0,0")
-    fast = {"model": args.model, "backend": args.backend, "min_energy_gev": args.min_energy}
+    fast = fast_spec(args.model, args.backend, args.min_energy)
     for name, fast_cfg in (("full", None), ("hybrid", fast)):
         if (out / name).exists() and not (out / name / "production.json").exists():
             shutil.rmtree(out / name)

@@ -12,8 +12,8 @@ import torch
 from fastshower import cli
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
+from fastshower.models.files import load_model_file
 from fastshower.models.pretrained import pretrained
-from fastshower.training.runs import load_model_file
 
 
 class Payload:

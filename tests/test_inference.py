@@ -19,6 +19,7 @@ import torch
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
+from fastshower.inference.g4hook import fast_spec
 from fastshower.inference.generate import Generator, load_generator
 from fastshower.inference.onnx import OnnxGenerator, export_model, noise_inputs, primaries_inputs
 from fastshower.inference.sampler import FlowGNNSampler
@@ -263,7 +264,7 @@ def test_hybrid_geant4_run_hands_calorimeter_showers_to_the_model(exported):
 
     geom, gpath, _, folder, tmp = exported
     gun = GunConfig(particle="gamma", energy=[20.0], eta=(1.995, 2.005), phi_deg=(89.9, 90.1))
-    fast = {"model": str(pretrained("flowgnn")), "backend": "torch", "min_energy_gev": 1.0}
+    fast = fast_spec(pretrained("flowgnn"))
     runs = {"full": None, "torch": fast, "onnx": {**fast, "model": str(folder), "backend": "onnx"},
             "none": {**fast, "min_energy_gev": 50.0}}
     response, handed = {}, {}

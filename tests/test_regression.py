@@ -20,7 +20,7 @@ from fastshower.models.regression import EnergyGNN, RegressionConfig, em_layers,
 from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
-from fastshower.training.regress import read_cache_split, regress_showers
+from fastshower.training.regress import RegressionRun, read_cache_split, regress_showers
 from fastshower.validation.report import validate
 
 
@@ -86,7 +86,8 @@ def test_regress_train_evaluate_and_validation_use(cache):
         assert abs(r["response"] - 1) < 0.15 and r["mean_relative_error"] < 0.15, (name, r)
     assert (tmp / "eval" / "regression.png").stat().st_size > 20000
     # in the validation report: the same Geant4 sample on both sides gives the same numbers
-    m = validate(tmp / "gamma", tmp / "gamma", gpath, tmp / "val", regressor=runs[0])
+    m = validate(tmp / "gamma", tmp / "gamma", gpath, tmp / "val",
+                 regressor=RegressionRun(runs[0], geom))
     r = m["regression"]
     assert r["reference"]["response"] == pytest.approx(r["generated"]["response"])
     assert abs(r["reference"]["response"] - 1) < 0.15

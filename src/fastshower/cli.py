@@ -276,8 +276,11 @@ def simulate(
         mode = describe_mode(physics, em_option)
     except RuntimeError as err:
         raise FastShowerError(str(err)) from None
-    fast = None if fast_model is None else {"model": str(fast_model), "backend": fast_backend,
-                                             "min_energy_gev": fast_min_energy}
+    fast = None
+    if fast_model is not None:
+        from fastshower.inference.g4hook import fast_spec
+
+        fast = fast_spec(fast_model, fast_backend, fast_min_energy)
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
                 scheduler=scheduler, scoring=scoring, workers=workers,
@@ -332,6 +335,11 @@ def validate(
     """Compare two sim-hit samples: metrics.json and a self-contained HTML report."""
     from fastshower.validation.report import validate as run
 
+    if regressor is not None:
+        from fastshower.geometry import load
+        from fastshower.training.regress import RegressionRun
+
+        regressor = RegressionRun(regressor, load(geometry))
     with console.status("comparing samples"):
         m = run(reference, generated, geometry, out, seed=seed, regressor=regressor)
     console.print(f"classifier AUC {m['generated']['classifier']['auc']:.3f} (floor "
@@ -592,6 +600,7 @@ def demo(
 
     from fastshower.geometry import build_geometry, save
     from fastshower.geometry.plot import border_layer, plot_layer
+    from fastshower.inference.g4hook import fast_spec
     from fastshower.inference.generate import Generator, generate_file
     from fastshower.models.pretrained import pretrained
     from fastshower.simhits import read_sample
@@ -642,8 +651,7 @@ def demo(
     # calorimeter handed to FlowGNN, against the same events fully simulated
     events = max(n // 4, 20)
     times, response = {}, {}
-    for name, fast in (("full", None), ("hybrid", {"model": str(pretrained("flowgnn")),
-                                                   "backend": "torch", "min_energy_gev": 1.0})):
+    for name, fast in (("full", None), ("hybrid", fast_spec(pretrained("flowgnn")))):
         folder = out / f"events_{name}"
         run(geometry_file, make_gun("gamma", "10:100", "log-uniform", "1.99:2.01", "89.5:90.5",
                                     None, "0,0,0"),

@@ -17,10 +17,29 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
+from fastshower.geometry import Geometry
+from fastshower.inference.generate import load_generator
 from fastshower.models.showers import PARTICLE_OF_PDG
 from fastshower.simhits import PARTICLES
 
 POSITRON, ELECTRON = -11, 11
+
+
+def fast_spec(model: str, backend: str = "torch", min_energy_gev: float = 1.0) -> dict:
+    """What `simulate(fast=...)` takes for a hybrid run: the model and the factory of its hook,
+    named as "module:function" so that Geant4 jobs in other processes build it themselves
+    (the simulation stage never imports inference)."""
+    return {"model": str(model), "backend": backend, "min_energy_gev": float(min_energy_gev),
+            "hook": f"{__name__}:make_hook"}
+
+
+def make_hook(fast: dict, geom: Geometry) -> FastShowerHook:
+    """The hook of a hybrid Geant4 job: the model on one core, as Geant4."""
+    import torch
+
+    torch.set_num_threads(1)
+    generator = load_generator(fast["model"], geom, fast.get("backend", "torch"))
+    return FastShowerHook(generator, fast.get("min_energy_gev", 1.0) * 1e3)
 
 
 class FastShowerHook:

@@ -14,11 +14,11 @@ import torch
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
+from fastshower.models.files import load_model_file
 from fastshower.models.flowgnn import FlowGNN
 from fastshower.models.parametric import ParametricShower
 from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch, SimHitWriter
-from fastshower.training.runs import load_model_file
 
 log = logging.getLogger(__name__)
 

@@ -28,9 +28,9 @@ import yaml
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
+from fastshower.models.files import read_history
 from fastshower.models.showers import outside_range, particle_index, to_batch
 from fastshower.simhits import PARTICLES, ShowerBatch, eta_phi_direction
-from fastshower.training.runs import read_history
 
 INPUTS = ("energy", "position", "direction", "particle", "z", "gumbel", "normal")
 OUTPUTS = ("hit_shower", "hit_cell", "hit_energy")

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fastshower.geometry.showers import layer_z
 from fastshower.models.flowgnn import CENTRE_SCALE, OFFSET_SCALE, FlowGNN
-from fastshower.models.showers import layer_z
 
 PAD_SCORE = -1.0e4  # Gumbel score of padded slots: never among the top N
 

@@ -31,9 +31,9 @@ from torch_geometric.nn import MessagePassing
 from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
+from fastshower.geometry.showers import axis_points, centroid_depth, depth_x0
 from fastshower.models.showers import (
     THRESHOLD_MIP,
-    axis_points,
     layer_summary,
     outside_range,
     particle_index,
@@ -41,7 +41,6 @@ from fastshower.models.showers import (
     to_batch,
 )
 from fastshower.simhits import ShowerBatch, direction_eta_phi
-from fastshower.validation.observables import centroid_depth, depth_x0
 
 CENTRE_SCALE = 5.0  # mm
 OFFSET_SCALE = 30.0  # mm

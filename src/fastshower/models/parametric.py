@@ -20,16 +20,15 @@ import numpy as np
 from scipy import optimize, special
 
 from fastshower.geometry import Geometry
+from fastshower.geometry.showers import axis_offsets, axis_points, dedx_weights, depth_x0
 from fastshower.models.showers import (
     PARTICLE_OF_PDG,
-    axis_points,
     layer_summary,
     particle_index,
     shower_centre,
     to_batch,
 )
 from fastshower.simhits import ShowerBatch
-from fastshower.validation.observables import axis_offsets, dedx_weights, depth_x0
 
 N_ENERGY_BINS = 5
 TAU_EDGES = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 1e3])

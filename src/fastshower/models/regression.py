@@ -173,20 +173,3 @@ def linear_fit(hl: np.ndarray, e_true: np.ndarray) -> np.ndarray:
     coef, *_ = np.linalg.lstsq(hl[:, :2], e_true, rcond=None)
     return coef
 
-
-def response_resolution(e_pred: np.ndarray, e_true: np.ndarray, edges: np.ndarray) -> dict:
-    """Per energy bin: mean response E_pred / E_true and resolution, the response's standard
-    deviation over its mean (and a robust one: half the 16-84 % range over the median)."""
-    ratio = e_pred / e_true
-    rows = []
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        r = ratio[(e_true >= lo) & (e_true < hi)]
-        if len(r) < 5:
-            continue
-        q16, q50, q84 = np.percentile(r, [16, 50, 84])
-        rows.append({"e_min_gev": float(lo), "e_max_gev": float(hi), "n": int(len(r)),
-                     "response": float(r.mean()), "resolution": float(r.std() / r.mean()),
-                     "resolution_robust": float((q84 - q16) / 2 / q50)})
-    return {"bins": rows, "response": float(ratio.mean()),
-            "resolution": float(ratio.std() / ratio.mean()),
-            "mean_relative_error": float(np.abs(1 - ratio).mean())}

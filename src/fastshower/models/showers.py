@@ -13,25 +13,12 @@ import numpy as np
 from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
+from fastshower.geometry.showers import axis_offsets
 from fastshower.simhits import PARTICLES, ShowerBatch, direction_eta_phi
-from fastshower.validation.observables import axis_offsets
 
 THRESHOLD_MIP = 0.5
 C_MM_PER_NS = 299.792458
 PARTICLE_OF_PDG = {pdg: name for name, pdg in PARTICLES.items()}
-
-
-def layer_z(geom: Geometry) -> np.ndarray:
-    """(L,) z of every layer's sensor plane in mm."""
-    return np.array([lay.z for lay in geom.layers])
-
-
-def axis_points(primaries: dict[str, np.ndarray], geom: Geometry) -> np.ndarray:
-    """(n, L, 2) x, y (mm) where each primary's straight line crosses each layer's plane."""
-    p = primaries
-    steps = (layer_z(geom)[None, :] - p["primary_z"][:, None]) / p["primary_dz"][:, None]
-    return np.stack([p["primary_x"][:, None] + steps * p["primary_dx"][:, None],
-                     p["primary_y"][:, None] + steps * p["primary_dy"][:, None]], -1)
 
 
 def layer_summary(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:

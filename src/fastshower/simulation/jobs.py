@@ -25,7 +25,7 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.progress import Tracker
 from fastshower.simulation.gun import GunConfig, require_on_detector, sample_primaries
-from fastshower.simulation.runner import JobSpec, job_seed, run_job
+from fastshower.simulation.runner import JobSpec, fast_hook, job_seed, run_job
 
 TIMING_KEYS = ("n", "cpu_seconds", "fast_showers", "fast_energy_mev")
 
@@ -76,8 +76,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
              announce: Callable[[], None] | None = None) -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
-    ``fast`` ({"model", "backend", "min_energy_gev"}) makes it a hybrid production: showers
-    of e+-/gamma reaching the calorimeter come from that model (inference.g4hook).
+    ``fast`` (inference.g4hook.fast_spec) makes it a hybrid production: showers of e+-/gamma
+    reaching the calorimeter come from that model.
     ``scheduler``: run the jobs on a Dask cluster ('local' or an address; fastshower.cluster)
     instead of local processes; the files are the same. ``scoring``: 'cells' (C++, the
     default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING.
@@ -94,9 +94,7 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     if upstream_x0 < 0:
         raise FastShowerError(f"--upstream-x0 must not be negative, got {upstream_x0}")
     if fast is not None:  # a missing or mismatched model fails here, not in every job
-        from fastshower.inference.generate import load_generator
-
-        load_generator(fast["model"], geom, fast.get("backend", "torch"))
+        fast_hook(fast, geom)
     out = Path(out)
     specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option, upstream_x0, fast,
                  scoring)

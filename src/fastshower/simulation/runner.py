@@ -6,6 +6,7 @@ A Geant4 run manager lives once per process, so every job runs in a process of i
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ import awkward as ak
 import numpy as np
 
 from fastshower import __version__
+from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.simhits import ShowerBatch, SimHitWriter
 from fastshower.simulation.g4data import cleanup, setup_data, write_em_tables
@@ -42,13 +44,26 @@ class JobSpec:
     chunk: int = 50
     leakage: bool = False
     upstream_x0: float = 0.0  # silicon in front of the calorimeter (radiation lengths)
-    fast: dict | None = None  # hybrid mode: {"model", "backend", "min_energy_gev"}
+    fast: dict | None = None  # hybrid mode: see fast_hook
     meta: dict = field(default_factory=dict)
 
 
 def job_seed(seed: int, job: int) -> int:
     """Independent, reproducible seed of job ``job`` in a production with seed ``seed``."""
     return int(np.random.SeedSequence(seed, spawn_key=(job,)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def fast_hook(fast: dict, geom):
+    """The ML hook of a hybrid run, built by the factory ``fast["hook"]`` ("module:function",
+    called as factory(fast, geom); e.g. inference.g4hook.make_hook from inference.g4hook.
+    fast_spec). Handing the factory in keeps simulation below inference in the layering."""
+    module, _, name = str(fast.get("hook", "")).partition(":")
+    try:
+        factory = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):
+        raise FastShowerError(f"hybrid run: no fast-simulation hook factory {fast.get('hook')!r}"
+                              ) from None
+    return factory(fast, geom)
 
 
 def _start(spec: JobSpec) -> SimpleNamespace:
@@ -63,15 +78,8 @@ def _start(spec: JobSpec) -> SimpleNamespace:
     g4.HepRandom.setTheSeed(spec.seed)
     run = g4.G4RunManagerFactory.CreateRunManager(g4.G4RunManagerType.Serial)
     hook = entry = None
-    if spec.fast is not None:  # the one place simulation reaches into inference: hybrid runs
-        import torch
-
-        from fastshower.inference.g4hook import FastShowerHook
-        from fastshower.inference.generate import load_generator
-
-        torch.set_num_threads(1)  # one core, as Geant4
-        generator = load_generator(spec.fast["model"], geom, spec.fast.get("backend", "torch"))
-        hook = FastShowerHook(generator, spec.fast.get("min_energy_gev", 1.0) * 1e3)
+    if spec.fast is not None:  # hybrid run: the caller named the factory of its ML hook
+        hook = fast_hook(spec.fast, geom)
         entry = g4app.ShowerEntry("entry", hook.accept)
     detector = g4app.Detector(geom, scoring=spec.scoring, upstream_x0=spec.upstream_x0,
                               entry=entry)

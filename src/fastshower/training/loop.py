@@ -25,6 +25,7 @@ from rich.console import Console
 from fastshower.data.splits import read_split
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry, load
+from fastshower.models.files import save_atomic
 from fastshower.models.flowgnn import FlowGNN, FlowGNNConfig, TrainingData, fit_norms
 from fastshower.models.parametric import ParametricShower
 from fastshower.models.showers import PARTICLE_OF_PDG
@@ -32,7 +33,7 @@ from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch
 from fastshower.training import distributed
 from fastshower.training.distributed import SINGLE, Dist
-from fastshower.training.runs import RunFolder, save_atomic
+from fastshower.training.runs import RunFolder
 from fastshower.validation.metrics import compare, frechet_distance, standardise
 from fastshower.validation.observables import high_level
 

@@ -24,6 +24,7 @@ from fastshower.data.graphs import Scaler, to_batch, to_data_list
 from fastshower.data.transform import GraphChunk, TransformConfig, to_chunk
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry, load
+from fastshower.models.files import load_model_file, read_history, save_atomic
 from fastshower.models.regression import (
     EnergyGNN,
     HighLevelDNN,
@@ -32,13 +33,13 @@ from fastshower.models.regression import (
     high_level,
     linear_fit,
     relative_error,
-    response_resolution,
 )
 from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch
 from fastshower.training import distributed
 from fastshower.training.distributed import Dist
-from fastshower.training.runs import RunFolder, load_model_file, read_history, save_atomic
+from fastshower.training.runs import RunFolder
+from fastshower.validation.metrics import response_resolution
 
 console = Console()
 
@@ -167,12 +168,24 @@ def load_regressor(run: str | Path, geom: Geometry) -> tuple[EnergyGNN, dict]:
     return model.eval(), saved
 
 
+class RegressionRun:
+    """A trained regression bound to its geometry, as the validation report takes it:
+    ``RegressionRun(run, geom)(batch)`` -> predicted energies in GeV."""
+
+    def __init__(self, run: str | Path, geom: Geometry):
+        self.source, self.geom = str(run), geom
+        self.model, self.saved = load_regressor(run, geom)
+
+    def __call__(self, batch: ShowerBatch) -> np.ndarray:
+        chunk = to_chunk(batch, self.geom, TransformConfig(**self.saved["transform"]))
+        return predict(self.model, attach(chunk, Scaler.from_dict(self.saved["scaler"]),
+                                          em_layers(self.geom)))
+
+
 def regress_showers(run: str | Path, batch: ShowerBatch, geom: Geometry) -> np.ndarray:
     """A trained regression applied to any sim-hit showers (Geant4's or a generator's):
     predicted energies in GeV, with the run's own hit selection and scaling."""
-    model, saved = load_regressor(run, geom)
-    chunk = to_chunk(batch, geom, TransformConfig(**saved["transform"]))
-    return predict(model, attach(chunk, Scaler.from_dict(saved["scaler"]), em_layers(geom)))
+    return RegressionRun(run, geom)(batch)
 
 
 def _fit_dnn(tr, va, seed: int, epochs: int = 1000) -> HighLevelDNN:

@@ -5,15 +5,13 @@ commit, command line), RUN/history.jsonl (one line per validation), RUN/tensorbo
 RUN/checkpoints/last.pt (everything to resume; written atomically: a temporary file renamed
 over the old one), RUN/model.pt (the exported best model that ``generate`` loads).
 
-Model files hold tensors and plain data only and are read with ``torch.load(weights_only=True)``:
-a file whose unpickling would build other objects (and so could run code) is refused.
+Model files are written and read by fastshower.models.files (tensors and plain data only).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pickle
 import platform
 import subprocess
 import sys
@@ -21,10 +19,10 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-import torch
 import yaml
 
 from fastshower.errors import FastShowerError
+from fastshower.models.files import load_weights, read_history, save_atomic
 
 PACKAGES = ("fastshower", "torch", "torch_geometric", "zuko", "numpy", "scipy", "uproot",
             "awkward", "geant4_pybind")
@@ -56,31 +54,10 @@ def environment() -> dict:
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temporary name, then rename: a crash never leaves half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
-def load_weights(path: str | Path) -> dict:
-    """A torch file of tensors and plain data; anything that could run code is refused."""
-    try:
-        return torch.load(path, weights_only=True, map_location="cpu")
-    except pickle.UnpicklingError as err:
-        raise FastShowerError(f"{path} was refused: it holds objects other than tensors and "
-                              "plain data, and loading it could run code "
-                              f"({str(err).splitlines()[-1][:200]})") from None
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise FastShowerError(f"{path} is not a readable fastshower model file: "
-                              f"{str(err).splitlines()[0][:200]}") from None
 
 
-def read_history(run: str | Path) -> list[dict]:
-    """A run folder's validation records (empty when there are none)."""
-    f = Path(run) / "history.jsonl"
-    return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
 
 
 class RunFolder:
@@ -131,11 +108,3 @@ class RunFolder:
         kept = [r for r in self.history() if r["step"] <= step]
         (self.path / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
 
-
-def load_model_file(run: str | Path) -> dict:
-    """The exported model of a run folder (or a model.pt file), with a clear error."""
-    path = Path(run)
-    f = path / "model.pt" if path.is_dir() else path
-    if not f.is_file():
-        raise FastShowerError(f"no trained model at {f}: train one with `fastshower train`")
-    return load_weights(f)

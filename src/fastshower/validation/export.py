@@ -20,8 +20,8 @@ import numpy as np
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
+from fastshower.geometry.showers import axis_offsets, dedx_weights
 from fastshower.simhits import ShowerBatch
-from fastshower.validation.observables import axis_offsets, dedx_weights
 
 PARTICLE_NAMES = {11: "electron", -11: "electron", 22: "photon", 211: "pion", -211: "pion"}
 DEFAULT_R_EDGES = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 110.0, 150.0)  # mm

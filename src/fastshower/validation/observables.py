@@ -11,7 +11,7 @@ import awkward as ak
 import numpy as np
 
 from fastshower.geometry import Geometry
-from fastshower.geometry.materials import material
+from fastshower.geometry.showers import axis_offsets, centroid_depth, dedx_weights, depth_x0
 from fastshower.simhits import ShowerBatch
 
 MIP_SI_300UM = 0.0845  # MeV: most probable deposit of a MIP crossing 300 um of silicon
@@ -32,21 +32,8 @@ def layer_energies(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
     return out
 
 
-def depth_x0(geom: Geometry) -> np.ndarray:
-    """Depth of each layer's sensor in radiation lengths."""
-    return np.array([lay.depth_x0 for lay in geom.layers])
 
 
-def dedx_weights(geom: Geometry) -> np.ndarray:
-    """Per-cell calibration weight: MIP energy loss in the absorbers in front of the cell's layer
-    over the MIP energy loss in the cell's own sensor (the dE/dx method of HGCAL), plus one.
-
-    Summing cell energy times weight estimates the energy deposited in the whole calorimeter,
-    so that layers behind thicker absorbers count more.
-    """
-    absorber = np.array([sum(t * material(m).mip_mev_per_mm for m, t in lay.absorbers)
-                         for lay in geom.layers])
-    return absorber[geom.cells["layer"]] / geom.mip_energy + 1.0
 
 
 def weighted_energy(batch: ShowerBatch, weights: np.ndarray) -> np.ndarray:
@@ -55,9 +42,6 @@ def weighted_energy(batch: ShowerBatch, weights: np.ndarray) -> np.ndarray:
     return np.bincount(event, weights=energy * weights[ids], minlength=len(batch))
 
 
-def centroid_depth(profile: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """Energy-weighted mean depth per shower (X0): tracks the shower maximum."""
-    return profile @ depth / np.maximum(profile.sum(axis=1), 1e-12)
 
 
 def start_layer(profile: np.ndarray, threshold: float = 5 * MIP_SI_300UM) -> np.ndarray:
@@ -66,16 +50,6 @@ def start_layer(profile: np.ndarray, threshold: float = 5 * MIP_SI_300UM) -> np.
     return np.where(above.any(axis=1), above.argmax(axis=1), -1)
 
 
-def axis_offsets(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, ...]:
-    """(shower index, cell id, energy, dx, dy) of every hit, with (dx, dy) the cell centre's
-    offset in mm from the shower axis in the cell's layer plane."""
-    event, ids, energy = batch.flat()
-    p = batch.primaries
-    c = geom.cells
-    steps = (c["z"][ids] - p["primary_z"][event]) / p["primary_dz"][event]
-    dx = c["x"][ids] - (p["primary_x"][event] + steps * p["primary_dx"][event])
-    dy = c["y"][ids] - (p["primary_y"][event] + steps * p["primary_dy"][event])
-    return event, ids, energy, dx, dy
 
 
 def radial_profile(batch: ShowerBatch, geom: Geometry,

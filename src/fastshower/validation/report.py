@@ -10,6 +10,7 @@ import base64
 import html
 import json
 from pathlib import Path
+from typing import Protocol
 
 import awkward as ak
 import matplotlib.pyplot as plt
@@ -18,10 +19,14 @@ import numpy as np
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
-from fastshower.simhits import read_sample
+from fastshower.simhits import ShowerBatch, read_sample
 from fastshower.validation.display import plot_shower
 from fastshower.validation.export import default_binning, voxelise
-from fastshower.validation.metrics import compare_in_energy_bins, compare_with_floor
+from fastshower.validation.metrics import (
+    compare_in_energy_bins,
+    compare_with_floor,
+    response_resolution,
+)
 from fastshower.validation.observables import (
     RADIAL_EDGES,
     depth_x0,
@@ -55,7 +60,7 @@ def _png(fig, path: Path) -> str:
 
 
 def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
-             out: str | Path, seed: int = 0, regressor: str | Path | None = None) -> dict:
+             out: str | Path, seed: int = 0, regressor: Regressor | None = None) -> dict:
     """Compare ``generated`` with ``reference``; writes OUT/metrics.json and OUT/report.html.
     ``regressor``: an energy-regression run trained on Geant4, applied to both samples (a
     physics-level test: a generator should give the regression Geant4's response and
@@ -78,7 +83,7 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     metrics["energy_bins"] = compare_in_energy_bins(
         hl_r, hl_g, ref.primaries["primary_energy"], gen.primaries["primary_energy"], seed=seed)
     if regressor is not None:
-        metrics["regression"] = regression_check(regressor, ref, gen, geom)
+        metrics["regression"] = regression_check(regressor, ref, gen)
     metrics.update({"reference_path": str(reference), "generated_path": str(generated),
                     "n_reference": len(ref), "n_generated_total": len(gen),
                     "geometry_hash": geom.hash, "fastshower_version": __version__,
@@ -111,17 +116,24 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     return metrics
 
 
-def regression_check(run, ref, gen, geom, n_bins: int = 4) -> dict:
-    """Response and resolution of a regression run on reference and generated showers."""
-    from fastshower.models.regression import response_resolution
-    from fastshower.training.regress import regress_showers
+class Regressor(Protocol):
+    """An energy regression handed to the report (training.regress.RegressionRun is one):
+    predicted energies (GeV) of a batch of showers; ``source`` names it in the report."""
 
+    source: str
+
+    def __call__(self, batch: ShowerBatch) -> np.ndarray: ...
+
+
+def regression_check(regressor: Regressor, ref: ShowerBatch, gen: ShowerBatch,
+                     n_bins: int = 4) -> dict:
+    """Response and resolution of a regression on reference and generated showers."""
     e_r, e_g = (b.primaries["primary_energy"] / 1e3 for b in (ref, gen))
     edges = np.geomspace(min(e_r.min(), e_g.min()), max(e_r.max(), e_g.max()) * 1.0001,
                          n_bins + 1)
-    return {"run": str(run),
-            "reference": response_resolution(regress_showers(run, ref, geom), e_r, edges),
-            "generated": response_resolution(regress_showers(run, gen, geom), e_g, edges)}
+    return {"run": regressor.source,
+            "reference": response_resolution(regressor(ref), e_r, edges),
+            "generated": response_resolution(regressor(gen), e_g, edges)}
 
 
 def _regression_table(r: dict | None) -> str:

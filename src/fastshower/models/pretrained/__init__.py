@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastshower.errors import FastShowerError
-from fastshower.training.runs import load_model_file, save_atomic
+from fastshower.models.files import load_model_file, save_atomic
 
 FOLDER = Path(__file__).parent
 

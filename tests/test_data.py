@@ -157,7 +157,7 @@ def test_bad_input_names_the_file_and_shower(sample, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["skipped_showers"] == 2 and sum(manifest["counts"].values()) == len(batch) - 2
     kept = read_split(folder, "train").cond[:, 0]
-    log_e = np.log(batch.primaries["primary_energy"] / 1e3)
+    log_e = np.log(batch.primaries.energy_mev / 1e3)
     gap = np.abs(kept[None, :] - log_e[:, None]).min(1)  # to the nearest kept shower
     assert gap[2] > 1e-4 and gap[5] > 1e-4 and gap[0] < 1e-6 and gap[47] < 1e-6
     data = sorted((tmp / "sim").glob("*.root"))[0].read_bytes()

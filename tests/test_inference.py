@@ -55,9 +55,10 @@ def test_onnx_runtime_gives_pytorch_showers_for_the_same_noise(exported):
     assert card["parameters"] == 625_859 and card["geometry_hash"] == geom.hash
     onnx = OnnxGenerator(folder, geom)
     # other conditions than the export check: both particles, 3 and 300 GeV, displaced starts
-    p = {**photons(6, 3.0, 1), "primary_pdg": np.array([11, 22] * 3, np.int32)}
-    p["primary_energy"][3:] = 300e3
-    p["primary_x"] = np.linspace(-20.0, 20.0, 6)
+    p = photons(6, 3.0, 1)
+    p.pdg[:] = [11, 22] * 3
+    p.energy_mev[3:] = 300e3
+    p.position_mm[:, 0] = np.linspace(-20.0, 20.0, 6)
     inputs = primaries_inputs(p, onnx.particles) | noise_inputs(6, onnx.side,
                                                                 np.random.default_rng(9))
     got = onnx.session.run(None, inputs)
@@ -157,9 +158,8 @@ def test_tritonclient_talks_to_the_server_unchanged(server, exported):
     # what ONNX Runtime gives in process for the same inputs and seed
     onnx = OnnxGenerator(folder, geom)
     p = photons(2, 20.0, 0)
-    p["primary_energy"] = np.array([20e3, 50e3])
-    p["primary_dx"], p["primary_dy"] = np.zeros(2), np.full(2, np.sin(2 * np.arctan(np.exp(-2))))
-    p["primary_dz"] = np.full(2, np.cos(2 * np.arctan(np.exp(-2))))
+    p.energy_mev[:] = [20e3, 50e3]
+    p.direction[:] = [0.0, np.sin(2 * np.arctan(np.exp(-2))), np.cos(2 * np.arctan(np.exp(-2)))]
     ref = onnx.run(primaries_inputs(p, onnx.particles), np.random.default_rng(7))
     assert np.array_equal(shower, ref[0]) and np.array_equal(cell, ref[1])
     np.testing.assert_allclose(energy, ref[2], rtol=1e-6)
@@ -275,7 +275,7 @@ def test_hybrid_geant4_run_hands_calorimeter_showers_to_the_model(exported):
         response[name] = high_level(batch, geom)["response"].mean()
         handed[name] = json.loads((folder / "logs" / "job_000.json").read_text())
         assert meta["upstream_x0"] == 0.3 and len(batch) == 8
-        assert np.all(batch.primaries["primary_energy"] == 20e3)  # the gun's primaries
+        assert np.all(batch.primaries.energy_mev == 20e3)  # the gun's primaries
     assert meta["fast_simulation"]["min_energy_gev"] == 50.0
     for name in ("torch", "onnx"):
         # every photon, or the pair it converted into, reaches the calorimeter

@@ -75,7 +75,7 @@ def test_parametric_baseline_reproduces_geant4_means(sample):
     assert abs(hg["n_hits"].mean() / hr["n_hits"].mean() - 1) < 0.1
     assert abs(hg["width_r"].mean() / hr["width_r"].mean() - 1) < 0.15
     # the energy resolution: visible energy follows the incident energy as tightly as in Geant4
-    e = batch.primaries["primary_energy"]
+    e = batch.primaries.energy_mev
     corr_g4, corr = np.corrcoef(e, hr["e_vis"])[0, 1], np.corrcoef(e, hg["e_vis"])[0, 1]
     assert corr > corr_g4 - 0.03 and len(gen) == len(batch)
     # a round trip through the saved parameters gives the same showers
@@ -107,8 +107,7 @@ def test_flowgnn_trains_generates_and_writes_a_run_folder(sample):
                          show_progress=False)
     gen, meta = read_sample(path)
     assert meta["generator"] == "fastshower flowgnn" and meta["geometry_hash"] == geom.hash
-    assert len(gen) == 40 and np.array_equal(gen.primaries["primary_energy"],
-                                             primaries["primary_energy"])
+    assert len(gen) == 40 and np.array_equal(gen.primaries.energy_mev, primaries.energy_mev)
     event, ids, energy = gen.flat()
     assert np.all(np.isfinite(energy)) and np.all(energy > 0)
     assert ids.min() >= 0 and ids.max() < geom.n_cells

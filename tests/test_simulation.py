@@ -49,7 +49,7 @@ def test_production_files_are_complete_seeded_and_resumable(geometry, tmp_path):
 
     a = read_showers(files[0])
     assert len(a) == 3
-    assert np.allclose(a.primaries["primary_energy"], 5000.0)
+    assert np.allclose(a.primaries.energy_mev, 5000.0)
     ids = ak.to_numpy(ak.flatten(a.cell_id))
     assert ids.min() >= 0 and ids.max() < geom.n_cells
     assert np.all(ak.to_numpy(ak.flatten(a.cell_time)) > 10.0)  # light needs 10.7 ns to z=3.2 m

@@ -25,15 +25,16 @@ def test_gun_is_seeded_and_samples_its_spectrum():
                     eta=(1.9, 2.1), phi_deg=(80, 100))
     a = sample_primaries(cfg, 5000, np.random.default_rng(3))
     b = sample_primaries(cfg, 5000, np.random.default_rng(3))
-    assert all(np.array_equal(a[k], b[k]) for k in a)
-    e = a["primary_energy"]
+    assert all(np.array_equal(getattr(a, k), getattr(b, k))
+               for k in ("pdg", "energy_mev", "position_mm", "direction"))
+    e = a.energy_mev
     assert e.min() >= 1000 and e.max() <= 500_000
     assert np.median(np.log(e)) == pytest.approx(np.log(np.sqrt(1000 * 500_000)), abs=0.1)
-    d = np.stack([a["primary_dx"], a["primary_dy"], a["primary_dz"]], -1)
+    d = a.direction
     assert np.allclose(np.linalg.norm(d, axis=1), 1)
     eta = np.arctanh(d[:, 2])
     assert eta.min() >= 1.9 - 1e-9 and eta.max() <= 2.1 + 1e-9
-    assert np.all(a["primary_pdg"] == 22)
+    assert np.all(a.pdg == 22)
 
 
 @pytest.mark.parametrize("bad, match", [

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastshower.geometry import build_geometry, save
-from fastshower.simhits import ShowerBatch, SimHitWriter, read_sample
+from fastshower.simhits import Primaries, ShowerBatch, SimHitWriter, read_sample
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
 from fastshower.validation.metrics import (
@@ -26,9 +26,7 @@ from fastshower.validation.report import validate
 
 def handmade(geom, cells, energies):
     """One shower along +z from the origin with the given cell ids and energies (MeV)."""
-    one = {"primary_pdg": np.array([11]), "primary_energy": np.array([1000.0]),
-           "primary_x": np.zeros(1), "primary_y": np.zeros(1), "primary_z": np.zeros(1),
-           "primary_dx": np.zeros(1), "primary_dy": np.zeros(1), "primary_dz": np.ones(1)}
+    one = Primaries([11], [1000.0], np.zeros((1, 3)), [[0.0, 0.0, 1.0]])
     return ShowerBatch(one, ak.Array([cells]), ak.Array([energies]), ak.Array([[1.0] * len(cells)]),
                        np.zeros(1))
 
@@ -159,7 +157,7 @@ def test_calochallenge_export_round_trip(geant4_sample):
         assert set(f) == {"incident_energies", "showers"}
         e_inc, showers = f["incident_energies"][...], f["showers"][...]
     assert e_inc.shape == (400, 1) and e_inc.dtype == np.float64 and showers.dtype == np.float64
-    assert np.array_equal(e_inc[:, 0], batch.primaries["primary_energy"])
+    assert np.array_equal(e_inc[:, 0], batch.primaries.energy_mev)
     assert np.all(np.isfinite(showers)) and showers.min() >= 0
     binning = Binning.from_xml((tmp / "ref.xml").read_text())
     assert showers.shape[1] == binning.n_voxels == info["n_voxels"]

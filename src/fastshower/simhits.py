@@ -29,10 +29,67 @@ PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -21
 
 
 @dataclass
+class Primaries:
+    """n primary particles: ``pdg`` (n,) PDG ids, ``energy_mev`` (n,) energies in MeV,
+    ``position_mm`` (n, 3) start points in mm, ``direction`` (n, 3) unit vectors.
+
+    The one record every stage passes; sim-hit files store it as the ``primary_*`` branches.
+    """
+
+    pdg: np.ndarray
+    energy_mev: np.ndarray
+    position_mm: np.ndarray
+    direction: np.ndarray
+
+    def __post_init__(self):
+        self.pdg = np.asarray(self.pdg, dtype=np.int32).reshape(-1)
+        self.energy_mev = np.asarray(self.energy_mev, dtype=np.float64).reshape(-1)
+        n = len(self.energy_mev)
+        self.position_mm = np.asarray(self.position_mm, dtype=np.float64).reshape(n, 3)
+        self.direction = np.asarray(self.direction, dtype=np.float64).reshape(n, 3)
+        if len(self.pdg) != n:
+            raise ValueError(f"{len(self.pdg)} PDG ids for {n} primaries")
+
+    def __len__(self) -> int:
+        return len(self.energy_mev)
+
+    def subset(self, index) -> Primaries:
+        """The primaries picked by a slice, index array or mask."""
+        return Primaries(self.pdg[index], self.energy_mev[index], self.position_mm[index],
+                         self.direction[index])
+
+    def eta_phi(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pseudorapidity and azimuth (rad) of the directions."""
+        dx, dy, dz = self.direction.T
+        theta = np.arctan2(np.hypot(dx, dy), dz)
+        return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)
+
+    def to_branches(self) -> dict[str, np.ndarray]:
+        """The ``primary_*`` branches of the sim-hit schema."""
+        out = {"primary_pdg": self.pdg, "primary_energy": self.energy_mev}
+        for i, k in enumerate("xyz"):
+            out[f"primary_{k}"] = self.position_mm[:, i]
+        for i, k in enumerate("xyz"):
+            out[f"primary_d{k}"] = self.direction[:, i]
+        return out
+
+    @classmethod
+    def from_branches(cls, b: dict) -> Primaries:
+        return cls(b["primary_pdg"], b["primary_energy"],
+                   np.stack([b[f"primary_{k}"] for k in "xyz"], -1),
+                   np.stack([b[f"primary_d{k}"] for k in "xyz"], -1))
+
+    @classmethod
+    def concatenate(cls, parts: list[Primaries]) -> Primaries:
+        return cls(*(np.concatenate([getattr(p, f) for p in parts])
+                     for f in ("pdg", "energy_mev", "position_mm", "direction")))
+
+
+@dataclass
 class ShowerBatch:
     """Showers as arrays: primaries (n,), and cell hits as awkward jagged arrays (n, var)."""
 
-    primaries: dict[str, np.ndarray]
+    primaries: Primaries
     cell_id: ak.Array
     cell_energy: ak.Array
     cell_time: ak.Array
@@ -50,12 +107,12 @@ class ShowerBatch:
 
     def subset(self, index) -> ShowerBatch:
         """The showers picked by a slice, index array or mask."""
-        return ShowerBatch({k: v[index] for k, v in self.primaries.items()},
-                           self.cell_id[index], self.cell_energy[index], self.cell_time[index],
+        return ShowerBatch(self.primaries.subset(index), self.cell_id[index],
+                           self.cell_energy[index], self.cell_time[index],
                            self.lost_energy[index])
 
     def to_branches(self) -> dict:
-        out = {k: np.asarray(v) for k, v in self.primaries.items()}
+        out = self.primaries.to_branches()
         out["lost_energy"] = np.asarray(self.lost_energy, dtype=np.float32)
         out["cell"] = ak.zip({"id": ak.values_astype(self.cell_id, np.int32),
                               "energy": ak.values_astype(self.cell_energy, np.float32),
@@ -67,13 +124,6 @@ def eta_phi_direction(eta, phi) -> np.ndarray:
     """(..., 3) unit vectors along pseudorapidity ``eta`` and azimuth ``phi`` (rad)."""
     theta = 2 * np.arctan(np.exp(-np.asarray(eta, dtype=np.float64)))
     return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
-
-
-def direction_eta_phi(primaries: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Pseudorapidity and azimuth (rad) of the primaries' directions."""
-    dx, dy, dz = primaries["primary_dx"], primaries["primary_dy"], primaries["primary_dz"]
-    theta = np.arctan2(np.hypot(dx, dy), dz)
-    return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)
 
 
 class SimHitWriter:
@@ -148,7 +198,7 @@ def read_showers(path: str | Path, entry_start: int | None = None,
     except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
         raise unreadable(path, err) from None
     return ShowerBatch(
-        primaries={k: ak.to_numpy(arr[k]) for k in PRIMARY_FIELDS},
+        primaries=Primaries.from_branches({k: ak.to_numpy(arr[k]) for k in PRIMARY_FIELDS}),
         cell_id=arr["cell", "id"], cell_energy=arr["cell", "energy"], cell_time=arr["cell", "time"],
         lost_energy=ak.to_numpy(arr["lost_energy"]),
     )
@@ -157,8 +207,7 @@ def read_showers(path: str | Path, entry_start: int | None = None,
 def concatenate(batches: list[ShowerBatch]) -> ShowerBatch:
     """One batch from several, in order."""
     return ShowerBatch(
-        primaries={k: np.concatenate([b.primaries[k] for b in batches])
-                   for k in batches[0].primaries},
+        primaries=Primaries.concatenate([b.primaries for b in batches]),
         cell_id=ak.concatenate([b.cell_id for b in batches]),
         cell_energy=ak.concatenate([b.cell_energy for b in batches]),
         cell_time=ak.concatenate([b.cell_time for b in batches]),

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.simhits import ShowerBatch, direction_eta_phi, read_showers
+from fastshower.simhits import Primaries, ShowerBatch, read_showers
 
 NODE_FEATURES = ("energy", "x", "y", "z", "layer", "type", "size")
 CONDITION = ("log_energy_gev", "eta", "phi", "pdg")
@@ -41,11 +41,11 @@ class TransformConfig(BaseModel):
     bad_showers: str = Field("raise", pattern="^(raise|skip)$")
 
 
-def conditions(primaries: dict[str, np.ndarray]) -> np.ndarray:
+def conditions(primaries: Primaries) -> np.ndarray:
     """(n, 4) float32: log(E/GeV), eta and phi of the primary direction, PDG id."""
-    eta, phi = direction_eta_phi(primaries)
-    return np.stack([np.log(primaries["primary_energy"] / 1000.0), eta, phi,
-                     primaries["primary_pdg"].astype(np.float64)], -1).astype(np.float32)
+    eta, phi = primaries.eta_phi()
+    return np.stack([np.log(primaries.energy_mev / 1000.0), eta, phi,
+                     primaries.pdg.astype(np.float64)], -1).astype(np.float32)
 
 
 def bad_showers(event: np.ndarray, ids: np.ndarray, energy: np.ndarray,

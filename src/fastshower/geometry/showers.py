@@ -48,11 +48,12 @@ def line_at(z, x0, y0, z0, dx, dy, dz):
     return x0 + steps * dx, y0 + steps * dy
 
 
-def axis_points(primaries: dict[str, np.ndarray], geom: Geometry) -> np.ndarray:
-    """(n, L, 2) x, y (mm) where each primary's straight line crosses each layer's plane."""
-    p = {k: np.asarray(v)[:, None] for k, v in primaries.items()}
-    x, y = line_at(layer_z(geom)[None, :], p["primary_x"], p["primary_y"], p["primary_z"],
-                   p["primary_dx"], p["primary_dy"], p["primary_dz"])
+def axis_points(primaries, geom: Geometry) -> np.ndarray:
+    """(n, L, 2) x, y (mm) where each primary's straight line crosses each layer's plane
+    (``primaries``: a simhits.Primaries)."""
+    pos, d = primaries.position_mm[:, None, :], primaries.direction[:, None, :]
+    x, y = line_at(layer_z(geom)[None, :], *(pos[..., i] for i in range(3)),
+                   *(d[..., i] for i in range(3)))
     return np.stack([x, y], -1)
 
 
@@ -60,7 +61,6 @@ def axis_offsets(batch, geom: Geometry) -> tuple[np.ndarray, ...]:
     """(shower index, cell id, energy, dx, dy) of every hit of a ShowerBatch, with (dx, dy) the
     cell centre's offset in mm from the shower axis in the cell's layer plane."""
     event, ids, energy = batch.flat()
-    p, c = batch.primaries, geom.cells
-    ax, ay = line_at(c["z"][ids], *(p[f"primary_{k}"][event] for k in
-                                    ("x", "y", "z", "dx", "dy", "dz")))
+    pos, d, c = batch.primaries.position_mm[event], batch.primaries.direction[event], geom.cells
+    ax, ay = line_at(c["z"][ids], *pos.T, *d.T)
     return event, ids, energy, c["x"][ids] - ax, c["y"][ids] - ay

@@ -20,7 +20,7 @@ import numpy as np
 from fastshower.geometry import Geometry
 from fastshower.inference.generate import load_generator
 from fastshower.models.showers import PARTICLE_OF_PDG
-from fastshower.simhits import PARTICLES
+from fastshower.simhits import PARTICLES, Primaries
 
 POSITRON, ELECTRON = -11, 11
 
@@ -55,8 +55,7 @@ class FastShowerHook:
         pdg = ELECTRON if pdg == POSITRON else pdg
         if energy < self.min_energy or pdg not in self.particles:
             return False
-        one = {"primary_energy": np.array([energy]), "primary_dx": np.array([dx]),
-               "primary_dy": np.array([dy]), "primary_dz": np.array([dz])}
+        one = Primaries([pdg], [energy], np.zeros((1, 3)), [[dx, dy, dz]])
         return not self.generator.outside_range(one)
 
     def showers(self, entries: np.ndarray, event: np.ndarray, seed: int):
@@ -64,10 +63,8 @@ class FastShowerHook:
         if not len(entries):
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
         pdg = entries[:, 0].astype(np.int32)
-        primaries = {"primary_pdg": np.where(pdg == POSITRON, ELECTRON, pdg).astype(np.int32),
-                     "primary_energy": entries[:, 1]}
-        for i, key in enumerate(("x", "y", "z", "dx", "dy", "dz")):
-            primaries[f"primary_{key}"] = entries[:, 2 + i]
+        primaries = Primaries(np.where(pdg == POSITRON, ELECTRON, pdg), entries[:, 1],
+                              entries[:, 2:5], entries[:, 5:8])
         batch = self.generator.generate(primaries, seed=seed)
         counts = ak.num(batch.cell_id).to_numpy()
         shower = np.repeat(np.arange(len(entries)), counts)

@@ -18,7 +18,7 @@ from fastshower.models.files import load_model_file
 from fastshower.models.flowgnn import FlowGNN
 from fastshower.models.parametric import ParametricShower
 from fastshower.progress import Tracker
-from fastshower.simhits import ShowerBatch, SimHitWriter
+from fastshower.simhits import Primaries, ShowerBatch, SimHitWriter
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class Generator:
         else:
             raise FastShowerError(f"{run}: unknown model type {self.name!r}")
 
-    def generate(self, primaries: dict[str, np.ndarray], seed: int = 0) -> ShowerBatch:
+    def generate(self, primaries: Primaries, seed: int = 0) -> ShowerBatch:
         """Showers for n primaries (MeV, mm; see simulation.gun.sample_primaries)."""
         outside = self.outside_range(primaries)
         if outside and not self.allow_extrapolation:
@@ -52,7 +52,7 @@ class Generator:
             return self.model.sample(primaries, self.geom, rng)
         return self.model.generate(primaries, rng, allow_extrapolation=True)
 
-    def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
+    def outside_range(self, primaries: Primaries) -> list[str]:
         """Conditions outside the model's training range, as readable lines."""
         return self.model.outside_range(primaries)
 
@@ -80,10 +80,10 @@ def load_generator(path: str | Path, geom: Geometry, backend: str = "torch",
     raise FastShowerError(f"--backend must be torch or onnx, not {backend!r}")
 
 
-def generate_file(generator, primaries: dict[str, np.ndarray], out: str | Path,
+def generate_file(generator, primaries: Primaries, out: str | Path,
                   seed: int = 0, batch_size: int = 500, show_progress: bool = True) -> Path:
     """Generate showers for ``primaries`` in batches and write one sim-hit ROOT file."""
-    n = len(primaries["primary_energy"])
+    n = len(primaries)
     outside = generator.outside_range(primaries)
     if outside and not generator.allow_extrapolation:
         raise FastShowerError("; ".join(outside) + " (--allow-extrapolation to generate anyway)")
@@ -93,9 +93,9 @@ def generate_file(generator, primaries: dict[str, np.ndarray], out: str | Path,
     try:
         with Tracker(f"generating ({generator.name})", n, enabled=show_progress) as bar:
             for k, lo in enumerate(range(0, n, batch_size)):
-                part = {key: v[lo:lo + batch_size] for key, v in primaries.items()}
+                part = primaries.subset(slice(lo, lo + batch_size))
                 writer.write(generator.generate(part, seed=seed * 100_003 + k))
-                bar.update(advance=len(part["primary_energy"]))
+                bar.update(advance=len(part))
     except BaseException:
         writer.abort()
         raise

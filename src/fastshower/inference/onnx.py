@@ -30,7 +30,7 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.files import read_history
 from fastshower.models.showers import outside_range, particle_index, to_batch
-from fastshower.simhits import PARTICLES, ShowerBatch, eta_phi_direction
+from fastshower.simhits import PARTICLES, Primaries, ShowerBatch, eta_phi_direction
 
 INPUTS = ("energy", "position", "direction", "particle", "z", "gumbel", "normal")
 OUTPUTS = ("hit_shower", "hit_cell", "hit_energy")
@@ -38,15 +38,12 @@ OPSET = 17
 TOLERANCE_MEV = 1e-3  # ONNX Runtime vs PyTorch, per hit energy, same noise (relative 1e-5)
 
 
-def primaries_inputs(primaries: dict[str, np.ndarray], particles: list[str]) -> dict:
-    """The physics inputs of model.onnx from a primaries dict (simulation.gun layout)."""
-    p = primaries
-    return {"energy": p["primary_energy"].astype(np.float32),
-            "position": np.stack([p["primary_x"], p["primary_y"], p["primary_z"]],
-                                 -1).astype(np.float32),
-            "direction": np.stack([p["primary_dx"], p["primary_dy"], p["primary_dz"]],
-                                  -1).astype(np.float32),
-            "particle": particle_index(p["primary_pdg"], particles).astype(np.int64)}
+def primaries_inputs(primaries: Primaries, particles: list[str]) -> dict:
+    """The physics inputs of model.onnx."""
+    return {"energy": primaries.energy_mev.astype(np.float32),
+            "position": primaries.position_mm.astype(np.float32),
+            "direction": primaries.direction.astype(np.float32),
+            "particle": particle_index(primaries.pdg, particles).astype(np.int64)}
 
 
 def noise_inputs(n: int, side: dict, rng: np.random.Generator) -> dict:
@@ -168,7 +165,7 @@ class OnnxGenerator:
         self.particles = list(self.side["particles"])
         self.session = _session(folder / "model.onnx", threads)
 
-    def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
+    def outside_range(self, primaries: Primaries) -> list[str]:
         return outside_range(self.side["ranges"], primaries)
 
     def run(self, inputs: dict[str, np.ndarray], rng: np.random.Generator):
@@ -183,7 +180,7 @@ class OnnxGenerator:
             parts.append((shower + lo, cell, energy))
         return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
 
-    def generate(self, primaries: dict[str, np.ndarray], seed: int = 0) -> ShowerBatch:
+    def generate(self, primaries: Primaries, seed: int = 0) -> ShowerBatch:
         outside = self.outside_range(primaries)
         if outside and not self.allow_extrapolation:
             raise FastShowerError("; ".join(outside) + " (allow extrapolation to generate anyway)")

@@ -31,7 +31,7 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.inference.onnx import OnnxGenerator, noise_inputs
 from fastshower.models.showers import outside_range, particle_index
-from fastshower.simhits import eta_phi_direction
+from fastshower.simhits import Primaries, eta_phi_direction
 
 log = logging.getLogger(__name__)
 
@@ -177,8 +177,7 @@ class ShowerService:
                              f"{missing[0]}: its straight line from position "
                              f"{position[missing[0]].tolist()} mm along "
                              f"{direction[missing[0]].tolist()} crosses no cell)")
-        primaries = {"primary_energy": energy.astype(np.float64), "primary_dx": direction[:, 0],
-                     "primary_dy": direction[:, 1], "primary_dz": direction[:, 2]}
+        primaries = Primaries(arrays["pdg"].reshape(-1), energy, position, direction)
         outside = outside_range(self.generator.side["ranges"], primaries)
         if outside and not self.cfg.allow_extrapolation:
             raise BadRequest("; ".join(outside))

@@ -40,7 +40,7 @@ from fastshower.models.showers import (
     shower_centre,
     to_batch,
 )
-from fastshower.simhits import ShowerBatch, direction_eta_phi
+from fastshower.simhits import Primaries, ShowerBatch
 
 CENTRE_SCALE = 5.0  # mm
 OFFSET_SCALE = 30.0  # mm
@@ -169,16 +169,15 @@ class FlowGNN(nn.Module):
         self._depth = depth_x0(geom).astype(np.float32)
 
     # ---- conditions and layer-level vectors -------------------------------------------------
-    def context(self, primaries: dict[str, np.ndarray]) -> torch.Tensor:
+    def context(self, primaries: Primaries) -> torch.Tensor:
         """(n, C): standardised ln E, eta, phi, particle one-hot."""
-        eta, phi = direction_eta_phi(primaries)
+        eta, phi = primaries.eta_phi()
         m, s = self.norms["context_mean"], self.norms["context_std"]
-        num = (np.stack([np.log(primaries["primary_energy"]), eta, phi], -1) - m) / s
-        onehot = np.eye(len(self.particles))[particle_index(primaries["primary_pdg"],
-                                                            self.particles)]
+        num = (np.stack([np.log(primaries.energy_mev), eta, phi], -1) - m) / s
+        onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
         return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
 
-    def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
+    def outside_range(self, primaries: Primaries) -> list[str]:
         """The conditions outside the training range, as readable lines (see showers)."""
         return outside_range(self.norms["ranges"], primaries)
 
@@ -247,7 +246,7 @@ class FlowGNN(nn.Module):
 
     # ---- generation --------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, primaries: dict[str, np.ndarray], rng: np.random.Generator,
+    def generate(self, primaries: Primaries, rng: np.random.Generator,
                  showers_per_chunk: int = 256, allow_extrapolation: bool = False) -> ShowerBatch:
         """Showers for the given primaries (MeV, mm), placed on the geometry's cells.
         Conditions outside the training range raise, unless ``allow_extrapolation``."""
@@ -256,7 +255,7 @@ class FlowGNN(nn.Module):
         if outside and not allow_extrapolation:
             raise FastShowerError("; ".join(outside) + " (allow extrapolation explicitly to "
                                   "generate anyway)")
-        e_inc = primaries["primary_energy"].astype(np.float64)
+        e_inc = primaries.energy_mev
         ctx = self.context(primaries)
         torch.manual_seed(int(rng.integers(2**62)))
         x = self.flow.sample(ctx).numpy() * self.norms["flow_std"] + self.norms["flow_mean"]
@@ -336,9 +335,9 @@ class TrainingData:
 
     def flow_batch(self, model: FlowGNN, index: np.ndarray, rng: np.random.Generator):
         x = model.layer_vector(self.e_layer[index], self.n_layer[index], self.centre[index],
-                               self.primaries["primary_energy"][index], rng)
+                               self.primaries.energy_mev[index], rng)
         x = (x - model.norms["flow_mean"]) / model.norms["flow_std"]
-        ctx = model.context({k: v[index] for k, v in self.primaries.items()})
+        ctx = model.context(self.primaries.subset(index))
         return torch.from_numpy(x.astype(np.float32)), ctx
 
     def cell_batch(self, model: FlowGNN, n_pairs: int, rng: np.random.Generator,
@@ -369,16 +368,16 @@ class TrainingData:
 def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
     """Standardisation constants and the condition ranges of the training split."""
     p = data.primaries
-    eta, phi = direction_eta_phi(p)
-    num = np.stack([np.log(p["primary_energy"]), eta, phi], -1)
-    x = FlowGNN.layer_vector(data.e_layer, data.n_layer, data.centre, p["primary_energy"],
+    eta, phi = p.eta_phi()
+    num = np.stack([np.log(p.energy_mev), eta, phi], -1)
+    x = FlowGNN.layer_vector(data.e_layer, data.n_layer, data.centre, p.energy_mev,
                              np.random.default_rng(seed))
     return {"context_mean": num.mean(0).tolist(), "context_std": (num.std(0) + 1e-6).tolist(),
             "flow_mean": x.mean(0).tolist(), "flow_std": (x.std(0) + 1e-3).tolist(),
             "flow_min": x.min(0).tolist(), "flow_max": x.max(0).tolist(),
             "particles": particles,
-            "ranges": {"energy (GeV)": [float(p["primary_energy"].min() / 1e3),
-                                        float(p["primary_energy"].max() / 1e3)],
+            "ranges": {"energy (GeV)": [float(p.energy_mev.min() / 1e3),
+                                        float(p.energy_mev.max() / 1e3)],
                        "eta": [float(eta.min()), float(eta.max())],
                        "phi (deg)": [float(np.rad2deg(phi).min()),
                                      float(np.rad2deg(phi).max())]}}

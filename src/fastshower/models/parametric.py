@@ -28,7 +28,7 @@ from fastshower.models.showers import (
     shower_centre,
     to_batch,
 )
-from fastshower.simhits import ShowerBatch
+from fastshower.simhits import Primaries, ShowerBatch
 
 N_ENERGY_BINS = 5
 TAU_EDGES = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 1e3])
@@ -102,9 +102,9 @@ class ParametricShower:
         e_layer, n_layer = layer_summary(batch, geom)
         w, depth = layer_weights(geom), depth_x0(geom)
         y = profile_moments(e_layer * w, depth)
-        log_e = np.log(batch.primaries["primary_energy"])
+        log_e = np.log(batch.primaries.energy_mev)
         y[:, 2] = np.log(np.maximum(e_layer.sum(1), 1e-9)) - log_e  # ln of the response
-        pdg = batch.primaries["primary_pdg"]
+        pdg = batch.primaries.pdg
         particles = sorted({PARTICLE_OF_PDG[int(p)] for p in np.unique(pdg)})
         per_particle = {}
         for name, idx in zip(particles, range(len(particles)), strict=True):
@@ -132,8 +132,8 @@ class ParametricShower:
         params = {"particles": particles, "moments": per_particle,
                   "sampling": [float(max(a, 1e-4)), float(max(b, 1e-4))],
                   "radial": radial, "tau_edges": TAU_EDGES.tolist(),
-                  "energy_range_mev": [float(batch.primaries["primary_energy"].min()),
-                                       float(batch.primaries["primary_energy"].max())],
+                  "energy_range_mev": [float(batch.primaries.energy_mev.min()),
+                                       float(batch.primaries.energy_mev.max())],
                   "spot_mev": 0.1}
         model = cls(params)
         model.params["spot_mev"] = model._fit_spot(batch, geom, n_layer.sum(), seed)
@@ -156,7 +156,7 @@ class ParametricShower:
         variance that Geant4 shows beyond what the spots' own sampling gives."""
         gen = self.sample(batch.primaries, geom, np.random.default_rng(seed))
         c_data, c_model = shower_centre(batch, geom), shower_centre(gen, geom)
-        log_e = np.log(batch.primaries["primary_energy"])
+        log_e = np.log(batch.primaries.energy_mev)
         edges = np.quantile(log_e, np.linspace(0, 1, N_ENERGY_BINS + 1))
         which = np.clip(np.digitize(log_e, edges) - 1, 0, N_ENERGY_BINS - 1)
         rows = [(float(log_e[which == k].mean()),
@@ -166,13 +166,13 @@ class ParametricShower:
         return {"log_e_centres": [r[0] for r in rows], "mean": [r[1] for r in rows],
                 "sigma": [r[2] for r in rows]}
 
-    def sample(self, primaries: dict[str, np.ndarray], geom: Geometry,
+    def sample(self, primaries: Primaries, geom: Geometry,
                rng: np.random.Generator) -> ShowerBatch:
         """Showers for the given primaries (MeV, mm), placed on the geometry's cells."""
         p = self.params
-        n, n_layers = len(primaries["primary_energy"]), len(geom.layers)
-        log_e = np.log(primaries["primary_energy"])
-        kind = particle_index(primaries["primary_pdg"], p["particles"])
+        n, n_layers = len(primaries), len(geom.layers)
+        log_e = np.log(primaries.energy_mev)
+        kind = particle_index(primaries.pdg, p["particles"])
         y = np.zeros((n, 3))
         for i, name in enumerate(p["particles"]):
             sel = kind == i
@@ -208,10 +208,10 @@ class ParametricShower:
         ids = geom.lookup(layer, axis[:, 0] + r * np.cos(phi), axis[:, 1] + r * np.sin(phi))
         return to_batch(primaries, geom, event, ids, spot_e)
 
-    def outside_range(self, primaries: dict[str, np.ndarray]) -> list[str]:
+    def outside_range(self, primaries: Primaries) -> list[str]:
         """Incident energies outside the fitted range (3 % margin), as a readable line."""
         lo, hi = (e / 1e3 for e in self.params["energy_range_mev"])
-        e = primaries["primary_energy"] / 1e3
+        e = primaries.energy_mev / 1e3
         if e.min() < 0.97 * lo or e.max() > 1.03 * hi:
             return [f"energy (GeV) {e.min():.4g}..{e.max():.4g} is outside the training range "
                     f"{lo:.4g}..{hi:.4g}"]

@@ -14,7 +14,7 @@ from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import axis_offsets
-from fastshower.simhits import PARTICLES, ShowerBatch, direction_eta_phi
+from fastshower.simhits import PARTICLES, Primaries, ShowerBatch
 
 THRESHOLD_MIP = 0.5
 C_MM_PER_NS = 299.792458
@@ -45,11 +45,11 @@ def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
     return hit.argmax(axis=1)
 
 
-def outside_range(ranges: dict[str, list[float]], primaries: dict[str, np.ndarray]) -> list[str]:
+def outside_range(ranges: dict[str, list[float]], primaries: Primaries) -> list[str]:
     """The conditions outside a model's training ``ranges`` (3 % margin on energy, 2 % of the
     range on angles), as readable lines; empty when all are inside."""
-    eta, phi = direction_eta_phi(primaries)
-    values = {"energy (GeV)": primaries["primary_energy"] / 1e3, "eta": eta,
+    eta, phi = primaries.eta_phi()
+    values = {"energy (GeV)": primaries.energy_mev / 1e3, "eta": eta,
               "phi (deg)": np.rad2deg(phi)}
     out = []
     for name, (lo, hi) in ranges.items():
@@ -70,23 +70,23 @@ def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
                      np.bincount(event, energy * dy, len(batch))], -1) / w[:, None]
 
 
-def to_batch(primaries: dict[str, np.ndarray], geom: Geometry, event: np.ndarray,
+def to_batch(primaries: Primaries, geom: Geometry, event: np.ndarray,
              ids: np.ndarray, energy: np.ndarray) -> ShowerBatch:
     """Generated hits -> ShowerBatch: duplicates summed, hits outside cells (id -1) dropped,
     sorted by cell id; time = straight time of flight from the vertex to the cell centre
     (an approximation: generators do not model the shower's time structure)."""
-    n = len(primaries["primary_energy"])
+    n = len(primaries)
     ok = ids >= 0
     key = event[ok].astype(np.int64) * geom.n_cells + ids[ok]
     uniq, inverse = np.unique(key, return_inverse=True)
     e = np.bincount(inverse, weights=energy[ok]).astype(np.float32)
     ev, cid = uniq // geom.n_cells, uniq % geom.n_cells
-    c, p = geom.cells, primaries
-    dist = np.sqrt((c["x"][cid] - p["primary_x"][ev]) ** 2 + (c["y"][cid] - p["primary_y"][ev]) ** 2
-                   + (c["z"][cid] - p["primary_z"][ev]) ** 2)
+    c, pos = geom.cells, primaries.position_mm
+    dist = np.sqrt((c["x"][cid] - pos[ev, 0]) ** 2 + (c["y"][cid] - pos[ev, 1]) ** 2
+                   + (c["z"][cid] - pos[ev, 2]) ** 2)
     counts = np.bincount(ev, minlength=n)
     return ShowerBatch(
-        primaries={k: np.asarray(v) for k, v in primaries.items()},
+        primaries=primaries,
         cell_id=ak.unflatten(cid.astype(np.int32), counts),
         cell_energy=ak.unflatten(e, counts),
         cell_time=ak.unflatten((dist / C_MM_PER_NS).astype(np.float32), counts),

@@ -14,6 +14,7 @@ from fastshower.geometry import Geometry
 from fastshower.geometry.materials import material
 from fastshower.geometry.polygons import regular_polygon
 from fastshower.geometry.segmentation import SCINTILLATOR, SILICON
+from fastshower.simhits import Primaries
 from fastshower.simulation.scoring import SCORING, aggregate_steps
 
 SENSOR_MATERIALS = {SILICON: "G4_Si", SCINTILLATOR: "G4_POLYSTYRENE"}
@@ -437,7 +438,7 @@ def full_physics(em_option: int):
 class Gun(g4.G4VUserPrimaryGeneratorAction):
     """Shoots the pre-sampled primaries, one per event, in order."""
 
-    def __init__(self, primaries: dict[str, np.ndarray], particle: str):
+    def __init__(self, primaries: Primaries, particle: str):
         super().__init__()
         self.p = primaries
         self.gun = g4.G4ParticleGun(1)
@@ -446,13 +447,9 @@ class Gun(g4.G4VUserPrimaryGeneratorAction):
     def GeneratePrimaries(self, event) -> None:
         i = event.GetEventID()
         p = self.p
-        self.gun.SetParticleEnergy(float(p["primary_energy"][i]))
-        self.gun.SetParticlePosition(g4.G4ThreeVector(float(p["primary_x"][i]),
-                                                      float(p["primary_y"][i]),
-                                                      float(p["primary_z"][i])))
-        self.gun.SetParticleMomentumDirection(g4.G4ThreeVector(float(p["primary_dx"][i]),
-                                                               float(p["primary_dy"][i]),
-                                                               float(p["primary_dz"][i])))
+        self.gun.SetParticleEnergy(float(p.energy_mev[i]))
+        self.gun.SetParticlePosition(g4.G4ThreeVector(*map(float, p.position_mm[i])))
+        self.gun.SetParticleMomentumDirection(g4.G4ThreeVector(*map(float, p.direction[i])))
         self.gun.GeneratePrimaryVertex(event)
 
 

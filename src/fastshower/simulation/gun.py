@@ -12,7 +12,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from fastshower.errors import FastShowerError
-from fastshower.simhits import PARTICLES, eta_phi_direction
+from fastshower.geometry import Geometry
+from fastshower.simhits import PARTICLES, Primaries, eta_phi_direction
 
 
 class GunConfig(BaseModel):
@@ -61,8 +62,8 @@ class GunConfig(BaseModel):
         return PARTICLES[self.particle]
 
 
-def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """n primaries: pdg, energy (MeV), vertex x/y/z (mm), unit direction dx/dy/dz."""
+def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> Primaries:
+    """n primaries drawn from the gun; the one place where GeV (the CLI's unit) become MeV."""
     e = np.asarray(cfg.energy, dtype=np.float64) * 1000.0
     if cfg.spectrum == "fixed":
         energy = np.full(n, e[0])
@@ -80,20 +81,13 @@ def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> dict[s
         phi = np.deg2rad(rng.uniform(*cfg.phi_deg, n))
         direction = eta_phi_direction(eta, phi)
     vertex = rng.normal(0.0, 1.0, (n, 3)) * np.asarray(cfg.vertex_sigma)
-    return {
-        "primary_pdg": np.full(n, cfg.pdg, dtype=np.int32),
-        "primary_energy": energy,
-        "primary_x": vertex[:, 0], "primary_y": vertex[:, 1], "primary_z": vertex[:, 2],
-        "primary_dx": direction[:, 0], "primary_dy": direction[:, 1],
-        "primary_dz": direction[:, 2],
-    }
+    return Primaries(np.full(n, cfg.pdg, dtype=np.int32), energy, vertex, direction)
 
 
-def require_on_detector(geom, primaries: dict[str, np.ndarray]) -> None:
+def require_on_detector(geom: Geometry, primaries: Primaries) -> None:
     """Refuse primaries whose straight line misses the calorimeter (Geant4 or a model would
-    give empty showers). ``geom``: a fastshower.geometry.Geometry."""
-    position = np.stack([primaries[f"primary_{k}"] for k in "xyz"], -1)
-    direction = np.stack([primaries[f"primary_d{k}"] for k in "xyz"], -1)
+    give empty showers)."""
+    position, direction = primaries.position_mm, primaries.direction
     missing = np.flatnonzero(geom.entry_cells(position, direction) < 0)
     if len(missing):
         i = missing[0]

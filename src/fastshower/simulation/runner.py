@@ -174,7 +174,7 @@ def run_job(spec: JobSpec, report=None) -> dict:
             return ak.unflatten(values.astype(dtype), counts)
 
         writer.write(ShowerBatch(
-            primaries={k: v[lo:hi] for k, v in primaries.items()},
+            primaries=primaries.subset(slice(lo, hi)),
             cell_id=jagged(ids, np.int32), cell_energy=jagged(en, np.float32),
             cell_time=jagged(tm, np.float32), lost_energy=np.array(lost)))
         pending.clear()

@@ -80,7 +80,7 @@ def fidelity(ref: ShowerBatch, gen: ShowerBatch, geom: Geometry) -> dict:
 
 
 def particles_of(batch: ShowerBatch) -> list[str]:
-    return sorted(PARTICLE_OF_PDG[int(p)] for p in np.unique(batch.primaries["primary_pdg"]))
+    return sorted(PARTICLE_OF_PDG[int(p)] for p in np.unique(batch.primaries.pdg))
 
 
 def train(data: str, geometry: str | Path, out: str | Path, cfg: TrainConfig,
@@ -177,7 +177,7 @@ def _validate(model: FlowGNN, val: TrainingData, geom: Geometry, cfg: TrainConfi
     losses = [_losses(TrainingLoss(model), val, cfg, rng) for _ in range(4)]
     record = {f"val_{k}": float(np.mean([loss[k].item() for loss in losses])) for k in losses[0]}
     n = min(cfg.val_showers, len(val))
-    gen = model.generate({k: v[:n] for k, v in val.primaries.items()}, np.random.default_rng(0))
+    gen = model.generate(val.primaries.subset(slice(0, n)), np.random.default_rng(0))
     record.update(fidelity(val.batch.subset(slice(0, n)), gen, geom))
     model.train()
     return record

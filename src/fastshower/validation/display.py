@@ -62,8 +62,8 @@ def plot_shower(batch: ShowerBatch, index: int, geom: Geometry, out: str | Path,
     axes[-1].set_xlim(0, depth[min(len(depth) - 1, int(np.flatnonzero(profile > 0)[-1]) + 1)])
     axes[-1].set_xlabel("depth [X0]", fontsize=14)
     axes[-1].set_ylabel("energy per layer [MeV]", fontsize=14)
-    e0 = batch.primaries["primary_energy"][index] / 1000
-    axes[-1].set_title(f"{e0:.0f} GeV, pdg {batch.primaries['primary_pdg'][index]}", fontsize=14)
+    e0 = batch.primaries.energy_mev[index] / 1000
+    axes[-1].set_title(f"{e0:.0f} GeV, pdg {batch.primaries.pdg[index]}", fontsize=14)
     out = Path(out)
     fig.savefig(out, dpi=70, bbox_inches="tight")
     plt.close(fig)

@@ -79,7 +79,7 @@ def default_binning(geom: Geometry, batch: ShowerBatch) -> Binning:
                             minlength=len(geom.layers))
     r = [DEFAULT_R_EDGES if e > 0 else () for e in per_layer]
     return Binning(r, [DEFAULT_N_ALPHA] * len(geom.layers),
-                   int(batch.primaries["primary_pdg"][0]))
+                   int(batch.primaries.pdg[0]))
 
 
 def voxelise(batch: ShowerBatch, geom: Geometry, binning: Binning, scale: float) -> np.ndarray:
@@ -121,7 +121,7 @@ def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
     else:
         binning = default_binning(geom, batch)
         raw = voxelise(batch, geom, binning, 1.0).sum(axis=1)
-        scale = float(np.mean(batch.primaries["primary_energy"]) / max(raw.mean(), 1e-12))
+        scale = float(np.mean(batch.primaries.energy_mev) / max(raw.mean(), 1e-12))
         info = {"scale": scale, "geometry_hash": geom.hash,
                 "scheme": "voxel energy = visible cell energy x HGCAL dE/dx layer weight x "
                           "scale; scale makes the mean voxel sum equal the mean incident "
@@ -131,7 +131,7 @@ def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:
-        f.create_dataset("incident_energies", data=batch.primaries["primary_energy"]
+        f.create_dataset("incident_energies", data=batch.primaries.energy_mev
                          .astype(np.float64).reshape(-1, 1))
         f.create_dataset("showers", data=showers, compression="gzip")
     tmp.replace(out)

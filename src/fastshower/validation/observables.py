@@ -69,7 +69,7 @@ def high_level(batch: ShowerBatch, geom: Geometry, threshold_mip: float = 0.5) -
     Hits are counted above ``threshold_mip`` times the MIP energy of each cell's sensor.
     """
     n = len(batch)
-    e_inc = batch.primaries["primary_energy"]
+    e_inc = batch.primaries.energy_mev
     event, ids, energy, dx, dy = axis_offsets(batch, geom)
     profile = np.zeros((n, len(geom.layers)))
     np.add.at(profile, (event, geom.cells["layer"][ids]), energy)

@@ -78,10 +78,10 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     hl_r, hl_g = high_level(ref, geom), high_level(gen, geom)
     binning = default_binning(geom, ref)
     low_r, low_g = (np.log1p(1e3 * voxelise(b, geom, binning, 1.0)
-                             / b.primaries["primary_energy"][:, None]) for b in (ref, gen))
+                             / b.primaries.energy_mev[:, None]) for b in (ref, gen))
     metrics = compare_with_floor(hl_r, hl_g, seed=seed, low_ref=low_r, low_gen=low_g)
     metrics["energy_bins"] = compare_in_energy_bins(
-        hl_r, hl_g, ref.primaries["primary_energy"], gen.primaries["primary_energy"], seed=seed)
+        hl_r, hl_g, ref.primaries.energy_mev, gen.primaries.energy_mev, seed=seed)
     if regressor is not None:
         metrics["regression"] = regression_check(regressor, ref, gen)
     metrics.update({"reference_path": str(reference), "generated_path": str(generated),
@@ -101,7 +101,7 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
             ak.to_numpy(ak.flatten(ref.cell_energy)), ak.to_numpy(ak.flatten(gen.cell_energy))),
             out / "profiles.png"),
     }
-    e_r, e_g = ref.primaries["primary_energy"], gen.primaries["primary_energy"]
+    e_r, e_g = ref.primaries.energy_mev, gen.primaries.energy_mev
     for i, b in enumerate(metrics["energy_bins"] if len(metrics["energy_bins"]) > 1 else []):
         r = (e_r >= b["e_min_mev"]) & (e_r < b["e_max_mev"])
         g = (e_g >= b["e_min_mev"]) & (e_g < b["e_max_mev"])
@@ -128,7 +128,7 @@ class Regressor(Protocol):
 def regression_check(regressor: Regressor, ref: ShowerBatch, gen: ShowerBatch,
                      n_bins: int = 4) -> dict:
     """Response and resolution of a regression on reference and generated showers."""
-    e_r, e_g = (b.primaries["primary_energy"] / 1e3 for b in (ref, gen))
+    e_r, e_g = (b.primaries.energy_mev / 1e3 for b in (ref, gen))
     edges = np.geomspace(min(e_r.min(), e_g.min()), max(e_r.max(), e_g.max()) * 1.0001,
                          n_bins + 1)
     return {"run": regressor.source,

@@ -18,7 +18,7 @@ import numpy as np
 
 from fastshower.data.splits import read_split
 from fastshower.geometry import load
-from fastshower.inference.generate import Generator, generate_file
+from fastshower.inference.generate import generate_file, load_generator
 from fastshower.simhits import SimHitWriter, concatenate, read_metadata, read_sample, sample_files
 from fastshower.validation.report import validate
 
@@ -45,7 +45,7 @@ def main() -> None:
     writer.close()
     summary = {"data": args.data, "split": args.split, "n_test": len(test), "models": {}}
     for run in args.runs.split(","):
-        generator = Generator(run, geom)
+        generator = load_generator(run, geom)
         path = out / f"{generator.name}_test.root"
         start = time.process_time()
         generate_file(generator, test.primaries, path, seed=11, show_progress=False)

@@ -17,8 +17,7 @@ import torch
 
 from fastshower.data.splits import read_split
 from fastshower.geometry import load
-from fastshower.models.flowgnn import FlowGNN, FlowGNNConfig, TrainingData, fit_norms
-from fastshower.training.loop import particles_of
+from fastshower.models.flowgnn import FlowGNN, FlowGNNConfig
 
 
 def main() -> None:
@@ -32,15 +31,16 @@ def main() -> None:
     torch.set_num_threads(1)
     geom = load(args.geometry)
     train_set = read_split(args.data, geom, "train")
-    tr, va = TrainingData(train_set, geom), TrainingData(read_split(args.data, geom, "val"), geom)
-    particles = particles_of(train_set)
-    norms = fit_norms(tr, particles)
+    tr = FlowGNN.training_data(train_set, geom)
+    va = FlowGNN.training_data(read_split(args.data, geom, "val"), geom)
+    norms = FlowGNN.build(tr, geom, FlowGNNConfig(), 0).norms
     results = {}
     for size in args.sizes.split(","):
         hidden, transforms = (int(v) for v in size.split("x"))
         torch.manual_seed(0)
-        model = FlowGNN(geom, particles, FlowGNNConfig(flow_hidden=hidden,
-                                                       flow_transforms=transforms), norms)
+        model = FlowGNN(geom, norms["particles"], FlowGNNConfig(flow_hidden=hidden,
+                                                                flow_transforms=transforms),
+                        norms)
         opt = torch.optim.AdamW(model.flow.parameters(), 1e-3, weight_decay=0.0)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, args.steps)
         x_val, c_val = va.flow_batch(model, np.arange(len(va)), np.random.default_rng(1))
@@ -48,14 +48,14 @@ def main() -> None:
         for step in range(1, args.steps + 1):
             rng = np.random.default_rng([0, step])
             x, c = tr.flow_batch(model, rng.choice(len(tr), 256, replace=False), rng)
-            loss = model.flow_loss(x, c)
+            loss = -model.flow.log_prob(x, c).mean() / x.shape[1]
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
             if step % 150 == 0:
                 with torch.no_grad():
-                    val = model.flow_loss(x_val, c_val).item()
+                    val = (-model.flow.log_prob(x_val, c_val).mean() / x_val.shape[1]).item()
                 rows.append({"step": step, "train_nll": loss.item(), "val_nll": val})
                 print(f"{size}: step {step}: train {loss.item():.3f}, validation {val:.3f} "
                       f"({time.time() - start:.0f} s)", flush=True)

@@ -53,8 +53,8 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
 
     backend, path = run.split(":", 1) if run.startswith("onnx:") else ("torch", run)
     generator = load_generator(path, load(geometry), backend, threads=threads)
-    model = getattr(generator, "model", None)
-    params = sum(p.numel() for p in model.parameters()) if hasattr(model, "parameters") else None
+    params = (sum(p.numel() for p in generator.parameters())
+              if isinstance(generator, torch.nn.Module) else None)
     size = sum(f.stat().st_size for f in Path(path).glob("model.*")) if Path(path).is_dir() \
         else Path(path).stat().st_size
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -63,12 +63,12 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
         primaries = sample_primaries(GunConfig(particle=particle, energy=[energy]), b,
                                      np.random.default_rng(b))
         start = time.perf_counter()
-        generator.generate(primaries, seed=0)
+        generator.sample(primaries, np.random.default_rng(0))
         warmup = time.perf_counter() - start
         times, cpu = [], []
         while sum(times) < seconds or not times:
             start, start_cpu = time.perf_counter(), time.process_time()
-            generator.generate(primaries, seed=len(times) + 1)
+            generator.sample(primaries, np.random.default_rng(len(times) + 1))
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
         rows.append({"batch": b, "warmup_s_per_shower": warmup / b,

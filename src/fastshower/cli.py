@@ -514,11 +514,12 @@ def generate(
 
     gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
     geom = load(default_geometry(geometry))
-    generator = load_generator(run, geom, backend, allow_extrapolation)
+    generator = load_generator(run, geom, backend)
     primaries = sample_primaries(gun, n, np.random.default_rng(seed))
     require_on_detector(geom, primaries)
     out.parent.mkdir(parents=True, exist_ok=True)
-    path = generate_file(generator, primaries, out, seed=seed, batch_size=batch_size)
+    path = generate_file(generator, primaries, out, seed=seed, batch_size=batch_size,
+                         allow_extrapolation=allow_extrapolation)
     console.print(f"wrote {n} {generator.name} showers -> {path}")
 
 
@@ -532,10 +533,10 @@ def export_model(
 ) -> None:
     """Export a generator to ONNX with its side file and model card (checked against PyTorch)."""
     from fastshower.geometry import load
-    from fastshower.inference.generate import Generator
+    from fastshower.inference.generate import load_generator
     from fastshower.inference.onnx import export_model as export
 
-    generator = Generator(run, load(default_geometry(geometry)))
+    generator = load_generator(run, load(default_geometry(geometry)))
     with console.status("exporting to ONNX and checking ONNX Runtime against PyTorch"):
         folder = export(generator, out)
     card = json.loads((folder / "model_card.json").read_text())
@@ -594,76 +595,10 @@ def demo(
     """The main job: the default geometry, Geant4 showers in it, the same showers from the
     shipped FlowGNN and parametric models, validation reports and the speed-up; then full
     events through tracker material, with the calorimeter showers from FlowGNN inside Geant4."""
-    import time
+    from fastshower.demo import run_demo
 
-    import torch
-
-    from fastshower.geometry import build_geometry, save
-    from fastshower.geometry.plot import border_layer, plot_layer
-    from fastshower.inference.g4hook import fast_spec
-    from fastshower.inference.generate import Generator, generate_file
-    from fastshower.models.pretrained import pretrained
-    from fastshower.simhits import read_sample
-    from fastshower.simulation.jobs import geant4_cpu_per_shower
-    from fastshower.simulation.jobs import simulate as run
-    from fastshower.validation.display import plot_shower
-    from fastshower.validation.observables import high_level
-    from fastshower.validation.report import validate as validate_samples
-
-    out.mkdir(parents=True, exist_ok=True)
-    with console.status("building the default HGCAL-like geometry (region of interest)"):
-        geom = build_geometry("hgcal")
-    geometry_file = save(geom, out / "geometry.h5")
-    layer = border_layer(geom)
-    plot_layer(geom, layer, out / "geometry.png")
-    types = np.bincount(geom.cells["type"], minlength=2)
-    console.print(f"geometry {geom.short_hash}: {types[0]} silicon + {types[1]} scintillator "
-                  f"cells in {len(geom.layers)} layers -> {geometry_file}; picture of layer "
-                  f"{layer} -> {out / 'geometry.png'}")
-
-    gun = make_gun(particle, energy, "log-uniform", "1.98:2.02", "89:91", None, "0,0,0")
-    g4_dir = out / f"geant4_{particle}"
-    run(geometry_file, gun, n, g4_dir, jobs=2, seed=1, force=True)
-    reference, _ = read_sample(g4_dir)
-    g4_time = geant4_cpu_per_shower(g4_dir)
-    plot_shower(reference, 0, geom, out / "shower.png")
-    console.print(f"Geant4: {n} {particle} of {energy} GeV (log-uniform) at eta 2 -> {g4_dir}; "
-                  f"{1e3 * g4_time:.0f} ms CPU per shower; one shower -> {out / 'shower.png'}")
-
-    torch.set_num_threads(1)  # the same single core as each Geant4 job
-    lines = []
-    for name in ("flowgnn", "parametric"):
-        generator = Generator(pretrained(name), geom)
-        path = out / f"{name}_{particle}.root"
-        start = time.process_time()
-        generate_file(generator, reference.primaries, path, seed=2, show_progress=False)
-        t = (time.process_time() - start) / n
-        with console.status(f"validating {name} against Geant4"):
-            m = validate_samples(g4_dir, path, geometry_file, out / f"validation_{name}")
-        auc, floor = m["generated"]["classifier"], m["floor"]["classifier"]
-        lines.append(f"{name:10s}: classifier AUC {auc['auc']:.2f} ± {auc['auc_std']:.2f} "
-                     f"(Geant4 vs Geant4 {floor['auc']:.2f}); {1e3 * t:.1f} ms per shower, "
-                     f"{g4_time / t:.0f}x faster than Geant4 -> "
-                     f"{out / f'validation_{name}' / 'report.html'}")
-    console.print("\n".join(lines))
-
-    # Geant4 + ML in one run: photons through 0.3 X0 of silicon, e+-/gamma reaching the
-    # calorimeter handed to FlowGNN, against the same events fully simulated
-    events = max(n // 4, 20)
-    times, response = {}, {}
-    for name, fast in (("full", None), ("hybrid", fast_spec(pretrained("flowgnn")))):
-        folder = out / f"events_{name}"
-        run(geometry_file, make_gun("gamma", "10:100", "log-uniform", "1.99:2.01", "89.5:90.5",
-                                    None, "0,0,0"),
-            events, folder, jobs=2, seed=3, force=True, upstream_x0=0.3, fast=fast)
-        times[name] = geant4_cpu_per_shower(folder)
-        showers, _ = read_sample(folder)
-        response[name] = high_level(showers, geom)["response"].mean()
-    console.print(f"Geant4 + FlowGNN inside one run ({events} photon events through 0.3 X0 of "
-                  f"silicon): {1e3 * times['hybrid']:.0f} ms per event vs "
-                  f"{1e3 * times['full']:.0f} ms fully simulated "
-                  f"({times['full'] / times['hybrid']:.1f}x); response "
-                  f"{response['hybrid']:.4f} vs {response['full']:.4f}")
+    run_demo(out, n, make_gun(particle, energy, "log-uniform", "1.98:2.02", "89:91", None,
+                              "0,0,0"), say=console.print)
 
 
 def _terminate(signum, frame) -> None:

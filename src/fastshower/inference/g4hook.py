@@ -56,7 +56,7 @@ class FastShowerHook:
         if energy < self.min_energy or pdg not in self.particles:
             return False
         one = Primaries([pdg], [energy], np.zeros((1, 3)), [[dx, dy, dz]])
-        return not self.generator.outside_range(one)
+        return not self.generator.ranges.outside(one)
 
     def showers(self, entries: np.ndarray, event: np.ndarray, seed: int):
         """Stopped particles (n, 9) of events ``event`` (n,) -> hits (event, cell id, MeV, ns)."""
@@ -65,7 +65,7 @@ class FastShowerHook:
         pdg = entries[:, 0].astype(np.int32)
         primaries = Primaries(np.where(pdg == POSITRON, ELECTRON, pdg), entries[:, 1],
                               entries[:, 2:5], entries[:, 5:8])
-        batch = self.generator.generate(primaries, seed=seed)
+        batch = self.generator.sample(primaries, np.random.default_rng(seed))
         counts = ak.num(batch.cell_id).to_numpy()
         shower = np.repeat(np.arange(len(entries)), counts)
         self.handed += len(entries)

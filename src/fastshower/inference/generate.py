@@ -1,4 +1,4 @@
-"""Batched generation with a trained model: the Python API and the ROOT writer behind
+"""Batched generation with a trained generator: the Python API and the ROOT writer behind
 `fastshower generate`. Generated files use the same sim-hit schema as Geant4's, so the same
 validation runs on both.
 """
@@ -9,93 +9,60 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.models.files import load_model_file
-from fastshower.models.flowgnn import FlowGNN
-from fastshower.models.parametric import ParametricShower
+from fastshower.models.base import ShowerGenerator, load
 from fastshower.progress import Tracker
-from fastshower.simhits import Primaries, ShowerBatch, SimHitWriter
+from fastshower.simhits import Primaries, SimHitWriter
 
 log = logging.getLogger(__name__)
 
 
-class Generator:
-    """A trained model bound to its geometry: ``generate(primaries)`` -> ShowerBatch."""
-
-    def __init__(self, run: str | Path, geom: Geometry, allow_extrapolation: bool = False):
-        self.allow_extrapolation = allow_extrapolation
-        saved = load_model_file(run)
-        self.source = str(run)
-        self.name = saved.get("model")
-        geom.require_same(saved.get("geometry_hash"), str(run))
-        self.geom = geom
-        if self.name == "parametric":
-            self.model = ParametricShower.from_dict(saved["params"])
-            self.particles = list(saved["params"]["particles"])
-        elif self.name == "flowgnn":
-            self.model = FlowGNN.from_export(saved, geom)
-            self.particles = list(saved["particles"])
-        else:
-            raise FastShowerError(f"{run}: unknown model type {self.name!r}")
-
-    def generate(self, primaries: Primaries, seed: int = 0) -> ShowerBatch:
-        """Showers for n primaries (MeV, mm; see simulation.gun.sample_primaries)."""
-        outside = self.outside_range(primaries)
-        if outside and not self.allow_extrapolation:
-            raise FastShowerError("; ".join(outside) + " (allow extrapolation to generate anyway)")
-        rng = np.random.default_rng(seed)
-        if self.name == "parametric":
-            return self.model.sample(primaries, self.geom, rng)
-        return self.model.generate(primaries, rng, allow_extrapolation=True)
-
-    def outside_range(self, primaries: Primaries) -> list[str]:
-        """Conditions outside the model's training range, as readable lines."""
-        return self.model.outside_range(primaries)
-
-    def metadata(self, seed: int) -> dict:
-        return {"generator": f"fastshower {self.name}", "model_source": self.source,
-                "fastshower_version": __version__, "geometry_hash": self.geom.hash,
-                "seed": seed, "physics_mode": "ml", "torch_threads": torch.get_num_threads(),
-                "extrapolation_allowed": self.allow_extrapolation}
-
-
 def load_generator(path: str | Path, geom: Geometry, backend: str = "torch",
-                   allow_extrapolation: bool = False, threads: int = 1):
-    """A run folder (or model.pt) with PyTorch, or an export folder with ONNX Runtime."""
+                   threads: int = 1) -> ShowerGenerator:
+    """A model file or run folder with PyTorch (any registered generator), or an export folder
+    with ONNX Runtime."""
     if backend == "torch":
         if (Path(path) / "model.onnx").is_file():
             raise FastShowerError(f"{path} is an ONNX export: use --backend onnx")
-        return Generator(path, geom, allow_extrapolation)
+        return load(path, geom)
     if backend == "onnx":
         from fastshower.inference.onnx import OnnxGenerator
 
         if (Path(path) / "model.pt").is_file() or Path(path).suffix == ".pt":
             raise FastShowerError(f"{path} is a PyTorch model: export it first with "
                                   f"`fastshower export-model --run {path} --out DIR`")
-        return OnnxGenerator(path, geom, allow_extrapolation, threads=threads)
+        return OnnxGenerator(path, geom, threads=threads)
     raise FastShowerError(f"--backend must be torch or onnx, not {backend!r}")
 
 
-def generate_file(generator, primaries: Primaries, out: str | Path,
-                  seed: int = 0, batch_size: int = 500, show_progress: bool = True) -> Path:
-    """Generate showers for ``primaries`` in batches and write one sim-hit ROOT file."""
-    n = len(primaries)
-    outside = generator.outside_range(primaries)
-    if outside and not generator.allow_extrapolation:
-        raise FastShowerError("; ".join(outside) + " (--allow-extrapolation to generate anyway)")
+def generate(generator: ShowerGenerator, primaries: Primaries, seed: int = 0,
+             batch_size: int = 500):
+    """Showers of ``primaries`` in batches of ``batch_size``, each batch with its own seed
+    (seed * 100003 + k): yields ShowerBatches in order."""
+    for k, lo in enumerate(range(0, len(primaries), batch_size)):
+        part = primaries.subset(slice(lo, lo + batch_size))
+        yield generator.sample(part, np.random.default_rng(seed * 100_003 + k))
+
+
+def generate_file(generator: ShowerGenerator, primaries: Primaries, out: str | Path,
+                  seed: int = 0, batch_size: int = 500, show_progress: bool = True,
+                  allow_extrapolation: bool = False) -> Path:
+    """Generate showers for ``primaries`` in batches and write one sim-hit ROOT file.
+    Conditions outside the generator's training ranges are refused unless
+    ``allow_extrapolation`` (then logged and recorded in the file)."""
+    outside = generator.ranges.check(primaries, allow_extrapolation)
     if outside:
         log.warning("extrapolating: %s", "; ".join(outside))
-    writer = SimHitWriter(out, {**generator.metadata(seed), "extrapolation": outside})
+    writer = SimHitWriter(out, {**generator.metadata(seed), "extrapolation": outside,
+                                "extrapolation_allowed": allow_extrapolation})
     try:
-        with Tracker(f"generating ({generator.name})", n, enabled=show_progress) as bar:
-            for k, lo in enumerate(range(0, n, batch_size)):
-                part = primaries.subset(slice(lo, lo + batch_size))
-                writer.write(generator.generate(part, seed=seed * 100_003 + k))
-                bar.update(advance=len(part))
+        with Tracker(f"generating ({generator.name})", len(primaries),
+                     enabled=show_progress) as bar:
+            for batch in generate(generator, primaries, seed, batch_size):
+                writer.write(batch)
+                bar.update(advance=len(batch))
     except BaseException:
         writer.abort()
         raise

@@ -29,8 +29,9 @@ from aiohttp import web
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.inference.onnx import OnnxGenerator, noise_inputs
-from fastshower.models.showers import outside_range, particle_index
+from fastshower.inference.onnx import OnnxGenerator, run_session
+from fastshower.models.base import noise_inputs
+from fastshower.models.showers import particle_index
 from fastshower.simhits import Primaries, eta_phi_direction
 
 log = logging.getLogger(__name__)
@@ -178,7 +179,7 @@ class ShowerService:
                              f"{position[missing[0]].tolist()} mm along "
                              f"{direction[missing[0]].tolist()} crosses no cell)")
         primaries = Primaries(arrays["pdg"].reshape(-1), energy, position, direction)
-        outside = outside_range(self.generator.side["ranges"], primaries)
+        outside = self.generator.ranges.outside(primaries)
         if outside and not self.cfg.allow_extrapolation:
             raise BadRequest("; ".join(outside))
         try:
@@ -196,7 +197,7 @@ class ShowerService:
         parts = [{**j.inputs, **noise_inputs(len(j.inputs["energy"]), side,
                                              np.random.default_rng(j.seed))} for j in jobs]
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        shower, cell, energy = self.generator.session.run(list(OUTPUTS), batch)
+        shower, cell, energy = run_session(self.generator.session, batch)
         bounds = np.cumsum([0] + [len(p["energy"]) for p in parts])
         out = []
         for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
@@ -324,7 +325,7 @@ def make_app(generator: OnnxGenerator, cfg: ServeConfig) -> web.Application:
 
 def serve(folder: str | Path, geom: Geometry, cfg: ServeConfig) -> None:
     """Run the server until interrupted."""
-    generator = OnnxGenerator(folder, geom, cfg.allow_extrapolation, threads=cfg.threads)
+    generator = OnnxGenerator(folder, geom, threads=cfg.threads)
     web.run_app(make_app(generator, cfg), host=cfg.host, port=cfg.port, print=log.info)
 
 

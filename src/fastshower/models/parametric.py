@@ -21,6 +21,7 @@ from scipy import optimize, special
 
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import axis_offsets, axis_points, dedx_weights, depth_x0
+from fastshower.models.base import ShowerGenerator, TrainingRanges
 from fastshower.models.showers import (
     PARTICLE_OF_PDG,
     layer_summary,
@@ -89,16 +90,21 @@ def fit_radial(r: np.ndarray, weight: np.ndarray) -> list[float]:
     return [float(min(rc, rt)), float(max(rc, rt)), float(p if rc <= rt else 1 - p)]
 
 
-class ParametricShower:
+class ParametricShower(ShowerGenerator):
     """GFlash-like generator: ``fit`` on Geant4 showers, ``sample`` for new primaries."""
 
     name = "parametric"
+    training = "fit"
 
-    def __init__(self, params: dict):
-        self.params = params
+    def __init__(self, params: dict, geom: Geometry):
+        self.params, self.geom = params, geom
+        self.particles = list(params["particles"])
+        lo, hi = params["energy_range_mev"]
+        self.ranges = TrainingRanges(energy_gev=(lo / 1e3, hi / 1e3))
 
     @classmethod
-    def fit(cls, batch: ShowerBatch, geom: Geometry, seed: int = 0) -> ParametricShower:
+    def fit(cls, batch: ShowerBatch, geom: Geometry, config=None,
+            seed: int = 0) -> ParametricShower:
         e_layer, n_layer = layer_summary(batch, geom)
         w, depth = layer_weights(geom), depth_x0(geom)
         y = profile_moments(e_layer * w, depth)
@@ -135,7 +141,7 @@ class ParametricShower:
                   "energy_range_mev": [float(batch.primaries.energy_mev.min()),
                                        float(batch.primaries.energy_mev.max())],
                   "spot_mev": 0.1}
-        model = cls(params)
+        model = cls(params, geom)
         model.params["spot_mev"] = model._fit_spot(batch, geom, n_layer.sum(), seed)
         model.params["centre"] = model._fit_centre(batch, geom, seed)
         return model
@@ -146,7 +152,7 @@ class ParametricShower:
         for _ in range(12):
             mid = 0.5 * (lo + hi)
             self.params["spot_mev"] = float(np.exp(mid))
-            gen = self.sample(batch.primaries, geom, np.random.default_rng(seed))
+            gen = self.sample(batch.primaries, np.random.default_rng(seed))
             more = layer_summary(gen, geom)[1].sum() > n_hits  # smaller spots -> more hits
             lo, hi = (mid, hi) if more else (lo, mid)
         return float(np.exp(0.5 * (lo + hi)))
@@ -154,7 +160,7 @@ class ParametricShower:
     def _fit_centre(self, batch: ShowerBatch, geom: Geometry, seed: int) -> dict:
         """Per-shower shift of the transverse centre (mm), in bins of ln E: the mean and the
         variance that Geant4 shows beyond what the spots' own sampling gives."""
-        gen = self.sample(batch.primaries, geom, np.random.default_rng(seed))
+        gen = self.sample(batch.primaries, np.random.default_rng(seed))
         c_data, c_model = shower_centre(batch, geom), shower_centre(gen, geom)
         log_e = np.log(batch.primaries.energy_mev)
         edges = np.quantile(log_e, np.linspace(0, 1, N_ENERGY_BINS + 1))
@@ -166,10 +172,9 @@ class ParametricShower:
         return {"log_e_centres": [r[0] for r in rows], "mean": [r[1] for r in rows],
                 "sigma": [r[2] for r in rows]}
 
-    def sample(self, primaries: Primaries, geom: Geometry,
-               rng: np.random.Generator) -> ShowerBatch:
+    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
         """Showers for the given primaries (MeV, mm), placed on the geometry's cells."""
-        p = self.params
+        p, geom = self.params, self.geom
         n, n_layers = len(primaries), len(geom.layers)
         log_e = np.log(primaries.energy_mev)
         kind = particle_index(primaries.pdg, p["particles"])
@@ -208,21 +213,12 @@ class ParametricShower:
         ids = geom.lookup(layer, axis[:, 0] + r * np.cos(phi), axis[:, 1] + r * np.sin(phi))
         return to_batch(primaries, geom, event, ids, spot_e)
 
-    def outside_range(self, primaries: Primaries) -> list[str]:
-        """Incident energies outside the fitted range (3 % margin), as a readable line."""
-        lo, hi = (e / 1e3 for e in self.params["energy_range_mev"])
-        e = primaries.energy_mev / 1e3
-        if e.min() < 0.97 * lo or e.max() > 1.03 * hi:
-            return [f"energy (GeV) {e.min():.4g}..{e.max():.4g} is outside the training range "
-                    f"{lo:.4g}..{hi:.4g}"]
-        return []
-
-    def to_dict(self) -> dict:
-        return self.params
+    def state(self) -> dict:
+        return {"params": self.params}
 
     @classmethod
-    def from_dict(cls, d: dict) -> ParametricShower:
-        return cls(d)
+    def from_state(cls, state: dict, geom: Geometry) -> ParametricShower:
+        return cls(state["params"], geom)
 
 
 def _fit_moments(log_e: np.ndarray, y: np.ndarray) -> dict:

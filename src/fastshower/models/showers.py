@@ -45,23 +45,6 @@ def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
     return hit.argmax(axis=1)
 
 
-def outside_range(ranges: dict[str, list[float]], primaries: Primaries) -> list[str]:
-    """The conditions outside a model's training ``ranges`` (3 % margin on energy, 2 % of the
-    range on angles), as readable lines; empty when all are inside."""
-    eta, phi = primaries.eta_phi()
-    values = {"energy (GeV)": primaries.energy_mev / 1e3, "eta": eta,
-              "phi (deg)": np.rad2deg(phi)}
-    out = []
-    for name, (lo, hi) in ranges.items():
-        v = values[name]
-        margin = (0.03 * lo, 0.03 * hi) if name.startswith("energy") else (
-            (0.02 * (hi - lo) + 1e-6,) * 2)
-        if v.min() < lo - margin[0] or v.max() > hi + margin[1]:
-            out.append(f"{name} {v.min():.4g}..{v.max():.4g} is outside the training range "
-                       f"{lo:.4g}..{hi:.4g}")
-    return out
-
-
 def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
     """(n, 2) energy-weighted mean offset (mm) of the hits from the shower axis."""
     event, _, energy, dx, dy = axis_offsets(batch, geom)

@@ -1,16 +1,15 @@
-"""FlowGNN generation as one tensor program, so that it exports to ONNX as a single graph.
+"""FlowGNN generation as one tensor program: what ``FlowGNN.sample`` runs and what the ONNX
+export traces, so the two cannot drift.
 
-``FlowGNN.generate`` walks the layers in Python and skips (shower, layer) pairs without hits;
-an ONNX graph cannot hold that loop, so here every layer is padded to the largest layer's M
-cells and the whole detector is one (L, M) slot grid. The maths is the same (same weights,
-same features, same Gumbel-top-N and log-normal energies); what differs:
+Every layer is padded to the largest layer's M cells and the whole detector is one (L, M) slot
+grid (an ONNX graph cannot hold a Python loop over layers). Named approximations and costs:
 - every (shower, layer) pair is evaluated, also those the flow gives no hits (their output is
-  masked), and padded slots cost compute too: about 1.2x FlowGNN.generate's work;
+  masked), and padded slots cost compute too;
 - message passing runs as K gathers over a padded neighbour table (K = the largest in-layer
-  degree) instead of a sparse-dense product: the same sum, in operators ONNX has;
-- everything is float32 (FlowGNN.generate post-processes in float64).
-All randomness comes in as inputs (flow noise z, Gumbel noise, normal noise), so the same
-noise gives the same showers in PyTorch and in ONNX Runtime.
+  degree): the same sum as the sparse product of training, in operators ONNX has;
+- everything is float32.
+All randomness comes in as inputs (flow noise z, Gumbel noise, normal noise), so the same noise
+gives the same showers in PyTorch and in ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -19,10 +18,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastshower.geometry.showers import layer_z
-from fastshower.models.flowgnn import CENTRE_SCALE, OFFSET_SCALE, FlowGNN
+from fastshower.geometry import Geometry
+from fastshower.geometry.showers import centroid_depth, layer_z, line_at
+from fastshower.models.flowgnn.network import CENTRE_SCALE, OFFSET_SCALE, LayerGraphs
 
 PAD_SCORE = -1.0e4  # Gumbel score of padded slots: never among the top N
+
+
+def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """(..., M) True for the k largest scores of every row (k: (...,), 0 selects none).
+    With score = logit + Gumbel noise this draws k cells without replacement, each draw with
+    probability proportional to exp(logit) among those left (the Gumbel-top-k trick)."""
+    ranked = torch.sort(score, dim=-1, descending=True).values
+    kth = ranked.gather(-1, (k.long() - 1).clamp(min=0)[..., None])
+    return (score >= kth) & (k[..., None] > 0)
 
 
 class NeighbourTable(nn.Module):
@@ -40,10 +49,9 @@ class NeighbourTable(nn.Module):
         return out
 
 
-def slot_grid(model: FlowGNN) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def slot_grid(geom: Geometry, graphs: LayerGraphs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(L, M) cell id of every slot (-1 = padding), and the padded neighbour table (S, K) with
     its weights (1 / degree; 0 for padding) of the geometry's in-layer graph."""
-    graphs, geom = model._graphs, model._geom
     sizes = graphs.size(np.arange(graphs.n_layers))
     m = int(sizes.max())
     j = np.arange(m)[None, :]
@@ -70,22 +78,23 @@ class FlowGNNSampler(nn.Module):
     flow noise (P, D), Gumbel noise (P, L, M), normal noise (P, L, M)) -> hits as
     (shower index, cell id, energy MeV), one entry per hit."""
 
-    def __init__(self, model: FlowGNN):
+    def __init__(self, model):
+        """``model``: a FlowGNN (its networks are shared, not copied)."""
         super().__init__()
         self.flow, self.cells = model.flow.flow, model.cells
-        cell, index, weight = slot_grid(model)
+        cell, index, weight = slot_grid(model.geom, model.graphs)
         self.n_layers, self.width = cell.shape
         self.table = NeighbourTable(index, weight)
-        c, safe = model._geom.cells, np.maximum(cell, 0)
+        c, safe = model.geom.cells, np.maximum(cell, 0)
         n = model.norms
         lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
         buffers = {
             "cell": cell, "valid": cell >= 0,
             "cell_x": c["x"][safe], "cell_y": c["y"][safe],
-            "static": model._graphs.static[safe],
-            "threshold": 1.02 * model._graphs.threshold[safe],
-            "sizes": model._graphs.size(np.arange(self.n_layers)),
-            "layer_z": layer_z(model._geom), "depth": model._depth,
+            "static": model.graphs.static[safe],
+            "threshold": 1.02 * model.graphs.threshold[safe],
+            "sizes": model.graphs.size(np.arange(self.n_layers)),
+            "layer_z": layer_z(model.geom), "depth": model.depth,
             "context_mean": n["context_mean"], "context_std": n["context_std"],
             "flow_mean": n["flow_mean"], "flow_std": n["flow_std"],
             "flow_lo": lo - 0.05 * (hi - lo), "flow_hi": hi + 0.05 * (hi - lo),
@@ -97,6 +106,8 @@ class FlowGNNSampler(nn.Module):
                      if np.issubdtype(value.dtype, np.integer) else torch.float32)
             self.register_buffer(name, torch.as_tensor(value, dtype=dtype))
         self.flow_dim = len(n["flow_mean"])
+        self.noise_shapes = {"flow_dim": self.flow_dim, "layers": int(self.n_layers),
+                             "width": int(self.width)}
 
     def layer_level(self, energy, direction, particle, z):
         """Conditions and flow noise -> (context (P, C), E_l (P, L), N_l (P, L), centre (P, 2))."""
@@ -117,13 +128,13 @@ class FlowGNNSampler(nn.Module):
     def node_features(self, position, direction, ctx, e_layer, hits, centre) -> torch.Tensor:
         """(S, P, F) cell features, in FlowGNN.group_inputs' order."""
         p = e_layer.shape[0]
-        steps = (self.layer_z[None, :] - position[:, 2:3]) / direction[:, 2:3]  # (P, L)
-        ax = position[:, 0:1] + steps * direction[:, 0:1] + centre[:, 0:1]
-        ay = position[:, 1:2] + steps * direction[:, 1:2] + centre[:, 1:2]
+        ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),
+                         *direction[:, :, None].unbind(1))  # (P, L)
+        ax, ay = ax + centre[:, 0:1], ay + centre[:, 1:2]
         dx = (self.cell_x[None] - ax[..., None]) / OFFSET_SCALE  # (P, L, M)
         dy = (self.cell_y[None] - ay[..., None]) / OFFSET_SCALE
         r = torch.sqrt(dx * dx + dy * dy)
-        mean_depth = (e_layer @ self.depth) / e_layer.sum(1).clamp(min=1e-12)
+        mean_depth = centroid_depth(e_layer, self.depth)
         depth = self.depth[None].expand(p, -1)
         per_pair = torch.stack([
             torch.log(e_layer.clamp(min=1e-3)) / 5.0, torch.log1p(hits) / 5.0,
@@ -151,12 +162,11 @@ class FlowGNNSampler(nn.Module):
         x = self.node_features(position, direction, ctx, e_layer, hits, centre)
         out = self.cell_net(x).transpose(0, 1).reshape(-1, self.n_layers, self.width, 3)
         score = torch.where(self.valid, out[..., 0] + gumbel, torch.full_like(gumbel, PAD_SCORE))
-        ranked = torch.sort(score, dim=-1, descending=True).values
-        kth = ranked.gather(-1, (hits.long() - 1).clamp(min=0)[..., None])
-        hit = (score >= kth) & (hits[..., None] > 0) & self.valid
+        hit = top_k_mask(score, hits) & self.valid
         e = torch.exp(out[..., 1] + torch.exp(out[..., 2].clamp(-4, 2)) * normal)
         e = torch.where(hit, e, torch.zeros_like(e))
         e = e * (e_layer / e.sum(-1).clamp(min=1e-12))[..., None]
         e = torch.where(hit, torch.maximum(e, self.threshold), torch.zeros_like(e))
         shower, layer, slot = torch.nonzero(hit, as_tuple=True)
         return shower, self.cell[layer, slot], e[shower, layer, slot]
+

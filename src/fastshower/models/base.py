@@ -1,0 +1,220 @@
+"""The generator contract: what a shower generator is, and the registry that names them.
+
+A generator turns primaries (simhits.Primaries: MeV, mm, unit directions) into showers on its
+geometry's cells (a ShowerBatch). Each implementation is one module with one subclass of
+``ShowerGenerator`` whose class attribute ``name`` registers it; the trainer, ``generate``,
+``serve``, the Geant4 hook, ``validate`` and the benchmarks find it through ``generator_class``
+and model files through ``load``. docs/design.md says how to add one.
+
+Capabilities beyond sampling are declared, not guessed:
+- ``training``: "fit" (a one-pass fit: implement ``fit``), "steps" (gradient descent driven by
+  training.loop: implement ``TrainableGenerator``), or "none";
+- ``export_module()``: a torch module with explicit noise inputs that ONNX export traces (the
+  same code that ``sample`` runs), or None.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from fastshower import __version__
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry
+from fastshower.models.files import load_model_file, save_atomic
+from fastshower.models.showers import particle_index
+from fastshower.simhits import Primaries, ShowerBatch
+
+# exportable generation programs (ShowerGenerator.export_module): their inputs and outputs
+INPUTS = ("energy", "position", "direction", "particle", "z", "gumbel", "normal")
+OUTPUTS = ("hit_shower", "hit_cell", "hit_energy")
+CHUNK = 16  # showers per program call; noise is drawn chunk by chunk in this order
+ENERGY_MARGIN = 0.03  # relative, on both ends of the energy range
+ANGLE_MARGIN = 0.02  # of the range's width, on both ends of the eta and phi ranges
+LEGACY_KEYS = {"energy (GeV)": "energy_gev", "phi (deg)": "phi_deg"}  # model files before 0.2
+
+
+@dataclass(frozen=True)
+class TrainingRanges:
+    """The conditions a generator was trained on: [low, high] of the primary energy (GeV), and of
+    the direction's eta and phi (degrees) where the generator depends on them."""
+
+    energy_gev: tuple[float, float]
+    eta: tuple[float, float] | None = None
+    phi_deg: tuple[float, float] | None = None
+
+    @classmethod
+    def of(cls, primaries: Primaries, angles: bool = True) -> TrainingRanges:
+        """The ranges spanned by a training sample."""
+        eta, phi = primaries.eta_phi()
+        e, phi = primaries.energy_mev / 1e3, np.rad2deg(phi)
+        return cls(_span(e), _span(eta) if angles else None, _span(phi) if angles else None)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainingRanges:
+        d = {LEGACY_KEYS.get(k, k): tuple(float(x) for x in v) for k, v in d.items()}
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) for k, v in self.__dict__.items() if v is not None}
+
+    def outside(self, primaries: Primaries) -> list[str]:
+        """The conditions outside the ranges (with margins), as readable lines; [] if none."""
+        eta, phi = primaries.eta_phi()
+        values = {"energy_gev": primaries.energy_mev / 1e3, "eta": eta,
+                  "phi_deg": np.rad2deg(phi)}
+        out = []
+        for name, bounds in self.__dict__.items():
+            if bounds is None or not len(primaries):
+                continue
+            lo, hi = bounds
+            margin = ((ENERGY_MARGIN * lo, ENERGY_MARGIN * hi) if name == "energy_gev"
+                      else (ANGLE_MARGIN * (hi - lo) + 1e-6,) * 2)
+            v = values[name]
+            if v.min() < lo - margin[0] or v.max() > hi + margin[1]:
+                out.append(f"{name} {v.min():.4g}..{v.max():.4g} is outside the training range "
+                           f"{lo:.4g}..{hi:.4g}")
+        return out
+
+    def check(self, primaries: Primaries, allow_extrapolation: bool = False) -> list[str]:
+        """The one training-range check: raises for conditions outside the ranges unless
+        ``allow_extrapolation``; returns the lines (for a log and the output's metadata)."""
+        outside = self.outside(primaries)
+        if outside and not allow_extrapolation:
+            raise FastShowerError("; ".join(outside) + " (allow extrapolation explicitly, e.g. "
+                                  "--allow-extrapolation, to generate anyway)")
+        return outside
+
+
+def _span(v: np.ndarray) -> tuple[float, float]:
+    return float(v.min()), float(v.max())
+
+
+class ShowerGenerator(ABC):
+    """A conditional shower generator bound to its geometry.
+
+    Instances have ``geom``, ``particles`` (names it can generate, simhits.PARTICLES keys),
+    ``ranges`` (TrainingRanges) and ``source`` (where it was loaded from).
+    """
+
+    name: ClassVar[str]
+    registry: ClassVar[dict[str, type[ShowerGenerator]]] = {}
+    training: ClassVar[Literal["fit", "steps", "none"]] = "none"
+    config_type: ClassVar[type[BaseModel] | None] = None  # its section of a training config
+
+    geom: Geometry
+    particles: list[str]
+    ranges: TrainingRanges
+    source: str = ""
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "name" in cls.__dict__:
+            ShowerGenerator.registry[cls.name] = cls
+
+    @abstractmethod
+    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
+        """Showers for ``primaries``, placed on the geometry's cells (no range check here:
+        callers check ``ranges`` once)."""
+
+    @abstractmethod
+    def state(self) -> dict[str, Any]:
+        """Everything needed to rebuild it, as tensors and plain data (a model file)."""
+
+    @classmethod
+    @abstractmethod
+    def from_state(cls, state: dict[str, Any], geom: Geometry) -> ShowerGenerator:
+        """Rebuild from ``state()`` on the geometry it was made with."""
+
+    def export_module(self) -> torch.nn.Module | None:
+        """A torch module for ONNX export, or None when the generator has no network."""
+        return None
+
+    @classmethod
+    def fit(cls, train: ShowerBatch, geom: Geometry, config: BaseModel | None,
+            seed: int) -> ShowerGenerator:
+        """A one-pass fit to Geant4 showers (generators with ``training = "fit"``)."""
+        raise FastShowerError(f"{cls.name} is not fitted in one pass")
+
+    # --- files ------------------------------------------------------------------------------
+    def save(self, path: str | Path, state: dict | None = None) -> Path:
+        """Write the model file (atomic): ``state`` (default: ``state()``), the registry name
+        and the geometry identity."""
+        path = Path(path)
+        save_atomic({**(self.state() if state is None else state), "model": self.name,
+                     "geometry_hash": self.geom.hash}, path)
+        return path
+
+    def metadata(self, seed: int) -> dict:
+        """What a sim-hit file made by this generator records about it."""
+        return {"generator": f"fastshower {self.name}", "model_source": self.source,
+                "fastshower_version": __version__, "geometry_hash": self.geom.hash,
+                "seed": seed, "physics_mode": "ml", "torch_threads": torch.get_num_threads()}
+
+
+def primaries_inputs(primaries: Primaries, particles: list[str]) -> dict[str, np.ndarray]:
+    """The physics inputs of a generation program (and of model.onnx): energy (MeV), position
+    (mm), unit direction (float32) and the index of each particle in ``particles``."""
+    return {"energy": primaries.energy_mev.astype(np.float32),
+            "position": primaries.position_mm.astype(np.float32),
+            "direction": primaries.direction.astype(np.float32),
+            "particle": particle_index(primaries.pdg, particles).astype(np.int64)}
+
+
+def noise_inputs(n: int, shapes: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The random inputs of a program for n showers; ``shapes``: flow_dim, layers, width."""
+    grid = (n, shapes["layers"], shapes["width"])
+    return {"z": rng.standard_normal((n, shapes["flow_dim"]), dtype=np.float32),
+            "gumbel": rng.gumbel(size=grid).astype(np.float32),
+            "normal": rng.standard_normal(grid, dtype=np.float32)}
+
+
+def run_program(call: Callable[[dict], Sequence], inputs: dict[str, np.ndarray],
+                noise_shapes: dict, rng: np.random.Generator,
+                chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(hit shower, hit cell, hit energy) of a generation program run by ``call`` (a torch
+    module or an ONNX Runtime session behind it) over the showers in chunks of ``chunk``, each
+    chunk's noise drawn from ``rng`` in order: the one convention by which both back-ends give
+    the same showers for the same seed."""
+    parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    n = len(inputs["energy"])
+    for lo in range(0, n, chunk):
+        part = {k: v[lo:lo + chunk] for k, v in inputs.items()}
+        part |= noise_inputs(len(part["energy"]), noise_shapes, rng)
+        shower, cell, energy = (np.asarray(a) for a in call(part))
+        parts.append((shower + lo, cell, energy))
+    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+
+
+def torch_call(module: torch.nn.Module) -> Callable[[dict], Sequence]:
+    """``call`` for run_program: a torch program on numpy inputs, without gradients."""
+    def call(part: dict) -> list[np.ndarray]:
+        with torch.no_grad():
+            return [t.numpy() for t in module(**{k: torch.from_numpy(v)
+                                                 for k, v in part.items()})]
+    return call
+
+
+def generator_class(name: str) -> type[ShowerGenerator]:
+    """The registered generator called ``name``, with a clear error for an unknown one (the
+    package's own generators register when fastshower.models is imported)."""
+    if name not in ShowerGenerator.registry:
+        raise FastShowerError(f"unknown generator {name!r}; available: "
+                              f"{', '.join(sorted(ShowerGenerator.registry))}")
+    return ShowerGenerator.registry[name]
+
+
+def load(path: str | Path, geom: Geometry) -> ShowerGenerator:
+    """A generator from its model file (or a run folder's model.pt), checked against ``geom``."""
+    saved = load_model_file(path)
+    geom.require_same(saved.get("geometry_hash"), str(path))
+    generator = generator_class(str(saved.get("model"))).from_state(saved, geom)
+    generator.source = str(path)
+    return generator

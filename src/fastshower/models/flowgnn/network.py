@@ -1,0 +1,126 @@
+"""FlowGNN's networks: the layer-level spline flow, the cell graph network and the geometry's
+per-layer cell graphs they run on."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import torch
+import zuko
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch_geometric.nn import MessagePassing
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry
+from fastshower.models.showers import THRESHOLD_MIP
+
+CENTRE_SCALE = 5.0  # mm
+OFFSET_SCALE = 30.0  # mm
+E_DEQUANT = 0.02  # MeV: uniform noise added to layer energies (well below half a MIP)
+
+
+class FlowGNNConfig(BaseModel):
+    """Sizes of the two stages."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    flow_transforms: int = Field(4, gt=0)
+    flow_hidden: int = Field(64, gt=0)
+    flow_bins: int = Field(8, gt=1)
+    gnn_hidden: int = Field(32, gt=0)
+    gnn_layers: int = Field(3, gt=0)
+    # mini-batch of a training step (the global batch under data parallelism)
+    flow_batch: int = Field(256, gt=0)  # showers for the layer-level flow
+    cell_pairs: int = Field(24, gt=0)  # (shower, layer) pairs for the cell network
+
+
+class LayerFlow(nn.Module):
+    """p(layer-level vector (n, 2L + 2) | context (n, C)) as a spline coupling flow."""
+
+    def __init__(self, features: int, context: int, cfg: FlowGNNConfig):
+        super().__init__()
+        self.flow = zuko.flows.NSF(features, context, bins=cfg.flow_bins,
+                                   transforms=cfg.flow_transforms, passes=2, randperm=True,
+                                   hidden_features=[cfg.flow_hidden] * 2)
+
+    def log_prob(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        return self.flow(c).log_prob(x)
+
+    def sample(self, c: torch.Tensor) -> torch.Tensor:
+        return self.flow(c).sample()
+
+
+class SharedGraphConv(MessagePassing):
+    """GraphConv (x_i W_root + mean_j x_j W_rel) on P showers that share one cell graph.
+
+    x: (N, P, H) for N cells and P showers; adj: (N, N) row-normalised sparse CSR adjacency.
+    Message passing is fused into one sparse-dense product over all P showers at once.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__(aggr="sum")
+        self.lin_rel = nn.Linear(hidden, hidden)
+        self.lin_root = nn.Linear(hidden, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        n, p, h = x.shape
+        mean = self.propagate(adj, x=x.reshape(n, p * h)).reshape(n, p, h)
+        return self.lin_rel(mean) + self.lin_root(x)
+
+    def message_and_aggregate(self, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return adj @ x
+
+
+class CellNet(nn.Module):
+    """Per-cell (hit log-odds, mu, log sigma) (N, P, 3) from node features (N, P, F)."""
+
+    def __init__(self, features: int, cfg: FlowGNNConfig):
+        super().__init__()
+        h = cfg.gnn_hidden
+        self.embed = nn.Sequential(nn.Linear(features, h), nn.SiLU(), nn.Linear(h, h))
+        self.convs = nn.ModuleList(SharedGraphConv(h) for _ in range(cfg.gnn_layers))
+        self.head = nn.Sequential(nn.SiLU(), nn.Linear(h, h), nn.SiLU(), nn.Linear(h, 3))
+
+    def forward(self, x: torch.Tensor, adj: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for conv in self.convs:
+            h = h + torch.nn.functional.silu(conv(h, adj))
+        return self.head(h)
+
+
+class LayerGraphs:
+    """The geometry's cells grouped by layer (contiguous id ranges, as geometry keys sort them)
+    and each layer's in-layer neighbour graph as a row-normalised sparse adjacency."""
+
+    def __init__(self, geom: Geometry):
+        layer = geom.cells["layer"]
+        self.n_layers = len(geom.layers)
+        if not np.all(np.diff(layer) >= 0):
+            raise FastShowerError("FlowGNN needs cells sorted by layer (geometry keys are)")
+        self.start = np.searchsorted(layer, np.arange(self.n_layers + 1))
+        src, dst = geom.edges.astype(np.int64)
+        same = layer[src] == layer[dst]
+        src, dst = src[same], dst[same]
+        self.adj = []
+        for i in range(self.n_layers):
+            lo, n = self.start[i], self.start[i + 1] - self.start[i]
+            sel = layer[src] == i
+            rows, cols = torch.from_numpy(dst[sel] - lo), torch.from_numpy(src[sel] - lo)
+            deg = torch.bincount(rows, minlength=n).clamp(min=1).float()
+            with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+                warnings.simplefilter("ignore", UserWarning)
+                self.adj.append(torch.sparse_coo_tensor(
+                    torch.stack([rows, cols]), 1.0 / deg[rows], (n, n),
+                    check_invariants=True).coalesce().to_sparse_csr())
+        c = geom.cells
+        self.static = np.stack([np.log(c["area"] / 100.0), c["type"].astype(np.float64),
+                                c["thickness"] / 0.3], -1).astype(np.float32)
+        self.threshold = (THRESHOLD_MIP * geom.mip_energy).astype(np.float32)
+
+    def size(self, layer) -> np.ndarray:
+        return self.start[np.asarray(layer) + 1] - self.start[np.asarray(layer)]
+
+    def ids(self, layer: int) -> np.ndarray:
+        return np.arange(self.start[layer], self.start[layer + 1])

@@ -1,8 +1,5 @@
-"""The Geant4 application: detector built from a Geometry, physics list, gun, sensor scoring.
-
-Import only after ``g4data.setup_data`` has set GEANT4_DATA_DIR (importing geant4_pybind
-without it asks on stdin whether to download the datasets).
-"""
+"""The detector construction: the calorimeter built from a Geometry (absorbers, sensors,
+cells as volumes or one sensor per layer), upstream material and the fast-simulation entry slab."""
 
 from __future__ import annotations
 
@@ -11,10 +8,10 @@ import numpy as np
 import shapely
 
 from fastshower.geometry import Geometry
-from fastshower.geometry.materials import material
 from fastshower.geometry.polygons import regular_polygon
 from fastshower.geometry.segmentation import SCINTILLATOR, SILICON
-from fastshower.simhits import Primaries
+from fastshower.simulation.g4app.materials import g4_material
+from fastshower.simulation.g4app.scorers import ShowerEntry, StepRecorder
 from fastshower.simulation.scoring import SCORING, aggregate_steps
 
 SENSOR_MATERIALS = {SILICON: "G4_Si", SCINTILLATOR: "G4_POLYSTYRENE"}
@@ -23,21 +20,6 @@ C_LIGHT_MM_PER_NS = 299.792458
 X0_SILICON = 93.70  # mm
 UPSTREAM_PLANES = 5  # silicon planes standing for the material in front of the calorimeter
 ENTRY_GAP = 1.0  # mm: thickness of the vacuum slab in front of the calorimeter (fast-sim entry)
-
-
-def g4_material(name: str):
-    """A Geant4 material: NIST by name, or a mixture of NIST materials by mass fraction."""
-    nist = g4.G4NistManager.Instance()
-    found = g4.G4Material.GetMaterial(name, False)
-    if found is not None:
-        return found
-    if name.startswith("G4_"):
-        return nist.FindOrBuildMaterial(name)
-    m = material(name)
-    mix = g4.G4Material(name, m.density * g4.g / g4.cm3, len(m.components))
-    for component, fraction in m.components:
-        mix.AddMaterial(nist.FindOrBuildMaterial(component), fraction)
-    return mix
 
 
 class Detector(g4.G4VUserDetectorConstruction):
@@ -348,143 +330,3 @@ class Detector(g4.G4VUserDetectorConstruction):
         dist = np.sqrt((c["x"][ids] - vertex.x) ** 2 + (c["y"][ids] - vertex.y) ** 2
                        + (c["z"][ids] - vertex.z) ** 2)
         return ids, energy, dist / C_LIGHT_MM_PER_NS, float(pairs[~inside, 1].sum())
-
-
-class StepRecorder(g4.G4VPrimitiveScorer):
-    """Records every charged-particle sensor step with energy: (x, y, z, time, MeV).
-
-    It is a primitive scorer so that a C++ filter can spare Python the neutral steps (photons
-    cross a sensor without depositing: their processes make electrons whatever the cut).
-    This runs for every charged step in a sensor, so it makes the fewest calls into Geant4 it
-    can; the layer is found afterwards from z, vectorised.
-    """
-
-    def __init__(self, name: str):
-        super().__init__(name, 0)
-        self.steps: list[tuple] = []
-
-    def ProcessHits(self, step, history) -> bool:
-        edep = step.GetTotalEnergyDeposit()
-        if edep <= 0.0:
-            return False
-        pre = step.GetPreStepPoint()
-        p = pre.GetPosition()
-        self.steps.append((p.x, p.y, p.z, pre.GetGlobalTime(), edep))
-        return True
-
-    def take(self) -> np.ndarray:
-        """The event's steps as an (n, 5) array; clears the buffer."""
-        out = np.array(self.steps, dtype=np.float64).reshape(-1, 5)
-        self.steps = []
-        return out
-
-
-class ShowerEntry(g4.G4VPrimitiveScorer):
-    """The fast-simulation hook: e+-/gamma entering the calorimeter that ``accept(pdg, MeV,
-    dx, dy, dz)`` hands to the model are recorded at the calorimeter's front and stopped.
-
-    Geant4's G4VFastSimulationModel is not bound in Python; a primitive scorer on a thin vacuum
-    slab in front of the calorimeter is: a C++ particle filter spares Python every other
-    particle, and Python runs once per e+-/gamma crossing the slab, not per step in the
-    calorimeter. Records (pdg, kinetic MeV, x, y, z mm, dx, dy, dz, global time ns).
-    """
-
-    def __init__(self, name: str, accept):
-        super().__init__(name, 0)
-        self.accept = accept
-        self.zside = 1
-        self.entries: list[tuple] = []
-
-    def ProcessHits(self, step, history) -> bool:
-        pre = step.GetPreStepPoint()
-        if pre.GetStepStatus() != g4.G4StepStatus.fGeomBoundary:
-            return False
-        d = pre.GetMomentumDirection()
-        if d.z * self.zside <= 0:  # leaving the calorimeter (albedo): Geant4 goes on
-            return False
-        track = step.GetTrack()
-        pdg, energy = track.GetDefinition().GetPDGEncoding(), pre.GetKineticEnergy()
-        if not self.accept(pdg, energy, d.x, d.y, d.z):
-            return False
-        p = pre.GetPosition()
-        self.entries.append((pdg, energy, p.x, p.y, p.z, d.x, d.y, d.z, pre.GetGlobalTime()))
-        track.SetTrackStatus(g4.G4TrackStatus.fStopAndKill)
-        return True
-
-    def take(self) -> np.ndarray:
-        """The event's stopped particles as an (n, 9) array; clears the buffer."""
-        out = np.array(self.entries, dtype=np.float64).reshape(-1, 9)
-        self.entries = []
-        return out
-
-
-class EmPhysics(g4.G4VModularPhysicsList):
-    """Offline mode: stock EM constructor (opt0 or opt1) plus decays; no hadronic physics."""
-
-    def __init__(self, em_option: int):
-        super().__init__()
-        self.SetVerboseLevel(0)
-        em = {0: g4.G4EmStandardPhysics, 1: g4.G4EmStandardPhysics_option1}[em_option]
-        self.RegisterPhysics(em())
-        self.RegisterPhysics(g4.G4DecayPhysics())
-
-
-def full_physics(em_option: int):
-    """Full mode: FTFP_BERT with the chosen EM option (needs the Geant4 datasets)."""
-    name = "FTFP_BERT" + {0: "", 1: "_EMV"}[em_option]
-    return g4.G4PhysListFactory(0).GetReferencePhysList(name)
-
-
-class Gun(g4.G4VUserPrimaryGeneratorAction):
-    """Shoots the pre-sampled primaries, one per event, in order."""
-
-    def __init__(self, primaries: Primaries, particle: str):
-        super().__init__()
-        self.p = primaries
-        self.gun = g4.G4ParticleGun(1)
-        self.gun.SetParticleDefinition(g4.G4ParticleTable.GetParticleTable().FindParticle(particle))
-
-    def GeneratePrimaries(self, event) -> None:
-        i = event.GetEventID()
-        p = self.p
-        self.gun.SetParticleEnergy(float(p.energy_mev[i]))
-        self.gun.SetParticlePosition(g4.G4ThreeVector(*map(float, p.position_mm[i])))
-        self.gun.SetParticleMomentumDirection(g4.G4ThreeVector(*map(float, p.direction[i])))
-        self.gun.GeneratePrimaryVertex(event)
-
-
-class EventAction(g4.G4UserEventAction):
-    """Hands each finished event's cell hits to a callback."""
-
-    def __init__(self, detector: Detector, on_event):
-        super().__init__()
-        self.detector = detector
-        self.on_event = on_event
-
-    def EndOfEventAction(self, event) -> None:
-        self.on_event(event.GetEventID(), self.detector.read_event(event))
-
-
-class LeakageAction(g4.G4UserTrackingAction):
-    """Sums the kinetic energy of tracks leaving the world (for containment studies only)."""
-
-    def __init__(self):
-        super().__init__()
-        self.escaped = 0.0
-
-    def PostUserTrackingAction(self, track) -> None:
-        if track.GetNextVolume() is None:
-            self.escaped += track.GetKineticEnergy()
-
-    def take(self) -> float:
-        out, self.escaped = self.escaped, 0.0
-        return out
-
-
-def quiet() -> None:
-    g4.G4EmParameters.Instance().SetVerbose(0)
-    ui = g4.G4UImanager.GetUIpointer()
-    for cmd in ("/control/verbose 0", "/run/verbose 0", "/event/verbose 0",
-                "/tracking/verbose 0", "/process/verbose 0", "/process/em/verbose 0",
-                "/process/had/verbose 0"):
-        ui.ApplyCommand(cmd)

@@ -14,6 +14,8 @@ gives the same showers in PyTorch and in ONNX Runtime.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from torch import nn
@@ -35,14 +37,29 @@ def top_k_mask(score: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class NeighbourTable(nn.Module):
-    """Mean over in-layer neighbours as K gathers: (S, F) -> (S, F), S = L * M slots."""
+    """Mean over in-layer neighbours: (S, F) -> (S, F), S = L * M slots.
+
+    One sum, two kernels (as PyG layers have ``message`` and ``message_and_aggregate``): a
+    sparse-dense product when run in PyTorch (10x faster here), K gathers over the padded
+    neighbour table when traced for ONNX, which has no sparse operators.
+    """
 
     def __init__(self, index: np.ndarray, weight: np.ndarray):
         super().__init__()
         self.register_buffer("index", torch.from_numpy(index))
         self.register_buffer("weight", torch.from_numpy(weight))
+        rows = np.repeat(np.arange(len(index)), index.shape[1])
+        keep = weight.ravel() > 0
+        with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+            warnings.simplefilter("ignore", UserWarning)
+            self.adj = torch.sparse_coo_tensor(
+                torch.from_numpy(np.stack([rows[keep], index.ravel()[keep]])),
+                torch.from_numpy(weight.ravel()[keep]), (len(index), len(index))
+            ).coalesce().to_sparse_csr()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return self.adj @ x
         out = self.weight[:, 0, None] * x[self.index[:, 0]]
         for k in range(1, self.index.shape[1]):
             out = out + self.weight[:, k, None] * x[self.index[:, k]]
@@ -145,7 +162,7 @@ class FlowGNNSampler(nn.Module):
         x = torch.cat([torch.stack([dx, dy, r, torch.log(r + 0.05)], -1),
                        self.static[None].expand(*shape, -1),
                        per_pair[:, :, None].expand(*shape, -1)], -1)  # (P, L, M, F)
-        return x.reshape(p, -1, x.shape[-1]).transpose(0, 1)
+        return x.reshape(p, -1, x.shape[-1]).transpose(0, 1).contiguous()
 
     def cell_net(self, x: torch.Tensor) -> torch.Tensor:
         """CellNet with the neighbour table: (S, P, F) -> (S, P, 3)."""

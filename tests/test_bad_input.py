@@ -102,6 +102,7 @@ CASES = [
     (GEN + ["--energy", "50", "--eta", "1.9:nan"], "--eta"),
     (GEN + ["--energy", "50", "--eta", "1.6", "--allow-extrapolation"], "miss the calorimeter"),
     (GEN + ["--energy", "5000"], "outside the training range"),
+    (GEN + ["--primaries-from", "JUNK"], "not a readable fastshower sim-hit file"),
     (["generate", "--run", "EVIL", "--geometry", "G", "--out", "x.root"], "could run code"),
     (["export-model", "--run", "EVIL", "--geometry", "G", "--out", "onnx"], "could run code"),
     (["serve", "--model", "onnx", "--port", "0"], "--port"),

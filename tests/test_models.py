@@ -184,6 +184,14 @@ def test_cli_refuses_what_a_model_cannot_do(sample):
     res = subprocess.run([*gen, "--run", str(out), "--energy", "30", "--out", str(tmp / "x.root")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "outside the training range" in " ".join(res.stdout.split())
+    # --primaries-from: exactly the primaries of a Geant4 sample, in order
+    res = subprocess.run([*base, "generate", "--geometry", str(gpath), "--run", str(out),
+                          "--primaries-from", str(tmp / "gamma"), "--out", str(tmp / "same.root")],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    ref, got = (read_sample(tmp / name)[0].primaries for name in ("gamma", "same.root"))
+    assert len(got) == 100 and all(np.array_equal(getattr(ref, k), getattr(got, k))
+                                   for k in ("pdg", "energy_mev", "position_mm", "direction"))
     res = subprocess.run([*gen, "--run", str(flow), "--energy", "12", "--n", "5",
                           "--allow-extrapolation", "--out", str(tmp / "x.root")],
                          capture_output=True, text=True)

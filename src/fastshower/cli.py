@@ -506,21 +506,28 @@ def generate(
     allow_extrapolation: Annotated[bool, typer.Option(
         help="Generate outside the training range (logged, and flagged in the file).")] = False,
     geometry: ModelGeometry = DEFAULT_GEOMETRY,
+    primaries_from: Annotated[str | None, typer.Option(
+        help="Generate exactly the primaries of this sim-hit sample (file, folder or glob), in "
+             "order, instead of drawing them from the gun options.")] = None,
 ) -> None:
     """Generate showers with a trained model into a sim-hit ROOT file (same schema as Geant4)."""
     from fastshower.geometry import load
     from fastshower.inference.generate import generate_file, load_generator
+    from fastshower.simhits import read_primaries
     from fastshower.simulation.gun import require_on_detector, sample_primaries
 
-    gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
+    if primaries_from is None:
+        gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
+        primaries = sample_primaries(gun, n, np.random.default_rng(seed))
+    else:
+        primaries = read_primaries(primaries_from)
     geom = load(default_geometry(geometry))
     generator = load_generator(run, geom, backend)
-    primaries = sample_primaries(gun, n, np.random.default_rng(seed))
     require_on_detector(geom, primaries)
     out.parent.mkdir(parents=True, exist_ok=True)
     path = generate_file(generator, primaries, out, seed=seed, batch_size=batch_size,
                          allow_extrapolation=allow_extrapolation)
-    console.print(f"wrote {n} {generator.name} showers -> {path}")
+    console.print(f"wrote {len(primaries)} {generator.name} showers -> {path}")
 
 
 @app.command("export-model")

@@ -204,6 +204,20 @@ def read_showers(path: str | Path, entry_start: int | None = None,
     )
 
 
+def read_primaries(spec: str | Path) -> Primaries:
+    """The primaries of every shower of a sample (file, folder or glob), in order, without
+    reading the hits."""
+    parts = []
+    for f in sample_files(spec):
+        try:
+            with uproot.open(f) as handle:
+                arr = handle[TREE].arrays(list(PRIMARY_FIELDS), library="np")
+        except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
+            raise unreadable(f, err) from None
+        parts.append(Primaries.from_branches(arr))
+    return Primaries.concatenate(parts)
+
+
 def concatenate(batches: list[ShowerBatch]) -> ShowerBatch:
     """One batch from several, in order."""
     return ShowerBatch(

@@ -72,6 +72,7 @@ class FlowGNN(nn.Module, ShowerGenerator):
         self.ranges = TrainingRanges.from_dict(self.norms.get("ranges", {"energy_gev": (0, 0)}))
         self.geom = geom
         self.graphs = LayerGraphs(geom)
+        self.layer_sizes = self.graphs.size(np.arange(self.n_layers))
         self.depth = depth_x0(geom).astype(np.float32)
 
     # ---- conditions and layer-level vectors -------------------------------------------------

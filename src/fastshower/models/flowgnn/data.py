@@ -42,7 +42,7 @@ class TrainingData:
 
     def flow_batch(self, model, index: np.ndarray, rng: np.random.Generator):
         x = layer_vector(self.e_layer[index], self.n_layer[index], self.centre[index],
-                               self.primaries.energy_mev[index], rng)
+                         self.primaries.energy_mev[index], rng)
         x = (x - model.norms["flow_mean"]) / model.norms["flow_std"]
         ctx = model.context(self.primaries.subset(index))
         return torch.from_numpy(x.astype(np.float32)), ctx

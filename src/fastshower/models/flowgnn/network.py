@@ -52,6 +52,52 @@ class LayerFlow(nn.Module):
         return self.flow(c).sample()
 
 
+def register_buffers(module: nn.Module, buffers: dict) -> None:
+    """Register numpy values as buffers: bool, int64 or float32 tensors."""
+    for name, value in buffers.items():
+        value = np.asarray(value)
+        dtype = (torch.bool if value.dtype == bool else torch.int64
+                 if np.issubdtype(value.dtype, np.integer) else torch.float32)
+        module.register_buffer(name, torch.as_tensor(value, dtype=dtype))
+
+
+class LayerLevel(nn.Module):
+    """Stage 1 as a tensor program: conditions and flow noise -> (context (P, C), layer
+    energies E_l (P, L) MeV, hit counts N_l (P, L), transverse centre (P, 2) mm). ``model``
+    has ``flow`` (LayerFlow), ``norms``, ``particles`` and ``layer_sizes`` (cells per layer);
+    its flow is shared, not copied. Every value is clipped to the training sample's range
+    (+5 %)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.flow = model.flow.flow
+        n = model.norms
+        lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
+        self.n_layers = len(model.layer_sizes)
+        self.flow_dim = len(n["flow_mean"])
+        register_buffers(self, {
+            "sizes": model.layer_sizes,
+            "context_mean": n["context_mean"], "context_std": n["context_std"],
+            "flow_mean": n["flow_mean"], "flow_std": n["flow_std"],
+            "flow_lo": lo - 0.05 * (hi - lo), "flow_hi": hi + 0.05 * (hi - lo),
+            "onehot": np.eye(len(model.particles))})
+
+    def forward(self, energy, direction, particle, z):
+        dx, dy, dz = direction.unbind(-1)
+        eta = -torch.log(torch.tan(0.5 * torch.atan2(torch.sqrt(dx * dx + dy * dy), dz)))
+        num = torch.stack([torch.log(energy), eta, torch.atan2(dy, dx)], -1)
+        num = (num - self.context_mean) / self.context_std
+        ctx = torch.cat([num, self.onehot[particle]], -1)
+        x = self.flow(ctx).transform.inv(z) * self.flow_std + self.flow_mean
+        x = torch.minimum(torch.maximum(x, self.flow_lo), self.flow_hi)
+        n_l = self.n_layers
+        hits = torch.floor(torch.exp(x[:, n_l:2 * n_l].clamp(0, 12)) - 1.0)
+        hits = torch.minimum(hits, self.sizes.float())
+        e_layer = torch.exp(x[:, :n_l].clamp(-30, 2)) * energy[:, None]
+        e_layer = torch.where(hits > 0, e_layer, torch.zeros_like(e_layer))
+        return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
+
+
 class SharedGraphConv(MessagePassing):
     """GraphConv (x_i W_root + mean_j x_j W_rel) on P showers that share one cell graph.
 

@@ -22,7 +22,12 @@ from torch import nn
 
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import centroid_depth, layer_z, line_at
-from fastshower.models.flowgnn.network import CENTRE_SCALE, OFFSET_SCALE, LayerGraphs
+from fastshower.models.flowgnn.network import (
+    OFFSET_SCALE,
+    LayerGraphs,
+    LayerLevel,
+    register_buffers,
+)
 
 PAD_SCORE = -1.0e4  # Gumbel score of padded slots: never among the top N
 
@@ -103,44 +108,18 @@ class FlowGNNSampler(nn.Module):
         self.n_layers, self.width = cell.shape
         self.table = NeighbourTable(index, weight)
         c, safe = model.geom.cells, np.maximum(cell, 0)
-        n = model.norms
-        lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
+        self.level = LayerLevel(model)
         buffers = {
             "cell": cell, "valid": cell >= 0,
             "cell_x": c["x"][safe], "cell_y": c["y"][safe],
             "static": model.graphs.static[safe],
             "threshold": 1.02 * model.graphs.threshold[safe],
-            "sizes": model.graphs.size(np.arange(self.n_layers)),
             "layer_z": layer_z(model.geom), "depth": model.depth,
-            "context_mean": n["context_mean"], "context_std": n["context_std"],
-            "flow_mean": n["flow_mean"], "flow_std": n["flow_std"],
-            "flow_lo": lo - 0.05 * (hi - lo), "flow_hi": hi + 0.05 * (hi - lo),
-            "onehot": np.eye(len(model.particles)),
         }
-        for name, value in buffers.items():
-            value = np.asarray(value)
-            dtype = (torch.bool if value.dtype == bool else torch.int64
-                     if np.issubdtype(value.dtype, np.integer) else torch.float32)
-            self.register_buffer(name, torch.as_tensor(value, dtype=dtype))
-        self.flow_dim = len(n["flow_mean"])
+        register_buffers(self, buffers)
+        self.flow_dim = self.level.flow_dim
         self.noise_shapes = {"flow_dim": self.flow_dim, "layers": int(self.n_layers),
                              "width": int(self.width)}
-
-    def layer_level(self, energy, direction, particle, z):
-        """Conditions and flow noise -> (context (P, C), E_l (P, L), N_l (P, L), centre (P, 2))."""
-        dx, dy, dz = direction.unbind(-1)
-        eta = -torch.log(torch.tan(0.5 * torch.atan2(torch.sqrt(dx * dx + dy * dy), dz)))
-        num = torch.stack([torch.log(energy), eta, torch.atan2(dy, dx)], -1)
-        num = (num - self.context_mean) / self.context_std
-        ctx = torch.cat([num, self.onehot[particle]], -1)
-        x = self.flow(ctx).transform.inv(z) * self.flow_std + self.flow_mean
-        x = torch.minimum(torch.maximum(x, self.flow_lo), self.flow_hi)
-        n_l = self.n_layers
-        hits = torch.floor(torch.exp(x[:, n_l:2 * n_l].clamp(0, 12)) - 1.0)
-        hits = torch.minimum(hits, self.sizes.float())
-        e_layer = torch.exp(x[:, :n_l].clamp(-30, 2)) * energy[:, None]
-        e_layer = torch.where(hits > 0, e_layer, torch.zeros_like(e_layer))
-        return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
 
     def node_features(self, position, direction, ctx, e_layer, hits, centre) -> torch.Tensor:
         """(S, P, F) cell features, in FlowGNN.group_inputs' order."""
@@ -175,7 +154,7 @@ class FlowGNNSampler(nn.Module):
         return net.head(h)
 
     def forward(self, energy, position, direction, particle, z, gumbel, normal):
-        ctx, e_layer, hits, centre = self.layer_level(energy, direction, particle, z)
+        ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
         x = self.node_features(position, direction, ctx, e_layer, hits, centre)
         out = self.cell_net(x).transpose(0, 1).reshape(-1, self.n_layers, self.width, 3)
         score = torch.where(self.valid, out[..., 0] + gumbel, torch.full_like(gumbel, PAD_SCORE))

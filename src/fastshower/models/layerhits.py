@@ -3,18 +3,20 @@
 Stage 1 is FlowGNN's layer-level spline flow: per layer the energy and the number of hits, and
 the shower's transverse centre. Stage 2 places each layer's N hits directly. A small network
 turns the layer-level quantities into a mixture of K Gaussians in u = ln(r + 1 mm), r being the
-distance from the shower axis (shifted by the centre) in the layer plane; candidate points are
-drawn from it at uniform azimuth and put on cells by the geometry lookup, and the first N
-distinct cells are the hits. A second network gives each hit's ln(e / mean hit energy) as a
+distance from the shower axis (shifted by the centre) in the layer plane; about 2N candidate
+points are drawn from it at uniform azimuth and put on cells by the geometry lookup, and a
+third network, trained on exactly these proposals, gives each proposed cell the log-odds of
+being a hit: the N hits are the Gumbel-top-N of those (proposal plus learned acceptance, which
+corrects what the proposal alone gets wrong: distinct cells are not independent draws). A second
+network gives each hit's ln(e / mean hit energy) as a
 Gaussian from its cell's u and the layer quantities; the energies are rescaled to the layer
 energy. Work per shower: one radial-network call per active layer, ~2N lookups and N
-energy-network calls per layer.
+acceptance- and energy-network calls per layer.
 
 Approximations, named: the hits of a layer are azimuthally symmetric around the shifted axis;
-the radial density is fitted to the centres of the hit cells (points are snapped to cells, so a
-cell's chance is the density integrated over it); the first N distinct cells of the point draws
-stand for the joint law of the hit set (a layer whose draws give fewer than N distinct cells
-keeps fewer); hit times are times of flight; no ONNX export yet.
+a cell that no proposal reaches cannot be a hit; the Gumbel-top-N of independent log-odds
+stands for the joint law of the hit set (a layer whose proposals give fewer than N cells keeps
+fewer); hit times are times of flight; no ONNX export yet.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class HitNet(nn.Module):
         self.k = cfg.components
         self.radial = _mlp(features, 3 * cfg.components, cfg.hidden)
         self.energy = _mlp(features + 1, 2, cfg.hidden)
+        self.accept = _mlp(features + 2, 1, cfg.hidden)
 
     def mixture(self, f: torch.Tensor):
         logits, mean, log_sigma = self.radial(f).split(self.k, -1)
@@ -77,9 +80,35 @@ class HitNet(nn.Module):
         z = (u[:, None] - mean) / log_sigma.exp()
         return torch.logsumexp(log_w - 0.5 * z * z - log_sigma - 0.9189385, -1)
 
+    def accept_logit(self, f: torch.Tensor, u: torch.Tensor, draws: torch.Tensor):
+        """Log-odds that a proposed cell (its u, log of the draws that fell in it) is a hit."""
+        return self.accept(torch.cat([f, u[:, None], draws[:, None]], -1))[:, 0]
+
     def energy_params(self, f: torch.Tensor, u: torch.Tensor):
         mu, log_sigma = self.energy(torch.cat([f, u[:, None]], -1)).unbind(-1)
         return mu, log_sigma.clamp(-4, 2)
+
+
+def propose(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
+            oversample: float, rng: np.random.Generator):
+    """Candidate cells of (shower, layer) pairs: ceil(oversample n) + 8 points per pair drawn
+    from its radial mixture (ln weights, means, ln sigmas (P, K) in u) at uniform azimuth around
+    its axis point ``axis`` (P, 2) mm, put on cells. Returns distinct (pair, cell, u of the cell
+    centre, ln of the number of points in the cell), pairs in order."""
+    log_w, mean, log_sigma = mixture
+    m = np.ceil(oversample * n).astype(np.int64) + 8
+    pair = np.repeat(np.arange(len(n)), m)
+    comp = np.argmax(log_w[pair] + rng.gumbel(size=(len(pair), log_w.shape[1])), -1)
+    u = mean[pair, comp] + np.exp(log_sigma[pair, comp]) * rng.standard_normal(len(pair))
+    r, phi = np.maximum(np.exp(u) - R0_MM, 0.0), rng.uniform(0, 2 * np.pi, len(pair))
+    xy = axis[pair] + np.stack([r * np.cos(phi), r * np.sin(phi)], -1)
+    cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
+    ok = cell >= 0
+    key, draws = np.unique(pair[ok] * geom.n_cells + cell[ok], return_counts=True)
+    pair, cell = key // geom.n_cells, key % geom.n_cells
+    c = geom.cells
+    u_cell = np.log(np.hypot(c["x"][cell] - axis[pair, 0], c["y"][cell] - axis[pair, 1]) + R0_MM)
+    return pair, cell, u_cell, np.log(draws)
 
 
 class HitData(TrainingData):
@@ -100,7 +129,7 @@ class HitData(TrainingData):
         self.hit_log_e = np.log(self.hit_energy[order] / mean_e[order])
         self.pairs = np.unique(self.hit_pair)
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
-        self.n_layers = n_layers
+        self.n_layers, self.geom = n_layers, geom
 
 
 class LayerHits(nn.Module, ShowerGenerator):
@@ -110,9 +139,9 @@ class LayerHits(nn.Module, ShowerGenerator):
     training = "steps"
     config_type = LayerHitsConfig
     loss_weights: ClassVar[dict[str, float]] = {"flow_nll": 1.0, "radius_nll": 1.0,
-                                                "energy_nll": 1.0}
-    stages: ClassVar[dict[str, tuple[str, ...]]] = {"flow": ("flow_nll",),
-                                                    "hits": ("radius_nll", "energy_nll")}
+                                                "energy_nll": 1.0, "accept_bce": 1.0}
+    stages: ClassVar[dict[str, tuple[str, ...]]] = {
+        "flow": ("flow_nll",), "hits": ("radius_nll", "energy_nll", "accept_bce")}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__()
@@ -179,8 +208,22 @@ class LayerHits(nn.Module, ShowerGenerator):
         mu, log_sigma = self.hits.energy_params(f, u)
         y = torch.from_numpy(data.hit_log_e[hit]).float()
         energy = (log_sigma + 0.5 * ((y - mu) / log_sigma.exp()) ** 2).sum()
+        # acceptance: which proposed cells are Geant4 hits (proposals from the current mixture)
+        fp = f[torch.from_numpy(np.cumsum(counts) - counts)]  # one row per pair
+        with torch.no_grad():
+            mixture = [t.numpy().astype(np.float64) for t in self.hits.mixture(fp)]
+        axis = data.axis[event, layer] + data.centre[event]
+        cand, cell, u_cell, log_draws = propose(mixture, counts, axis, layer, data.geom,
+                                                self.cfg.oversample, rng)
+        key = event[cand] * data.n_cells + cell
+        pos = np.clip(np.searchsorted(data.hit_key, key), 0, len(data.hit_key) - 1)
+        label = torch.from_numpy((data.hit_key[pos] == key).astype(np.float32))
+        logit = self.hits.accept_logit(fp[torch.from_numpy(cand)],
+                                       torch.from_numpy(u_cell).float(),
+                                       torch.from_numpy(log_draws).float())
+        accept = nn.functional.binary_cross_entropy_with_logits(logit, label, reduction="sum")
         return {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
-                "energy_nll": (energy, len(hit))}
+                "energy_nll": (energy, len(hit)), "accept_bce": (accept, len(cand))}
 
     # ---- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,33 +242,29 @@ class LayerHits(nn.Module, ShowerGenerator):
         n = hits[event, layer]
         f = self.pair_features(e_layer[event, layer], n, layer, mean_depth[event], ctx[event])
         log_w, mean, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.mixture(f))
-        # candidate points, oversampled: the first n distinct cells of each pair are its hits
+        # candidate cells proposed by the radial mixture; the n hits of each pair are the
+        # Gumbel-top-n of the acceptance log-odds among them
         n = n.numpy().astype(np.int64)
-        m = np.ceil(self.cfg.oversample * n).astype(np.int64) + 4
-        pair = np.repeat(np.arange(len(n)), m)
-        comp = np.argmax(log_w[pair] + rng.gumbel(size=(len(pair), log_w.shape[1])), -1)
-        u = mean[pair, comp] + np.exp(log_sigma[pair, comp]) * rng.standard_normal(len(pair))
-        r, phi = np.maximum(np.exp(u) - R0_MM, 0.0), rng.uniform(0, 2 * np.pi, len(pair))
-        ev, lay = event.numpy()[pair], layer.numpy()[pair]
+        ev, lay = event.numpy(), layer.numpy()
         axis = axis_points(primaries, self.geom)[ev, lay] + centre.numpy()[ev]
-        cell = self.geom.lookup(lay, axis[:, 0] + r * np.cos(phi), axis[:, 1] + r * np.sin(phi))
-        ok = np.flatnonzero(cell >= 0)
-        _, first = np.unique(pair[ok] * self.geom.n_cells + cell[ok], return_index=True)
-        keep = ok[np.sort(first)]  # distinct (pair, cell), in draw order
-        start = np.searchsorted(pair[keep], np.arange(len(n)))
-        keep = keep[np.arange(len(keep)) - start[pair[keep]] < n[pair[keep]]]
-        pair, cell = pair[keep], cell[keep]
+        pair, cell, u_cell, log_draws = propose((log_w, mean, log_sigma), n, axis, lay,
+                                                self.geom, self.cfg.oversample, rng)
+        logit = self.hits.accept_logit(f[torch.from_numpy(pair)],
+                                       torch.from_numpy(u_cell).float(),
+                                       torch.from_numpy(log_draws).float()).numpy()
+        score = logit.astype(np.float64) + rng.gumbel(size=len(pair))
+        order = np.lexsort((-score, pair))
+        start = np.searchsorted(pair[order], np.arange(len(n)))
+        keep = np.sort(order[np.arange(len(order)) - start[pair[order]] < n[pair[order]]])
+        pair, cell, u_cell = pair[keep], cell[keep], u_cell[keep]
         # energies of the hits, rescaled to the layer energy
-        ax = axis[keep]
-        c = self.geom.cells
-        u_cell = np.log(np.hypot(c["x"][cell] - ax[:, 0], c["y"][cell] - ax[:, 1]) + R0_MM)
         mu, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.energy_params(
             f[torch.from_numpy(pair)], torch.from_numpy(u_cell).float()))
         e = np.exp(mu + np.exp(log_sigma) * rng.standard_normal(len(pair)))
         e_pair = e_layer[event, layer].numpy().astype(np.float64)
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
         e = np.maximum(e, self.threshold[cell])
-        return to_batch(primaries, self.geom, event.numpy()[pair], cell, e)
+        return to_batch(primaries, self.geom, ev[pair], cell, e)
 
     # ---- persistence -------------------------------------------------------------------------
     def state(self, stages: dict[str, dict] | None = None) -> dict:

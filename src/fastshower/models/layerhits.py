@@ -252,7 +252,14 @@ class LayerHits(nn.Module, ShowerGenerator):
         logit = self.hits.accept_logit(f[torch.from_numpy(pair)],
                                        torch.from_numpy(u_cell).float(),
                                        torch.from_numpy(log_draws).float()).numpy()
-        score = logit.astype(np.float64) + rng.gumbel(size=len(pair))
+        # Pareto sampling: inclusion probabilities pi = p x n / sum(p) over the proposals
+        # (they reach only part of the cells a shower may hit), selection by logit(pi) plus
+        # logistic noise keeps each cell's inclusion close to pi
+        log_p = -np.logaddexp(0.0, -logit.astype(np.float64))
+        total = np.bincount(pair, np.exp(log_p), len(n))
+        log_pi = np.minimum(log_p + np.log(n / np.maximum(total, 1e-12))[pair], -1e-6)
+        uniform = rng.uniform(1e-12, 1 - 1e-12, len(pair))
+        score = log_pi - np.log(-np.expm1(log_pi)) + np.log(uniform) - np.log1p(-uniform)
         order = np.lexsort((-score, pair))
         start = np.searchsorted(pair[order], np.arange(len(n)))
         keep = np.sort(order[np.arange(len(order)) - start[pair[order]] < n[pair[order]]])

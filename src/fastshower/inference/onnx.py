@@ -1,9 +1,11 @@
 """ONNX export of a generator and its ONNX Runtime back-end.
 
 An export folder holds:
-- ``model.onnx``: FlowGNNSampler as one graph. Inputs (first axis = showers, float32 unless
-  said): ``energy`` (MeV), ``position`` (mm, 3), ``direction`` (unit vector, 3), ``particle``
-  (int64 index into the card's particle list), ``z`` (standard normal, flow_dim),
+- ``model.onnx``: the generator's generation program (``export_module()``, e.g. FlowGNN's
+  sampler) as one graph. Inputs (first axis = showers, float32 unless said; inputs the program
+  does not use are dropped by the export): ``energy`` (MeV), ``position`` (mm, 3),
+  ``direction`` (unit vector, 3), ``particle`` (int64 index into the card's particle list),
+  ``z`` (standard normal, flow_dim),
   ``gumbel`` (standard Gumbel, layers x width), ``normal`` (standard normal, layers x width).
   Outputs, one entry per hit: ``hit_shower`` (int64 index of the shower in the batch),
   ``hit_cell`` (int64 cell id of the geometry), ``hit_energy`` (MeV).

@@ -1,5 +1,6 @@
-"""The layer-level view of showers that the generators share: where the shower axis crosses each
-layer, energy and hit count per layer, cells around the axis, and generated hits -> ShowerBatch.
+"""What the generators share about showers: energy and hit count per layer, the shower's
+transverse centre, particle indices, and generated hits -> ShowerBatch (the axis itself is in
+geometry.showers).
 
 Units: MeV, mm, ns. A "hit" is a cell above ``THRESHOLD_MIP`` times its sensor's MIP energy,
 the threshold the validation suite counts hits with.

@@ -304,3 +304,28 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     assert np.all(energy >= 0.5 * geom.mip_energy[ids])  # every hit above threshold
     again = model.sample(primaries, np.random.default_rng(1))
     assert np.array_equal(again.flat()[1], ids) and np.array_equal(again.flat()[2], energy)
+
+
+def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
+    """place_hits on a known radial law: n distinct cells per layer, and the share of hits
+    beyond the core radius is the law's P(r > core) (core by cells, tail by points)."""
+    from scipy import special
+
+    from fastshower.geometry.showers import axis_points
+    from fastshower.models.layerhits import R0_MM, place_hits
+
+    geom = build_geometry("hgcal", neighbours=False)
+    gun = GunConfig(particle="gamma", energy=[50.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
+    primaries = sample_primaries(gun, 400, np.random.default_rng(0))
+    layer = np.full(400, 10)
+    axis = axis_points(primaries, geom)[:, 10]
+    mean, sigma = np.log(25.0 + R0_MM), 0.7
+    mixture = (np.zeros((400, 1)), np.full((400, 1), mean), np.full((400, 1), np.log(sigma)))
+    n = np.full(400, 30)  # about 22 expected in the core, of its ~40 cells
+    pair, cell, u = place_hits(mixture, n, axis, layer, geom, {}, 40.0,
+                               np.random.default_rng(1))
+    per_pair = np.bincount(pair, minlength=400)
+    assert np.all(per_pair <= 30) and per_pair.mean() > 29.5
+    assert len(np.unique(pair * geom.n_cells + cell)) == len(cell)
+    beyond = special.ndtr((mean - np.log(40.0 + R0_MM)) / sigma)
+    assert abs(np.mean(np.exp(u) - R0_MM > 40.0) - beyond) < 0.03

@@ -1,22 +1,22 @@
-"""LayerHits: a generator whose work follows the hits, not the cells (issue 17, first version).
+"""LayerHits: a generator whose work follows the hits, not the cells (issue 17).
 
 Stage 1 is FlowGNN's layer-level spline flow: per layer the energy and the number of hits, and
 the shower's transverse centre. Stage 2 places each layer's N hits directly. A small network
 turns the layer-level quantities into a mixture of K Gaussians in u = ln(r + 1 mm), r being the
-distance from the shower axis (shifted by the centre) in the layer plane; about 2N candidate
-points are drawn from it at uniform azimuth and put on cells by the geometry lookup, and a
-third network, trained on exactly these proposals, gives each proposed cell the log-odds of
-being a hit: the N hits are the Gumbel-top-N of those (proposal plus learned acceptance, which
-corrects what the proposal alone gets wrong: distinct cells are not independent draws). A second
-network gives each hit's ln(e / mean hit energy) as a
-Gaussian from its cell's u and the layer quantities; the energies are rescaled to the layer
-energy. Work per shower: one radial-network call per active layer, ~2N lookups and N
-acceptance- and energy-network calls per layer.
+distance from the shower axis (shifted by the centre) in the layer plane. The dense core (cells
+whose centre lies within ``core_mm`` of the axis point, a few dozen per layer) is placed cell by
+cell: each is a hit with probability N x density x area, scaled so that the expected count is
+N x P(r < core_mm). The sparse tail takes the remaining hits as points drawn from the mixture
+beyond ``core_mm``, put on cells by the geometry lookup (distinct cells in draw order: points
+rarely share a cell there). A second network gives each hit's ln(e / mean hit energy) as a
+Gaussian from its cell's u and the layer quantities; energies are rescaled to the layer energy.
+Work per shower: one radial-network call per active layer, a k-d-tree query for the core, ~3
+lookups per tail hit, one energy-network call per hit.
 
 Approximations, named: the hits of a layer are azimuthally symmetric around the shifted axis;
-a cell that no proposal reaches cannot be a hit; the Gumbel-top-N of independent log-odds
-stands for the joint law of the hit set (a layer whose proposals give fewer than N cells keeps
-fewer); hit times are times of flight; no ONNX export yet.
+a core cell's probability uses the density at its centre (its radius floored at half the cell
+size); core cells are included independently (then at most N kept); hit times are times of
+flight; no ONNX export yet.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from typing import ClassVar
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
+from scipy import special
+from scipy.spatial import cKDTree
 from torch import nn
 
 from fastshower.geometry import Geometry
@@ -49,7 +51,7 @@ class LayerHitsConfig(BaseModel):
     flow_bins: int = Field(8, gt=1)
     hidden: int = Field(64, gt=0)
     components: int = Field(4, gt=0)
-    oversample: float = Field(2.0, ge=1.0)  # candidate points per hit
+    core_mm: float = Field(40.0, gt=0)  # radius of the core placed cell by cell
     flow_batch: int = Field(256, gt=0)  # showers per step for the flow
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
 
@@ -68,7 +70,6 @@ class HitNet(nn.Module):
         self.k = cfg.components
         self.radial = _mlp(features, 3 * cfg.components, cfg.hidden)
         self.energy = _mlp(features + 1, 2, cfg.hidden)
-        self.accept = _mlp(features + 2, 1, cfg.hidden)
 
     def mixture(self, f: torch.Tensor):
         logits, mean, log_sigma = self.radial(f).split(self.k, -1)
@@ -80,35 +81,76 @@ class HitNet(nn.Module):
         z = (u[:, None] - mean) / log_sigma.exp()
         return torch.logsumexp(log_w - 0.5 * z * z - log_sigma - 0.9189385, -1)
 
-    def accept_logit(self, f: torch.Tensor, u: torch.Tensor, draws: torch.Tensor):
-        """Log-odds that a proposed cell (its u, log of the draws that fell in it) is a hit."""
-        return self.accept(torch.cat([f, u[:, None], draws[:, None]], -1))[:, 0]
-
     def energy_params(self, f: torch.Tensor, u: torch.Tensor):
         mu, log_sigma = self.energy(torch.cat([f, u[:, None]], -1)).unbind(-1)
         return mu, log_sigma.clamp(-4, 2)
 
 
-def propose(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
-            oversample: float, rng: np.random.Generator):
-    """Candidate cells of (shower, layer) pairs: ceil(oversample n) + 8 points per pair drawn
-    from its radial mixture (ln weights, means, ln sigmas (P, K) in u) at uniform azimuth around
-    its axis point ``axis`` (P, 2) mm, put on cells. Returns distinct (pair, cell, u of the cell
-    centre, ln of the number of points in the cell), pairs in order."""
+def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
+               trees: dict, core_mm: float, rng: np.random.Generator):
+    """The n hit cells of each (shower, layer) pair from its radial mixture in u: the dense
+    core (cells whose centre lies within ``core_mm`` of the axis point) by independent
+    inclusion with probability n x density x cell area, scaled so that their expected number is
+    n x P(r < core_mm); the sparse tail by points drawn from the mixture beyond ``core_mm``
+    (distinct cells in draw order) for the remaining hits. Returns (pair, cell, u of the cell)."""
     log_w, mean, log_sigma = mixture
-    m = np.ceil(oversample * n).astype(np.int64) + 8
-    pair = np.repeat(np.arange(len(n)), m)
-    comp = np.argmax(log_w[pair] + rng.gumbel(size=(len(pair), log_w.shape[1])), -1)
-    u = mean[pair, comp] + np.exp(log_sigma[pair, comp]) * rng.standard_normal(len(pair))
-    r, phi = np.maximum(np.exp(u) - R0_MM, 0.0), rng.uniform(0, 2 * np.pi, len(pair))
-    xy = axis[pair] + np.stack([r * np.cos(phi), r * np.sin(phi)], -1)
-    cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
-    ok = cell >= 0
-    key, draws = np.unique(pair[ok] * geom.n_cells + cell[ok], return_counts=True)
-    pair, cell = key // geom.n_cells, key % geom.n_cells
+    sigma, u_core = np.exp(log_sigma), np.log(core_mm + R0_MM)
     c = geom.cells
-    u_cell = np.log(np.hypot(c["x"][cell] - axis[pair, 0], c["y"][cell] - axis[pair, 1]) + R0_MM)
-    return pair, cell, u_cell, np.log(draws)
+    # core: every cell within core_mm, found per layer with a k-d tree of its cells
+    pairs, cells = [], []
+    for lay in np.unique(layer):
+        rows = np.flatnonzero(layer == lay)
+        if lay not in trees:
+            ids = np.flatnonzero(c["layer"] == lay)
+            trees[lay] = (cKDTree(np.stack([c["x"][ids], c["y"][ids]], -1)), ids)
+        tree, ids = trees[lay]
+        found = tree.query_ball_point(axis[rows], core_mm)
+        counts = np.array([len(f) for f in found])
+        pairs.append(np.repeat(rows, counts))
+        cells.append(ids[np.concatenate([np.asarray(f, dtype=np.int64) for f in found])]
+                     if counts.sum() else np.zeros(0, np.int64))
+    pair, cell = np.concatenate(pairs), np.concatenate(cells)
+    r = np.hypot(c["x"][cell] - axis[pair, 0], c["y"][cell] - axis[pair, 1])
+    r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
+    u = np.log(r + R0_MM)
+    z = (np.log(r_eff + R0_MM)[:, None] - mean[pair]) / sigma[pair]
+    p_u = (np.exp(log_w[pair] - 0.5 * z * z) / sigma[pair]).sum(-1) / np.sqrt(2 * np.pi)
+    pi = n[pair] * p_u / (2 * np.pi * r_eff * (r_eff + R0_MM)) * c["area"][cell]
+    inside = (np.exp(log_w) * special.ndtr((u_core - mean) / sigma)).sum(-1)  # P(r < core)
+    for _ in range(4):  # scale to the expected core count; probabilities stop at 1
+        pi = np.minimum(pi, 1.0)
+        pi *= (n * inside / np.maximum(np.bincount(pair, pi, len(n)), 1e-12))[pair]
+    take = rng.uniform(size=len(pi)) < np.minimum(pi, 1.0)
+    score = np.where(take, pi, -1.0) + rng.uniform(0, 1e-9, len(pi))
+    order = np.lexsort((-score, pair))
+    start = np.searchsorted(pair[order], np.arange(len(n)))
+    keep = order[(np.arange(len(order)) - start[pair[order]] < n[pair[order]]) & take[order]]
+    core_pair, core_cell, core_u = pair[keep], cell[keep], u[keep]
+    # tail: points beyond core_mm for the hits the core did not give
+    k = n - np.bincount(core_pair, minlength=len(n))
+    m = np.where(k > 0, 3 * k + 8, 0)
+    pair = np.repeat(np.arange(len(n)), m)
+    a = (u_core - mean[pair]) / sigma[pair]
+    w_tail = np.exp(log_w[pair]) * special.ndtr(-a)
+    comp = np.argmax(np.log(np.maximum(w_tail, 1e-300)) + rng.gumbel(size=w_tail.shape), -1)
+    a = a[np.arange(len(pair)), comp]
+    q = special.ndtr(a) + rng.uniform(size=len(pair)) * special.ndtr(-a)
+    u = mean[pair, comp] + sigma[pair, comp] * special.ndtri(np.minimum(q, 1 - 1e-12))
+    rad, phi = np.exp(u) - R0_MM, rng.uniform(0, 2 * np.pi, len(pair))
+    xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
+    cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
+    taken = set((core_pair * geom.n_cells + core_cell).tolist())
+    key = pair * geom.n_cells + cell
+    ok = np.flatnonzero((cell >= 0) & ~np.isin(key, list(taken)))
+    _, first = np.unique(key[ok], return_index=True)
+    tail = ok[np.sort(first)]
+    start = np.searchsorted(pair[tail], np.arange(len(n)))
+    tail = tail[np.arange(len(tail)) - start[pair[tail]] < k[pair[tail]]]
+    t_pair, t_cell = pair[tail], cell[tail]
+    t_u = np.log(np.hypot(c["x"][t_cell] - axis[t_pair, 0], c["y"][t_cell] - axis[t_pair, 1])
+                 + R0_MM)
+    return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
+            np.concatenate([core_u, t_u]))
 
 
 class HitData(TrainingData):
@@ -129,7 +171,7 @@ class HitData(TrainingData):
         self.hit_log_e = np.log(self.hit_energy[order] / mean_e[order])
         self.pairs = np.unique(self.hit_pair)
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
-        self.n_layers, self.geom = n_layers, geom
+        self.n_layers = n_layers
 
 
 class LayerHits(nn.Module, ShowerGenerator):
@@ -139,9 +181,9 @@ class LayerHits(nn.Module, ShowerGenerator):
     training = "steps"
     config_type = LayerHitsConfig
     loss_weights: ClassVar[dict[str, float]] = {"flow_nll": 1.0, "radius_nll": 1.0,
-                                                "energy_nll": 1.0, "accept_bce": 1.0}
-    stages: ClassVar[dict[str, tuple[str, ...]]] = {
-        "flow": ("flow_nll",), "hits": ("radius_nll", "energy_nll", "accept_bce")}
+                                                "energy_nll": 1.0}
+    stages: ClassVar[dict[str, tuple[str, ...]]] = {"flow": ("flow_nll",),
+                                                    "hits": ("radius_nll", "energy_nll")}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__()
@@ -208,22 +250,8 @@ class LayerHits(nn.Module, ShowerGenerator):
         mu, log_sigma = self.hits.energy_params(f, u)
         y = torch.from_numpy(data.hit_log_e[hit]).float()
         energy = (log_sigma + 0.5 * ((y - mu) / log_sigma.exp()) ** 2).sum()
-        # acceptance: which proposed cells are Geant4 hits (proposals from the current mixture)
-        fp = f[torch.from_numpy(np.cumsum(counts) - counts)]  # one row per pair
-        with torch.no_grad():
-            mixture = [t.numpy().astype(np.float64) for t in self.hits.mixture(fp)]
-        axis = data.axis[event, layer] + data.centre[event]
-        cand, cell, u_cell, log_draws = propose(mixture, counts, axis, layer, data.geom,
-                                                self.cfg.oversample, rng)
-        key = event[cand] * data.n_cells + cell
-        pos = np.clip(np.searchsorted(data.hit_key, key), 0, len(data.hit_key) - 1)
-        label = torch.from_numpy((data.hit_key[pos] == key).astype(np.float32))
-        logit = self.hits.accept_logit(fp[torch.from_numpy(cand)],
-                                       torch.from_numpy(u_cell).float(),
-                                       torch.from_numpy(log_draws).float())
-        accept = nn.functional.binary_cross_entropy_with_logits(logit, label, reduction="sum")
         return {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
-                "energy_nll": (energy, len(hit)), "accept_bce": (accept, len(cand))}
+                "energy_nll": (energy, len(hit))}
 
     # ---- generation --------------------------------------------------------------------------
     @torch.no_grad()
@@ -242,28 +270,13 @@ class LayerHits(nn.Module, ShowerGenerator):
         n = hits[event, layer]
         f = self.pair_features(e_layer[event, layer], n, layer, mean_depth[event], ctx[event])
         log_w, mean, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.mixture(f))
-        # candidate cells proposed by the radial mixture; the n hits of each pair are the
-        # Gumbel-top-n of the acceptance log-odds among them
+        # the n hit cells of each pair: the core cell by cell, the tail by points
         n = n.numpy().astype(np.int64)
         ev, lay = event.numpy(), layer.numpy()
         axis = axis_points(primaries, self.geom)[ev, lay] + centre.numpy()[ev]
-        pair, cell, u_cell, log_draws = propose((log_w, mean, log_sigma), n, axis, lay,
-                                                self.geom, self.cfg.oversample, rng)
-        logit = self.hits.accept_logit(f[torch.from_numpy(pair)],
-                                       torch.from_numpy(u_cell).float(),
-                                       torch.from_numpy(log_draws).float()).numpy()
-        # Pareto sampling: inclusion probabilities pi = p x n / sum(p) over the proposals
-        # (they reach only part of the cells a shower may hit), selection by logit(pi) plus
-        # logistic noise keeps each cell's inclusion close to pi
-        log_p = -np.logaddexp(0.0, -logit.astype(np.float64))
-        total = np.bincount(pair, np.exp(log_p), len(n))
-        log_pi = np.minimum(log_p + np.log(n / np.maximum(total, 1e-12))[pair], -1e-6)
-        uniform = rng.uniform(1e-12, 1 - 1e-12, len(pair))
-        score = log_pi - np.log(-np.expm1(log_pi)) + np.log(uniform) - np.log1p(-uniform)
-        order = np.lexsort((-score, pair))
-        start = np.searchsorted(pair[order], np.arange(len(n)))
-        keep = np.sort(order[np.arange(len(order)) - start[pair[order]] < n[pair[order]]])
-        pair, cell, u_cell = pair[keep], cell[keep], u_cell[keep]
+        pair, cell, u_cell = place_hits((log_w, mean, log_sigma), n, axis, lay, self.geom,
+                                        self.__dict__.setdefault("_trees", {}),  # k-d trees
+                                        self.cfg.core_mm, rng)
         # energies of the hits, rescaled to the layer energy
         mu, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.energy_params(
             f[torch.from_numpy(pair)], torch.from_numpy(u_cell).float()))

@@ -25,34 +25,29 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from scipy import special
 from scipy.spatial import cKDTree
 from torch import nn
 
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import axis_points, centroid_depth, depth_x0
-from fastshower.models.base import ShowerGenerator, TrainingRanges, primaries_inputs
+from fastshower.models.base import TrainingRanges, primaries_inputs
+from fastshower.models.flowgnn import LayerFlowGenerator
 from fastshower.models.flowgnn.data import TrainingData, fit_norms
-from fastshower.models.flowgnn.network import LayerFlow, LayerLevel
-from fastshower.models.showers import PARTICLE_OF_PDG, THRESHOLD_MIP, particle_index, to_batch
+from fastshower.models.flowgnn.network import LayerFlow, LayerFlowConfig, LayerLevel
+from fastshower.models.showers import PARTICLE_OF_PDG, THRESHOLD_MIP, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
 
 
-class LayerHitsConfig(BaseModel):
-    """Sizes of the two stages and the mini-batch of a training step."""
+class LayerHitsConfig(LayerFlowConfig):
+    """The flow plus the hit networks and their (shower, layer) pairs per step."""
 
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
-    flow_transforms: int = Field(4, gt=0)
-    flow_hidden: int = Field(64, gt=0)
-    flow_bins: int = Field(8, gt=1)
     hidden: int = Field(64, gt=0)
     components: int = Field(4, gt=0)
     core_mm: float = Field(40.0, gt=0)  # radius of the core placed cell by cell
-    flow_batch: int = Field(256, gt=0)  # showers per step for the flow
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
 
 
@@ -174,7 +169,7 @@ class HitData(TrainingData):
         self.n_layers = n_layers
 
 
-class LayerHits(nn.Module, ShowerGenerator):
+class LayerHits(LayerFlowGenerator):
     """Stage 1 (layer-level flow) + stage 2 (hit networks); see the module docstring."""
 
     name = "layerhits"
@@ -205,13 +200,6 @@ class LayerHits(nn.Module, ShowerGenerator):
             torch.log(e_l.clamp(min=1e-3)) / 5.0, torch.log1p(n_l) / 5.0,
             torch.log((e_l / n_l.clamp(min=1)).clamp(min=1e-3)), depth / 10.0,
             (depth - mean_depth) / 5.0], -1), ctx], -1)
-
-    def context(self, primaries: Primaries) -> torch.Tensor:
-        eta, phi = primaries.eta_phi()
-        m, s = self.norms["context_mean"], self.norms["context_std"]
-        num = (np.stack([np.log(primaries.energy_mev), eta, phi], -1) - m) / s
-        onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
-        return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
@@ -286,16 +274,3 @@ class LayerHits(nn.Module, ShowerGenerator):
         e = np.maximum(e, self.threshold[cell])
         return to_batch(primaries, self.geom, ev[pair], cell, e)
 
-    # ---- persistence -------------------------------------------------------------------------
-    def state(self, stages: dict[str, dict] | None = None) -> dict:
-        weights = self.state_dict() if stages is None else {
-            f"{stage}.{k}": v for stage, sd in stages.items() for k, v in sd.items()}
-        return {"config": self.cfg.model_dump(), "particles": self.particles,
-                "norms": self.norms, "state_dict": weights}
-
-    @classmethod
-    def from_state(cls, d: dict, geom: Geometry) -> LayerHits:
-        model = cls(geom, d["particles"], LayerHitsConfig(**d["config"]), d["norms"])
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in d["state_dict"].items()})
-        return model.eval()

@@ -49,11 +49,40 @@ from fastshower.models.flowgnn.sampler import FlowGNNSampler
 from fastshower.models.showers import PARTICLE_OF_PDG, particle_index, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
-__all__ = ["FlowGNN", "FlowGNNConfig", "FlowGNNSampler", "TrainingData", "fit_norms",
-           "layer_vector"]
+__all__ = ["FlowGNN", "FlowGNNConfig", "FlowGNNSampler", "LayerFlowGenerator", "TrainingData",
+           "fit_norms", "layer_vector"]
 
 
-class FlowGNN(nn.Module, ShowerGenerator):
+class LayerFlowGenerator(nn.Module, ShowerGenerator):
+    """What generators built on the layer-level flow share: conditions as the flow's context,
+    and model files of (config, particles, norms, weights). Subclasses set ``config_type`` and
+    take (geom, particles, config, norms)."""
+
+    def context(self, primaries: Primaries) -> torch.Tensor:
+        """(n, C): standardised ln E, eta, phi, particle one-hot."""
+        eta, phi = primaries.eta_phi()
+        m, s = self.norms["context_mean"], self.norms["context_std"]
+        num = (np.stack([np.log(primaries.energy_mev), eta, phi], -1) - m) / s
+        onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
+        return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
+
+    def state(self, stages: dict[str, dict] | None = None) -> dict:
+        """Everything generation needs; ``stages`` optionally gives each stage's weights
+        separately (e.g. each at its best validation loss)."""
+        weights = self.state_dict() if stages is None else {
+            f"{stage}.{k}": v for stage, sd in stages.items() for k, v in sd.items()}
+        return {"config": self.cfg.model_dump(), "particles": self.particles,
+                "norms": self.norms, "state_dict": weights}
+
+    @classmethod
+    def from_state(cls, d: dict, geom: Geometry) -> LayerFlowGenerator:
+        model = cls(geom, d["particles"], cls.config_type(**d["config"]), d["norms"])
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v
+                               for k, v in d["state_dict"].items()})
+        return model.eval()
+
+
+class FlowGNN(LayerFlowGenerator):
     """The two stages plus the normalisation constants fitted on the training sample."""
 
     name = "flowgnn"
@@ -76,14 +105,6 @@ class FlowGNN(nn.Module, ShowerGenerator):
         self.depth = depth_x0(geom).astype(np.float32)
 
     # ---- conditions and layer-level vectors -------------------------------------------------
-    def context(self, primaries: Primaries) -> torch.Tensor:
-        """(n, C): standardised ln E, eta, phi, particle one-hot."""
-        eta, phi = primaries.eta_phi()
-        m, s = self.norms["context_mean"], self.norms["context_std"]
-        num = (np.stack([np.log(primaries.energy_mev), eta, phi], -1) - m) / s
-        onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
-        return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
-
     # ---- stage 2 node features ---------------------------------------------------------------
     def group_inputs(self, layer: int, events: np.ndarray, axis, centre, e_layer, n_layer, ctx,
                      mean_depth) -> torch.Tensor:
@@ -175,18 +196,4 @@ class FlowGNN(nn.Module, ShowerGenerator):
         return to_batch(primaries, self.geom, shower, cell, energy.astype(np.float64))
 
     # ---- persistence -------------------------------------------------------------------------
-    def state(self, stages: dict[str, dict] | None = None) -> dict:
-        """Everything generation needs; ``stages`` optionally gives the state of the flow and
-        of the cell network separately (e.g. each at its best validation loss)."""
-        weights = self.state_dict() if stages is None else {
-            **{f"flow.{k}": v for k, v in stages["flow"].items()},
-            **{f"cells.{k}": v for k, v in stages["cells"].items()}}
-        return {"config": self.cfg.model_dump(), "particles": self.particles,
-                "norms": self.norms, "state_dict": weights}
 
-    @classmethod
-    def from_state(cls, d: dict, geom: Geometry) -> FlowGNN:
-        model = cls(geom, d["particles"], FlowGNNConfig(**d["config"]), d["norms"])
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in d["state_dict"].items()})
-        return model.eval()

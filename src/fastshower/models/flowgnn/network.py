@@ -21,19 +21,24 @@ OFFSET_SCALE = 30.0  # mm
 E_DEQUANT = 0.02  # MeV: uniform noise added to layer energies (well below half a MIP)
 
 
-class FlowGNNConfig(BaseModel):
-    """Sizes of the two stages."""
+class LayerFlowConfig(BaseModel):
+    """The layer-level flow's size and its showers per training step (the global batch under
+    data parallelism); generators built on it add their own settings."""
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     flow_transforms: int = Field(4, gt=0)
     flow_hidden: int = Field(64, gt=0)
     flow_bins: int = Field(8, gt=1)
+    flow_batch: int = Field(256, gt=0)
+
+
+class FlowGNNConfig(LayerFlowConfig):
+    """FlowGNN: the flow plus the cell network and its (shower, layer) pairs per step."""
+
     gnn_hidden: int = Field(32, gt=0)
     gnn_layers: int = Field(3, gt=0)
-    # mini-batch of a training step (the global batch under data parallelism)
-    flow_batch: int = Field(256, gt=0)  # showers for the layer-level flow
-    cell_pairs: int = Field(24, gt=0)  # (shower, layer) pairs for the cell network
+    cell_pairs: int = Field(24, gt=0)
 
 
 class LayerFlow(nn.Module):

@@ -46,29 +46,32 @@ def main() -> None:
     summary = {"data": args.data, "split": args.split, "n_test": len(test), "models": {}}
     for run in args.runs.split(","):
         generator = load_generator(run, geom)
-        path = out / f"{generator.name}_test.root"
+        name = generator.name  # a second run of the same model: told apart by its folder name
+        if name in summary["models"]:
+            name = f"{generator.name}-{Path(run).name}"
+        path = out / f"{name}_test.root"
         start = time.process_time()
         generate_file(generator, test.primaries, path, seed=11, show_progress=False)
         cpu = (time.process_time() - start) / len(test)
-        m = validate(reference, path, args.geometry, out / generator.name)
+        m = validate(reference, path, args.geometry, out / name)
         g, f = m["generated"], m["floor"]
         bins = [{"e_gev": [b["e_min_mev"] / 1e3, b["e_max_mev"] / 1e3],
                  "auc": b["generated"]["classifier"]["auc"],
                  "auc_floor": b["floor"]["classifier"]["auc"]} for b in m["energy_bins"]]
-        summary["models"][generator.name] = {
+        summary["models"][name] = {
             "run": run, "auc": g["classifier"]["auc"], "auc_std": g["classifier"]["auc_std"],
             "auc_floor": f["classifier"]["auc"], "auc_low_level": g["classifier_low_level"]["auc"],
             "auc_low_level_floor": f["classifier_low_level"]["auc"], "fpd": g["fpd"],
             "fpd_floor": f["fpd"], "cpu_s_per_shower_generate": cpu, "energy_bins": bins,
             "separation_power": {k: v["separation_power"] for k, v in g["observables"].items()},
         }
-        print(f"{generator.name:10s}: AUC {g['classifier']['auc']:.3f} ± "
+        print(f"{name:10s}: AUC {g['classifier']['auc']:.3f} ± "
               f"{g['classifier']['auc_std']:.3f} (floor {f['classifier']['auc']:.3f}); "
               f"low-level {g['classifier_low_level']['auc']:.3f}; FPD {g['fpd']:.3f} "
               f"(floor {f['fpd']:.3f}); per energy bin: "
               + ", ".join(f"{b['e_gev'][0]:.3g}-{b['e_gev'][1]:.3g} GeV {b['auc']:.3f}"
                           for b in bins))
-        worst = sorted(summary["models"][generator.name]["separation_power"].items(),
+        worst = sorted(summary["models"][name]["separation_power"].items(),
                        key=lambda kv: -kv[1])[:3]
         print("            worst observables (separation power): "
               + ", ".join(f"{k} {v:.3f}" for k, v in worst))

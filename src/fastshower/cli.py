@@ -138,13 +138,16 @@ def geometry_plot(
     console.print(f"wrote {out} (layer {layer})")
 
 
-def _numbers(text: str, sep: str, what: str, usage: str, sizes: tuple[int, ...]) -> list[float]:
-    """Finite numbers separated by ``sep``, as many as one of ``sizes``; one-line errors."""
+def _numbers(text: str, sep: str, what: str, usage: str,
+             sizes: tuple[int, ...] | None = None) -> list[float]:
+    """Finite numbers separated by ``sep``, as many as one of ``sizes`` (None: any number);
+    one-line errors."""
     try:
         values = [float(v) for v in text.split(sep)]
     except ValueError:
         values = []
-    if len(values) not in sizes or not all(math.isfinite(v) for v in values):
+    if (not values or (sizes and len(values) not in sizes)
+            or not all(math.isfinite(v) for v in values)):
         raise FastShowerError(f"cannot read --{what} {text!r}: use {usage} (finite numbers)")
     return values
 
@@ -154,7 +157,7 @@ def parse_energy(text: str, spectrum: str | None) -> tuple[list[float], str]:
     usage = "10, 10,50,100 or 1:500 (GeV)"
     if ":" in text:
         return _numbers(text, ":", "energy", usage, (2,)), spectrum or "log-uniform"
-    values = _numbers(text, ",", "energy", usage, tuple(range(1, 1000)))
+    values = _numbers(text, ",", "energy", usage)
     return values, spectrum or ("fixed" if len(values) == 1 else "list")
 
 
@@ -216,7 +219,6 @@ Spectrum = Annotated[str | None, typer.Option(
 Eta = Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")]
 Phi = Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")]
 Count = Annotated[int, typer.Option("--n", min=1, help="Number of showers.")]
-Seed = Annotated[int, typer.Option(min=0, help="Seed (non-negative).")]
 ModelGeometry = Annotated[Path, typer.Option(help="Geometry file the model was trained on.")]
 
 

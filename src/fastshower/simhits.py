@@ -173,30 +173,34 @@ class SimHitWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def unreadable(path: str | Path, err: Exception) -> FastShowerError:
-    """The one-line error for a file that is not a (complete) sim-hit file (the reader's own
-    message, e.g. uproot's chunk sizes, says nothing to a user)."""
-    kind = "missing" if isinstance(err, FileNotFoundError) else "not ROOT, truncated or corrupt"
-    return FastShowerError(f"{path} is not a readable fastshower sim-hit file ({kind})")
+def _read(path: str | Path, read):
+    """``read(file)`` on an open sim-hit file. Anything that makes it unreadable gives one line
+    naming the file (the reader's own message, e.g. uproot's chunk sizes, says nothing to a
+    user)."""
+    try:
+        with uproot.open(path) as f:
+            return read(f)
+    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
+        kind = ("missing" if isinstance(err, FileNotFoundError)
+                else "not ROOT, truncated or corrupt")
+        raise FastShowerError(f"{path} is not a readable fastshower sim-hit file ({kind})"
+                              ) from None
 
 
 def read_metadata(path: str | Path) -> dict:
     """The JSON metadata of a sim-hit file; a clear error for anything else."""
-    try:
-        with uproot.open(path) as f:
-            return json.loads(str(f["metadata"]))
-    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
-        raise unreadable(path, err) from None
+    return _read(path, lambda f: json.loads(str(f["metadata"])))
+
+
+def read_header(path: str | Path) -> tuple[dict, int]:
+    """The JSON metadata and the number of showers of a sim-hit file, in one opening."""
+    return _read(path, lambda f: (json.loads(str(f["metadata"])), int(f[TREE].num_entries)))
 
 
 def read_showers(path: str | Path, entry_start: int | None = None,
                  entry_stop: int | None = None) -> ShowerBatch:
     """Read showers [entry_start, entry_stop) of one sim-hit file."""
-    try:
-        with uproot.open(path) as f:
-            arr = f[TREE].arrays(entry_start=entry_start, entry_stop=entry_stop)
-    except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
-        raise unreadable(path, err) from None
+    arr = _read(path, lambda f: f[TREE].arrays(entry_start=entry_start, entry_stop=entry_stop))
     return ShowerBatch(
         primaries=Primaries.from_branches({k: ak.to_numpy(arr[k]) for k in PRIMARY_FIELDS}),
         cell_id=arr["cell", "id"], cell_energy=arr["cell", "energy"], cell_time=arr["cell", "time"],
@@ -207,15 +211,10 @@ def read_showers(path: str | Path, entry_start: int | None = None,
 def read_primaries(spec: str | Path) -> Primaries:
     """The primaries of every shower of a sample (file, folder or glob), in order, without
     reading the hits."""
-    parts = []
-    for f in sample_files(spec):
-        try:
-            with uproot.open(f) as handle:
-                arr = handle[TREE].arrays(list(PRIMARY_FIELDS), library="np")
-        except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
-            raise unreadable(f, err) from None
-        parts.append(Primaries.from_branches(arr))
-    return Primaries.concatenate(parts)
+    return Primaries.concatenate([
+        Primaries.from_branches(_read(f, lambda h: h[TREE].arrays(list(PRIMARY_FIELDS),
+                                                                  library="np")))
+        for f in sample_files(spec)])
 
 
 def concatenate(batches: list[ShowerBatch]) -> ShowerBatch:

@@ -7,19 +7,10 @@ shower is never seen in training by any model.
 from __future__ import annotations
 
 import numpy as np
-import uproot
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.simhits import (
-    TREE,
-    ShowerBatch,
-    concatenate,
-    read_metadata,
-    read_showers,
-    sample_files,
-    unreadable,
-)
+from fastshower.simhits import ShowerBatch, concatenate, read_header, read_showers, sample_files
 
 SPLITS = ("train", "val", "test")
 FRACTIONS = (0.8, 0.1, 0.1)
@@ -34,13 +25,9 @@ def file_sizes(files, geom: Geometry) -> list[int]:
     """Showers per file, after checking every file's geometry hash against ``geom``."""
     sizes = []
     for f in files:
-        meta = read_metadata(f)
+        meta, n = read_header(f)
         geom.require_same(meta.get("geometry_hash"), str(f))
-        try:
-            with uproot.open(f) as handle:
-                sizes.append(int(handle[TREE].num_entries))
-        except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
-            raise unreadable(f, err) from None
+        sizes.append(n)
     return sizes
 
 

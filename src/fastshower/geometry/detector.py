@@ -28,6 +28,7 @@ from fastshower.geometry.neighbours import (
 )
 from fastshower.geometry.polygons import pad_corners
 from fastshower.geometry.segmentation import Segmentation
+from fastshower.geometry.showers import line_at
 
 FORMAT = "fastshower-geometry"
 FORMAT_VERSION = 2  # 2: identity scheme 2 (quantised content, CPU-independent)
@@ -87,9 +88,9 @@ class Geometry:
                 continue
             first = planes[np.argmin(np.abs(z[planes]))]
             with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-                t = (z[first] - pos[:, 2]) / d[:, 2]
-                x, y = pos[:, 0] + t * d[:, 0], pos[:, 1] + t * d[:, 1]
-            ok = (np.sign(d[:, 2]) == side) & (t > 0) & (np.abs(x) < 1e5) & (np.abs(y) < 1e5)
+                x, y = line_at(z[first], *pos.T, *d.T)
+            ahead = (np.sign(d[:, 2]) == side) & (np.sign(z[first] - pos[:, 2]) == side)
+            ok = ahead & (np.abs(x) < 1e5) & (np.abs(y) < 1e5)
             ids = self.lookup(np.full(len(pos), first), np.where(ok, x, 0.0),
                               np.where(ok, y, 0.0))
             out = np.where(ok, ids, out)

@@ -7,10 +7,14 @@ and torch tensors (the ONNX-exported generators trace it).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from fastshower.geometry.detector import Geometry
 from fastshower.geometry.materials import material
+
+if TYPE_CHECKING:  # detector.py uses line_at: no import back at run time
+    from fastshower.geometry.detector import Geometry
 
 
 def layer_z(geom: Geometry) -> np.ndarray:

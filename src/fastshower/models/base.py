@@ -8,7 +8,8 @@ and model files through ``load``. docs/design.md says how to add one.
 
 Capabilities beyond sampling are declared, not guessed:
 - ``training``: "fit" (a one-pass fit: implement ``fit``), "steps" (gradient descent driven by
-  training.loop: implement ``TrainableGenerator``), or "none";
+  training.loop: implement ``training_data``, ``build``, ``forward``, ``loss_weights`` and
+  ``stages``, docs/design.md), or "none";
 - ``export_module()``: a torch module with explicit noise inputs that ONNX export traces (the
   same code that ``sample`` runs), or None.
 """
@@ -51,11 +52,10 @@ class TrainingRanges:
     phi_deg: tuple[float, float] | None = None
 
     @classmethod
-    def of(cls, primaries: Primaries, angles: bool = True) -> TrainingRanges:
+    def of(cls, primaries: Primaries) -> TrainingRanges:
         """The ranges spanned by a training sample."""
         eta, phi = primaries.eta_phi()
-        e, phi = primaries.energy_mev / 1e3, np.rad2deg(phi)
-        return cls(_span(e), _span(eta) if angles else None, _span(phi) if angles else None)
+        return cls(_span(primaries.energy_mev / 1e3), _span(eta), _span(np.rad2deg(phi)))
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainingRanges:

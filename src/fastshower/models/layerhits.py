@@ -31,12 +31,12 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from fastshower.geometry import Geometry
-from fastshower.geometry.showers import axis_points, centroid_depth, depth_x0
-from fastshower.models.base import TrainingRanges, primaries_inputs
+from fastshower.geometry.showers import axis_points, centroid_depth
+from fastshower.models.base import primaries_inputs
 from fastshower.models.flowgnn import LayerFlowGenerator
-from fastshower.models.flowgnn.data import TrainingData, fit_norms
-from fastshower.models.flowgnn.network import LayerFlow, LayerFlowConfig, LayerLevel
-from fastshower.models.showers import PARTICLE_OF_PDG, THRESHOLD_MIP, to_batch
+from fastshower.models.flowgnn.data import TrainingData
+from fastshower.models.flowgnn.network import LayerFlowConfig, LayerLevel, pair_features
+from fastshower.models.showers import THRESHOLD_MIP, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
@@ -81,6 +81,18 @@ class HitNet(nn.Module):
         return mu, log_sigma.clamp(-4, 2)
 
 
+def _first_k(group: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Mask of the first k[g] entries of every group g of ``group`` (group ids, ascending)."""
+    start = np.searchsorted(group, np.arange(len(k)))
+    return np.arange(len(group)) - start[group] < k[group]
+
+
+def _radius(geom: Geometry, cell: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Distances (mm) of cell centres from points ``xy`` (n, 2) in their layer planes."""
+    c = geom.cells
+    return np.hypot(c["x"][cell] - xy[:, 0], c["y"][cell] - xy[:, 1])
+
+
 def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
                trees: dict, core_mm: float, rng: np.random.Generator):
     """The n hit cells of each (shower, layer) pair from its radial mixture in u: the dense
@@ -105,7 +117,7 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
         cells.append(ids[np.concatenate([np.asarray(f, dtype=np.int64) for f in found])]
                      if counts.sum() else np.zeros(0, np.int64))
     pair, cell = np.concatenate(pairs), np.concatenate(cells)
-    r = np.hypot(c["x"][cell] - axis[pair, 0], c["y"][cell] - axis[pair, 1])
+    r = _radius(geom, cell, axis[pair])
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
     u = np.log(r + R0_MM)
     z = (np.log(r_eff + R0_MM)[:, None] - mean[pair]) / sigma[pair]
@@ -118,8 +130,7 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     take = rng.uniform(size=len(pi)) < np.minimum(pi, 1.0)
     score = np.where(take, pi, -1.0) + rng.uniform(0, 1e-9, len(pi))
     order = np.lexsort((-score, pair))
-    start = np.searchsorted(pair[order], np.arange(len(n)))
-    keep = order[(np.arange(len(order)) - start[pair[order]] < n[pair[order]]) & take[order]]
+    keep = order[_first_k(pair[order], n) & take[order]]
     core_pair, core_cell, core_u = pair[keep], cell[keep], u[keep]
     # tail: points beyond core_mm for the hits the core did not give
     k = n - np.bincount(core_pair, minlength=len(n))
@@ -134,16 +145,13 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     rad, phi = np.exp(u) - R0_MM, rng.uniform(0, 2 * np.pi, len(pair))
     xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
     cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
-    taken = set((core_pair * geom.n_cells + core_cell).tolist())
     key = pair * geom.n_cells + cell
-    ok = np.flatnonzero((cell >= 0) & ~np.isin(key, list(taken)))
+    ok = np.flatnonzero((cell >= 0) & ~np.isin(key, core_pair * geom.n_cells + core_cell))
     _, first = np.unique(key[ok], return_index=True)
-    tail = ok[np.sort(first)]
-    start = np.searchsorted(pair[tail], np.arange(len(n)))
-    tail = tail[np.arange(len(tail)) - start[pair[tail]] < k[pair[tail]]]
+    tail = ok[np.sort(first)]  # distinct cells, in draw order
+    tail = tail[_first_k(pair[tail], k)]
     t_pair, t_cell = pair[tail], cell[tail]
-    t_u = np.log(np.hypot(c["x"][t_cell] - axis[t_pair, 0], c["y"][t_cell] - axis[t_pair, 1])
-                 + R0_MM)
+    t_u = np.log(_radius(geom, t_cell, axis[t_pair]) + R0_MM)
     return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
             np.concatenate([core_u, t_u]))
 
@@ -156,8 +164,8 @@ class HitData(TrainingData):
         super().__init__(batch, geom)
         c = geom.cells
         layer = c["layer"][self.hit_id]
-        ax = self.axis[self.hit_event, layer] + self.centre[self.hit_event]
-        r = np.hypot(c["x"][self.hit_id] - ax[:, 0], c["y"][self.hit_id] - ax[:, 1])
+        r = _radius(geom, self.hit_id,
+                    self.axis[self.hit_event, layer] + self.centre[self.hit_event])
         mean_e = self.e_layer[self.hit_event, layer] / self.n_layer[self.hit_event, layer]
         n_layers = len(geom.layers)
         pair = self.hit_event * n_layers + layer
@@ -181,35 +189,19 @@ class LayerHits(LayerFlowGenerator):
                                                     "hits": ("radius_nll", "energy_nll")}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
-        super().__init__()
-        self.cfg, self.particles, self.norms, self.geom = cfg, particles, norms, geom
-        self.n_layers = len(geom.layers)
-        context = 3 + len(particles)
-        self.flow = LayerFlow(2 * self.n_layers + 2, context, cfg)
-        self.hits = HitNet(5 + context, cfg)
-        self.ranges = TrainingRanges.from_dict(norms["ranges"])
-        self.layer_sizes = np.bincount(geom.cells["layer"], minlength=self.n_layers)
-        self.depth = depth_x0(geom).astype(np.float32)
+        super().__init__(geom, particles, cfg, norms)
+        self.hits = HitNet(5 + self.context_dim, cfg)
         self.threshold = 1.02 * THRESHOLD_MIP * geom.mip_energy
 
-    # ---- shared features ---------------------------------------------------------------------
-    def pair_features(self, e_l, n_l, layer, mean_depth, ctx) -> torch.Tensor:
-        """(n, 5 + C) features of (shower, layer) pairs, as FlowGNN's per-pair features."""
+    def features(self, e_l, n_l, layer, mean_depth, ctx) -> torch.Tensor:
+        """(n, 5 + C) features of (shower, layer) pairs: FlowGNN's, and the conditions."""
         depth = torch.as_tensor(self.depth)[layer]
-        return torch.cat([torch.stack([
-            torch.log(e_l.clamp(min=1e-3)) / 5.0, torch.log1p(n_l) / 5.0,
-            torch.log((e_l / n_l.clamp(min=1)).clamp(min=1e-3)), depth / 10.0,
-            (depth - mean_depth) / 5.0], -1), ctx], -1)
+        return torch.cat([pair_features(e_l, n_l, depth, mean_depth), ctx], -1)
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
     def training_data(cls, batch: ShowerBatch, geom: Geometry) -> HitData:
         return HitData(batch, geom)
-
-    @classmethod
-    def build(cls, data: HitData, geom: Geometry, cfg: LayerHitsConfig, seed: int) -> LayerHits:
-        particles = sorted(PARTICLE_OF_PDG[int(p)] for p in np.unique(data.primaries.pdg))
-        return cls(geom, particles, cfg, fit_norms(data, particles, seed))
 
     def forward(self, data: HitData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
@@ -227,7 +219,7 @@ class LayerHits(LayerFlowGenerator):
         counts = hi - lo
         hit = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         event, layer = data.pairs[pick] // data.n_layers, data.pairs[pick] % data.n_layers
-        f = self.pair_features(
+        f = self.features(
             torch.from_numpy(data.e_layer[event, layer]).float(),
             torch.from_numpy(data.n_layer[event, layer]).float(), torch.from_numpy(layer),
             torch.from_numpy(data.mean_depth[event]).float(),
@@ -256,7 +248,7 @@ class LayerHits(LayerFlowGenerator):
         event, layer = (torch.as_tensor(a) for a in np.nonzero(hits.numpy()))
         mean_depth = centroid_depth(e_layer, torch.as_tensor(self.depth))
         n = hits[event, layer]
-        f = self.pair_features(e_layer[event, layer], n, layer, mean_depth[event], ctx[event])
+        f = self.features(e_layer[event, layer], n, layer, mean_depth[event], ctx[event])
         log_w, mean, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.mixture(f))
         # the n hit cells of each pair: the core cell by cell, the tail by points
         n = n.numpy().astype(np.int64)

@@ -23,9 +23,9 @@ from fastshower.geometry import Geometry
 from fastshower.geometry.showers import axis_offsets, axis_points, dedx_weights, depth_x0
 from fastshower.models.base import ShowerGenerator, TrainingRanges
 from fastshower.models.showers import (
-    PARTICLE_OF_PDG,
     layer_summary,
     particle_index,
+    particle_names,
     shower_centre,
     to_batch,
 )
@@ -111,7 +111,7 @@ class ParametricShower(ShowerGenerator):
         log_e = np.log(batch.primaries.energy_mev)
         y[:, 2] = np.log(np.maximum(e_layer.sum(1), 1e-9)) - log_e  # ln of the response
         pdg = batch.primaries.pdg
-        particles = sorted({PARTICLE_OF_PDG[int(p)] for p in np.unique(pdg)})
+        particles = particle_names(pdg)
         per_particle = {}
         for name, idx in zip(particles, range(len(particles)), strict=True):
             sel = particle_index(pdg, particles) == idx

@@ -35,6 +35,11 @@ def layer_summary(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.nd
     return e_layer, n_layer
 
 
+def particle_names(pdg: np.ndarray) -> list[str]:
+    """The sorted names of the particles among PDG ids (a sample's particles)."""
+    return sorted(PARTICLE_OF_PDG[int(p)] for p in np.unique(pdg))
+
+
 def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
     """Index of each PDG id in ``particles``; a clear error for a particle a model never saw."""
     known = np.array([PARTICLES[p] for p in particles])

@@ -94,4 +94,4 @@ def require_on_detector(geom: Geometry, primaries: Primaries) -> None:
         raise FastShowerError(
             f"{len(missing)} of {len(position)} primaries miss the calorimeter (e.g. from "
             f"{np.round(position[i], 1).tolist()} mm along {np.round(direction[i], 4).tolist()}): "
-            "choose --eta/--phi (or --direction) that point into this geometry")
+            "choose directions (--eta/--phi or --direction) that point into this geometry")

@@ -28,6 +28,7 @@ from fastshower.inference.serve.protocol import (
 from fastshower.models.base import noise_inputs
 from fastshower.models.showers import particle_index
 from fastshower.simhits import Primaries
+from fastshower.simulation.gun import require_on_detector
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +80,11 @@ class ShowerService:
         if (norm == 0).any():
             raise BadRequest("directions must not be zero vectors")
         direction = (direction / norm[:, None]).astype(np.float32)
-        missing = np.flatnonzero(self.generator.geom.entry_cells(position, direction) < 0)
-        if len(missing):
-            raise BadRequest(f"{len(missing)} primaries miss the calorimeter (shower "
-                             f"{missing[0]}: its straight line from position "
-                             f"{position[missing[0]].tolist()} mm along "
-                             f"{direction[missing[0]].tolist()} crosses no cell)")
         primaries = Primaries(arrays["pdg"].reshape(-1), energy, position, direction)
+        try:
+            require_on_detector(self.generator.geom, primaries)
+        except FastShowerError as err:
+            raise BadRequest(str(err)) from None
         outside = self.generator.ranges.outside(primaries)
         if outside and not self.cfg.allow_extrapolation:
             raise BadRequest("; ".join(outside))

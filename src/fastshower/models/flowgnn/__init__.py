@@ -46,7 +46,7 @@ from fastshower.models.flowgnn.network import (
     LayerGraphs,
 )
 from fastshower.models.flowgnn.sampler import FlowGNNSampler
-from fastshower.models.showers import PARTICLE_OF_PDG, particle_index, to_batch
+from fastshower.models.showers import particle_index, particle_names, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 __all__ = ["FlowGNN", "FlowGNNConfig", "FlowGNNSampler", "LayerFlowGenerator", "TrainingData",
@@ -54,9 +54,26 @@ __all__ = ["FlowGNN", "FlowGNNConfig", "FlowGNNSampler", "LayerFlowGenerator", "
 
 
 class LayerFlowGenerator(nn.Module, ShowerGenerator):
-    """What generators built on the layer-level flow share: conditions as the flow's context,
-    and model files of (config, particles, norms, weights). Subclasses set ``config_type`` and
-    take (geom, particles, config, norms)."""
+    """What generators built on the layer-level flow share: the flow and the normalisations
+    fitted on the training sample, conditions as the flow's context, model files of (config,
+    particles, norms, weights). Subclasses set ``config_type`` and add their second stage."""
+
+    def __init__(self, geom: Geometry, particles: list[str], cfg, norms: dict):
+        super().__init__()
+        self.cfg, self.particles, self.norms, self.geom = cfg, particles, norms, geom
+        self.n_layers = len(geom.layers)
+        self.context_dim = 3 + len(particles)
+        self.flow = LayerFlow(2 * self.n_layers + 2, self.context_dim, cfg)
+        self.ranges = TrainingRanges.from_dict(norms["ranges"])
+        self.layer_sizes = np.bincount(geom.cells["layer"], minlength=self.n_layers)
+        self.depth = depth_x0(geom).astype(np.float32)
+
+    @classmethod
+    def build(cls, data: TrainingData, geom: Geometry, cfg, seed: int) -> LayerFlowGenerator:
+        """A new model with normalisations fitted to the training data (weights from the
+        current torch seed)."""
+        particles = particle_names(data.primaries.pdg)
+        return cls(geom, particles, cfg, fit_norms(data, particles, seed))
 
     def context(self, primaries: Primaries) -> torch.Tensor:
         """(n, C): standardised ln E, eta, phi, particle one-hot."""
@@ -89,22 +106,11 @@ class FlowGNN(LayerFlowGenerator):
     training = "steps"
     config_type = FlowGNNConfig
 
-    def __init__(self, geom: Geometry, particles: list[str], cfg: FlowGNNConfig,
-                 norms: dict[str, list] | None = None):
-        super().__init__()
-        self.cfg, self.particles = cfg, particles
-        self.n_layers = len(geom.layers)
-        self.context_dim = 3 + len(particles)
-        self.flow = LayerFlow(2 * self.n_layers + 2, self.context_dim, cfg)
+    def __init__(self, geom: Geometry, particles: list[str], cfg: FlowGNNConfig, norms: dict):
+        super().__init__(geom, particles, cfg, norms)
         self.cells = CellNet(12 + self.context_dim, cfg)
-        self.norms = norms or {}
-        self.ranges = TrainingRanges.from_dict(self.norms.get("ranges", {"energy_gev": (0, 0)}))
-        self.geom = geom
         self.graphs = LayerGraphs(geom)
-        self.layer_sizes = self.graphs.size(np.arange(self.n_layers))
-        self.depth = depth_x0(geom).astype(np.float32)
 
-    # ---- conditions and layer-level vectors -------------------------------------------------
     # ---- stage 2 node features ---------------------------------------------------------------
     def group_inputs(self, layer: int, events: np.ndarray, axis, centre, e_layer, n_layer, ctx,
                      mean_depth) -> torch.Tensor:
@@ -138,13 +144,6 @@ class FlowGNN(LayerFlowGenerator):
     @classmethod
     def training_data(cls, batch: ShowerBatch, geom: Geometry) -> TrainingData:
         return TrainingData(batch, geom)
-
-    @classmethod
-    def build(cls, data: TrainingData, geom: Geometry, cfg: FlowGNNConfig, seed: int) -> FlowGNN:
-        """A new model with normalisations fitted to the training data (weights from the
-        current torch seed)."""
-        particles = sorted(PARTICLE_OF_PDG[int(p)] for p in np.unique(data.primaries.pdg))
-        return cls(geom, particles, cfg, fit_norms(data, particles, seed))
 
     def forward(self, data: TrainingData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:

@@ -103,6 +103,16 @@ class LayerLevel(nn.Module):
         return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
 
 
+def pair_features(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,
+                  mean_depth: torch.Tensor) -> torch.Tensor:
+    """(..., 5) features of (shower, layer) pairs from broadcastable tensors: the layer energy
+    (MeV) and hit count, the layer's depth and the shower's mean depth (X0)."""
+    return torch.stack([
+        torch.log(e_layer.clamp(min=1e-3)) / 5.0, torch.log1p(hits) / 5.0,
+        torch.log((e_layer / hits.clamp(min=1)).clamp(min=1e-3)),
+        depth / 10.0, (depth - mean_depth) / 5.0], -1)
+
+
 class SharedGraphConv(MessagePassing):
     """GraphConv (x_i W_root + mean_j x_j W_rel) on P showers that share one cell graph.
 

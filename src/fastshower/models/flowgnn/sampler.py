@@ -26,6 +26,7 @@ from fastshower.models.flowgnn.network import (
     OFFSET_SCALE,
     LayerGraphs,
     LayerLevel,
+    pair_features,
     register_buffers,
 )
 
@@ -132,10 +133,7 @@ class FlowGNNSampler(nn.Module):
         r = torch.sqrt(dx * dx + dy * dy)
         mean_depth = centroid_depth(e_layer, self.depth)
         depth = self.depth[None].expand(p, -1)
-        per_pair = torch.stack([
-            torch.log(e_layer.clamp(min=1e-3)) / 5.0, torch.log1p(hits) / 5.0,
-            torch.log((e_layer / hits.clamp(min=1)).clamp(min=1e-3)),
-            depth / 10.0, (depth - mean_depth[:, None]) / 5.0], -1)  # (P, L, 5)
+        per_pair = pair_features(e_layer, hits, depth, mean_depth[:, None])  # (P, L, 5)
         per_pair = torch.cat([per_pair, ctx[:, None].expand(-1, self.n_layers, -1)], -1)
         shape = (p, self.n_layers, self.width)
         x = torch.cat([torch.stack([dx, dy, r, torch.log(r + 0.05)], -1),

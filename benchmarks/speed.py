@@ -6,7 +6,9 @@ Geant4 runs the project's simulation (offline EM physics, default cell scoring, 
 in a fresh process; each model runs in a fresh process too, at batch sizes 1, 100 and 1000:
 the first call (warm-up) is reported apart, then calls repeat for at least --seconds. Model
 times include placing the deposits on the geometry's cells (what `generate` writes). Peak
-memory is the process's maximum resident set size. A model given as onnx:FOLDER is an export
+memory is the process's maximum resident set size. FLOPs per shower are those of the torch
+operations (torch.utils.flop_counter: matrix products, the bulk of a network's work), not the
+numpy placement; none for ONNX Runtime. A model given as onnx:FOLDER is an export
 folder run by ONNX Runtime. Times are wall-clock per shower; "per core" divides the Geant4 CPU
 time by (wall time x threads), so more threads only help where they make more showers per
 core-second.
@@ -45,6 +47,7 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
                   seconds: float, threads: int) -> dict:
     """In a fresh process: warm-up and steady time per shower at each batch size."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(threads)
     from fastshower.geometry import load
@@ -65,6 +68,11 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
         start = time.perf_counter()
         generator.sample(primaries, np.random.default_rng(0))
         warmup = time.perf_counter() - start
+        flops = None
+        if backend == "torch":
+            with FlopCounterMode(display=False) as counter:
+                generator.sample(primaries, np.random.default_rng(0))
+            flops = counter.get_total_flops() / b
         times, cpu = [], []
         while sum(times) < seconds or not times:
             start, start_cpu = time.perf_counter(), time.process_time()
@@ -74,6 +82,7 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
         rows.append({"batch": b, "warmup_s_per_shower": warmup / b,
                      "s_per_shower": float(np.median(times)) / b,
                      "cpu_s_per_shower": float(np.median(cpu)) / b, "calls": len(times),
+                     "flops_per_shower": flops,
                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
     return {"model": generator.name, "backend": backend, "run": path, "threads": threads,
             "parameters": params, "model_bytes": size, "rss_after_load_mb": rss_loaded,
@@ -110,7 +119,8 @@ def main() -> None:
                     print(f"  {label:22s} batch {row['batch']:5d}: {ms:8.2f} ms/shower (warm-up "
                           f"{warm:8.2f}) -> {row['speedup_vs_geant4_per_core']:7.1f}x Geant4 per "
                           f"core; peak RSS {row['peak_rss_mb']:.0f} MB; model "
-                          f"{m['model_bytes'] / 1e6:.1f} MB")
+                          f"{m['model_bytes'] / 1e6:.1f} MB, {m['parameters'] or 0:,} parameters, "
+                          f"{(row['flops_per_shower'] or 0) / 1e6:.2f} MFLOP/shower")
                 results.append({"particle": args.particle, "energy_gev": energy,
                                 "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -312,7 +312,7 @@ def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     from scipy import special
 
     from fastshower.geometry.showers import axis_points
-    from fastshower.models.layerhits import R0_MM, place_hits
+    from fastshower.models.layerhits import R0_MM, Stencil, place_hits
 
     geom = build_geometry("hgcal", neighbours=False)
     gun = GunConfig(particle="gamma", energy=[50.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
@@ -322,10 +322,31 @@ def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     mean, sigma = np.log(25.0 + R0_MM), 0.7
     mixture = (np.zeros((400, 1)), np.full((400, 1), mean), np.full((400, 1), np.log(sigma)))
     n = np.full(400, 30)  # about 22 expected in the core, of its ~40 cells
-    pair, cell, u = place_hits(mixture, n, axis, layer, geom, {}, 40.0,
-                               np.random.default_rng(1))
+    pair, cell, u, central = place_hits(mixture, n, axis, layer, geom, Stencil(geom, 40.0),
+                                        40.0, np.random.default_rng(1))
     per_pair = np.bincount(pair, minlength=400)
     assert np.all(per_pair <= 30) and per_pair.mean() > 29.5
     assert len(np.unique(pair * geom.n_cells + cell)) == len(cell)
     beyond = special.ndtr((mean - np.log(40.0 + R0_MM)) / sigma)
     assert abs(np.mean(np.exp(u) - R0_MM > 40.0) - beyond) < 0.03
+    below = geom.lookup(layer, axis[:, 0], axis[:, 1])
+    assert np.array_equal(pair[central], np.arange(400)) and np.all(cell[central] == below)
+
+
+def test_stencil_finds_every_cell_near_a_point():
+    """The stencil of the cell under a point holds every cell of its layer within the radius
+    of that point (compared with a brute-force distance over the layer)."""
+    from fastshower.models.layerhits import Stencil
+
+    geom = build_geometry("hgcal", neighbours=False)
+    stencil, rng = Stencil(geom, 40.0), np.random.default_rng(3)
+    c = geom.cells
+    for lay in (0, 20, 40):
+        ids = np.flatnonzero(c["layer"] == lay)
+        xy = np.stack([c["x"][ids], c["y"][ids]], -1)
+        points = xy[rng.integers(0, len(ids), 50)] + rng.uniform(-5, 5, (50, 2))
+        below = geom.lookup(np.full(50, lay), points[:, 0], points[:, 1])
+        row, cell = stencil.rows(below)
+        for i in np.flatnonzero(below >= 0):
+            near = ids[np.hypot(*(xy - points[i]).T) <= 40.0]
+            assert set(near) <= set(cell[row == i])

@@ -47,6 +47,7 @@ class LayerHitsConfig(LayerFlowConfig):
 
     hidden: int = Field(64, gt=0)
     components: int = Field(4, gt=0)
+    energy_components: int = Field(3, gt=0)  # Gaussians in ln(e / mean hit energy)
     core_mm: float = Field(40.0, gt=0)  # radius of the core placed cell by cell
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
 
@@ -58,13 +59,14 @@ def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
 
 class HitNet(nn.Module):
     """Per (shower, layer) pair features (n, F) -> radial mixture (logits, means, log sigmas
-    (n, K) each); per hit (features, u) -> (mu, log sigma) of ln(e / mean hit energy)."""
+    (n, K) each); per hit (features, u, central) -> a mixture of Gaussians in
+    ln(e / mean hit energy), ``central`` flagging the cell under the axis point."""
 
     def __init__(self, features: int, cfg: LayerHitsConfig):
         super().__init__()
-        self.k = cfg.components
+        self.k, self.m = cfg.components, cfg.energy_components
         self.radial = _mlp(features, 3 * cfg.components, cfg.hidden)
-        self.energy = _mlp(features + 1, 2, cfg.hidden)
+        self.energy = _mlp(features + 2, 3 * cfg.energy_components, cfg.hidden)
 
     def mixture(self, f: torch.Tensor):
         logits, mean, log_sigma = self.radial(f).split(self.k, -1)
@@ -72,13 +74,27 @@ class HitNet(nn.Module):
 
     def radius_log_prob(self, f: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """ln p(u) of each hit (n,) under its pair's mixture (f: (n, F), one row per hit)."""
-        log_w, mean, log_sigma = self.mixture(f)
-        z = (u[:, None] - mean) / log_sigma.exp()
-        return torch.logsumexp(log_w - 0.5 * z * z - log_sigma - 0.9189385, -1)
+        return _log_prob(self.mixture(f), u)
 
-    def energy_params(self, f: torch.Tensor, u: torch.Tensor):
-        mu, log_sigma = self.energy(torch.cat([f, u[:, None]], -1)).unbind(-1)
-        return mu, log_sigma.clamp(-4, 2)
+    def energy_mixture(self, f: torch.Tensor, u: torch.Tensor, central: torch.Tensor):
+        logits, mean, log_sigma = self.energy(
+            torch.cat([f, u[:, None], central[:, None]], -1)).split(self.m, -1)
+        return logits.log_softmax(-1), mean, log_sigma.clamp(-4, 2)
+
+
+def _log_prob(mixture, x: torch.Tensor) -> torch.Tensor:
+    """ln p(x) (n,) under a Gaussian mixture (log weights, means, log sigmas: (n, K) each)."""
+    log_w, mean, log_sigma = mixture
+    z = (x[:, None] - mean) / log_sigma.exp()
+    return torch.logsumexp(log_w - 0.5 * z * z - log_sigma - 0.9189385, -1)
+
+
+def _draw(mixture, rng: np.random.Generator) -> np.ndarray:
+    """One draw per row of a Gaussian mixture given as numpy arrays (n, K)."""
+    log_w, mean, log_sigma = mixture
+    k = np.argmax(log_w + rng.gumbel(size=log_w.shape), -1)
+    rows = np.arange(len(k))
+    return mean[rows, k] + np.exp(log_sigma[rows, k]) * rng.standard_normal(len(k))
 
 
 def _first_k(group: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -93,30 +109,55 @@ def _radius(geom: Geometry, cell: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return np.hypot(c["x"][cell] - xy[:, 0], c["y"][cell] - xy[:, 1])
 
 
+class Stencil:
+    """For every cell, the cells of its layer whose centres lie within ``radius_mm`` of its
+    centre plus the largest cell's circumradius: with the cell under a point, they include
+    every cell within ``radius_mm`` of that point. CSR, built once per geometry with k-d trees
+    (about a second); looking rows up is one vectorised gather."""
+
+    def __init__(self, geom: Geometry, radius_mm: float):
+        c = geom.cells
+        reach = radius_mm + float(np.nanmax(np.hypot(c["corners"][..., 0] - c["x"][:, None],
+                                                    c["corners"][..., 1] - c["y"][:, None])))
+        links = [np.stack([np.arange(geom.n_cells)] * 2, -1)]
+        for lay in np.unique(c["layer"]):
+            ids = np.flatnonzero(c["layer"] == lay)
+            tree = cKDTree(np.stack([c["x"][ids], c["y"][ids]], -1))
+            ij = ids[tree.query_pairs(reach, output_type="ndarray")]
+            links += [ij, ij[:, ::-1]]
+        links = np.concatenate(links)
+        links = links[np.lexsort((links[:, 1], links[:, 0]))]
+        self.indptr = np.searchsorted(links[:, 0], np.arange(geom.n_cells + 1))
+        self.indices = links[:, 1].astype(np.int32)
+
+    def rows(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, cell) for every stencil entry of ``cells`` (row = index into cells; cells
+        of -1 have none)."""
+        lo = np.where(cells >= 0, self.indptr[cells], 0)
+        counts = np.where(cells >= 0, self.indptr[cells + 1] - lo, 0)
+        row = np.repeat(np.arange(len(cells)), counts)
+        start = np.repeat(lo - np.cumsum(counts) + counts, counts)
+        return row, self.indices[start + np.arange(len(row))].astype(np.int64)
+
+
 def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
-               trees: dict, core_mm: float, rng: np.random.Generator):
-    """The n hit cells of each (shower, layer) pair from its radial mixture in u: the dense
-    core (cells whose centre lies within ``core_mm`` of the axis point) by independent
-    inclusion with probability n x density x cell area, scaled so that their expected number is
-    n x P(r < core_mm); the sparse tail by points drawn from the mixture beyond ``core_mm``
-    (distinct cells in draw order) for the remaining hits. Returns (pair, cell, u of the cell)."""
+               stencil: Stencil, core_mm: float, rng: np.random.Generator):
+    """The n hit cells of each (shower, layer) pair from its radial mixture in u: the cell
+    under the axis point always; the rest of the dense core (cells whose centre lies within
+    ``core_mm`` of the axis point) by independent inclusion with probability
+    n x density x cell area, scaled so that their expected number is n x P(r < core_mm); the
+    sparse tail by points drawn from the mixture beyond ``core_mm`` (distinct cells in draw
+    order) for the remaining hits. Returns (pair, cell, u of the cell, central: the cell is
+    the one under the axis point)."""
     log_w, mean, log_sigma = mixture
     sigma, u_core = np.exp(log_sigma), np.log(core_mm + R0_MM)
     c = geom.cells
-    # core: every cell within core_mm, found per layer with a k-d tree of its cells
-    pairs, cells = [], []
-    for lay in np.unique(layer):
-        rows = np.flatnonzero(layer == lay)
-        if lay not in trees:
-            ids = np.flatnonzero(c["layer"] == lay)
-            trees[lay] = (cKDTree(np.stack([c["x"][ids], c["y"][ids]], -1)), ids)
-        tree, ids = trees[lay]
-        found = tree.query_ball_point(axis[rows], core_mm)
-        counts = np.array([len(f) for f in found])
-        pairs.append(np.repeat(rows, counts))
-        cells.append(ids[np.concatenate([np.asarray(f, dtype=np.int64) for f in found])]
-                     if counts.sum() else np.zeros(0, np.int64))
-    pair, cell = np.concatenate(pairs), np.concatenate(cells)
+    # core: every cell within core_mm of the axis point, from the stencil of the cell under it
+    below = geom.lookup(layer, axis[:, 0], axis[:, 1])
+    pair, cell = stencil.rows(below)
+    near = _radius(geom, cell, axis[pair]) <= core_mm
+    pair, cell = pair[near], cell[near]
+    central = cell == below[pair]
     r = _radius(geom, cell, axis[pair])
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
     u = np.log(r + R0_MM)
@@ -125,13 +166,15 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     pi = n[pair] * p_u / (2 * np.pi * r_eff * (r_eff + R0_MM)) * c["area"][cell]
     inside = (np.exp(log_w) * special.ndtr((u_core - mean) / sigma)).sum(-1)  # P(r < core)
     for _ in range(4):  # scale to the expected core count; probabilities stop at 1
-        pi = np.minimum(pi, 1.0)
+        pi = np.where(central, 1.0, np.minimum(pi, 1.0))
         pi *= (n * inside / np.maximum(np.bincount(pair, pi, len(n)), 1e-12))[pair]
+    pi = np.where(central, 2.0, pi)  # always taken, and first
     take = rng.uniform(size=len(pi)) < np.minimum(pi, 1.0)
     score = np.where(take, pi, -1.0) + rng.uniform(0, 1e-9, len(pi))
     order = np.lexsort((-score, pair))
     keep = order[_first_k(pair[order], n) & take[order]]
     core_pair, core_cell, core_u = pair[keep], cell[keep], u[keep]
+    core_central = central[keep]
     # tail: points beyond core_mm for the hits the core did not give
     k = n - np.bincount(core_pair, minlength=len(n))
     m = np.where(k > 0, 3 * k + 8, 0)
@@ -153,25 +196,28 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     t_pair, t_cell = pair[tail], cell[tail]
     t_u = np.log(_radius(geom, t_cell, axis[t_pair]) + R0_MM)
     return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
-            np.concatenate([core_u, t_u]))
+            np.concatenate([core_u, t_u]),
+            np.concatenate([core_central, np.zeros(len(t_pair), bool)]))
 
 
 class HitData(TrainingData):
-    """FlowGNN's training data plus every hit's u and ln(e / mean hit energy), grouped by
-    (shower, layer) pair."""
+    """FlowGNN's training data plus every hit's u, ln(e / mean hit energy) and whether its cell
+    is the one under the axis point, grouped by (shower, layer) pair."""
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         super().__init__(batch, geom)
         c = geom.cells
         layer = c["layer"][self.hit_id]
-        r = _radius(geom, self.hit_id,
-                    self.axis[self.hit_event, layer] + self.centre[self.hit_event])
+        axis = self.axis[self.hit_event, layer] + self.centre[self.hit_event]
+        r = _radius(geom, self.hit_id, axis)
+        central = self.hit_id == geom.lookup(layer, axis[:, 0], axis[:, 1])
         mean_e = self.e_layer[self.hit_event, layer] / self.n_layer[self.hit_event, layer]
         n_layers = len(geom.layers)
         pair = self.hit_event * n_layers + layer
         order = np.argsort(pair, kind="stable")
         self.hit_pair, self.hit_u = pair[order], np.log(r[order] + R0_MM)
         self.hit_log_e = np.log(self.hit_energy[order] / mean_e[order])
+        self.hit_central = central[order]
         self.pairs = np.unique(self.hit_pair)
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
         self.n_layers = n_layers
@@ -227,9 +273,9 @@ class LayerHits(LayerFlowGenerator):
         f = f.repeat_interleave(torch.from_numpy(counts), 0)
         u = torch.from_numpy(data.hit_u[hit]).float()
         radius = -self.hits.radius_log_prob(f, u).sum()
-        mu, log_sigma = self.hits.energy_params(f, u)
+        central = torch.from_numpy(data.hit_central[hit]).float()
         y = torch.from_numpy(data.hit_log_e[hit]).float()
-        energy = (log_sigma + 0.5 * ((y - mu) / log_sigma.exp()) ** 2).sum()
+        energy = -_log_prob(self.hits.energy_mixture(f, u, central), y).sum()
         return {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
                 "energy_nll": (energy, len(hit))}
 
@@ -254,13 +300,15 @@ class LayerHits(LayerFlowGenerator):
         n = n.numpy().astype(np.int64)
         ev, lay = event.numpy(), layer.numpy()
         axis = axis_points(primaries, self.geom)[ev, lay] + centre.numpy()[ev]
-        pair, cell, u_cell = place_hits((log_w, mean, log_sigma), n, axis, lay, self.geom,
-                                        self.__dict__.setdefault("_trees", {}),  # k-d trees
-                                        self.cfg.core_mm, rng)
+        if "_stencil" not in self.__dict__:
+            self.__dict__["_stencil"] = Stencil(self.geom, self.cfg.core_mm)
+        pair, cell, u_cell, central = place_hits((log_w, mean, log_sigma), n, axis, lay,
+                                                 self.geom, self.__dict__["_stencil"],
+                                                 self.cfg.core_mm, rng)
         # energies of the hits, rescaled to the layer energy
-        mu, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.energy_params(
-            f[torch.from_numpy(pair)], torch.from_numpy(u_cell).float()))
-        e = np.exp(mu + np.exp(log_sigma) * rng.standard_normal(len(pair)))
+        e = np.exp(_draw([t.numpy().astype(np.float64) for t in self.hits.energy_mixture(
+            f[torch.from_numpy(pair)], torch.from_numpy(u_cell).float(),
+            torch.from_numpy(central).float())], rng))
         e_pair = e_layer[event, layer].numpy().astype(np.float64)
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
         e = np.maximum(e, self.threshold[cell])

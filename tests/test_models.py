@@ -346,7 +346,17 @@ def test_stencil_finds_every_cell_near_a_point():
         xy = np.stack([c["x"][ids], c["y"][ids]], -1)
         points = xy[rng.integers(0, len(ids), 50)] + rng.uniform(-5, 5, (50, 2))
         below = geom.lookup(np.full(50, lay), points[:, 0], points[:, 1])
-        row, cell = stencil.rows(below)
+        row, cell = stencil.rows(below, np.full(50, 40.0))
         for i in np.flatnonzero(below >= 0):
             near = ids[np.hypot(*(xy - points[i]).T) <= 40.0]
             assert set(near) <= set(cell[row == i])
+
+
+def test_core_radius_follows_the_hit_density():
+    """A layer of 3 hits keeps only the cells next to the axis in its core; one of 300 hits
+    spread over ~30 mm keeps the whole 40 mm."""
+    from fastshower.models.layerhits import R0_MM, core_radius
+
+    one = (np.zeros((2, 1)), np.full((2, 1), np.log(30.0 + R0_MM)), np.full((2, 1), 0.6))
+    r = core_radius(one, np.array([3, 300]), np.full(2, 52.0), 40.0, 0.1)
+    assert r[0] < 15.0 and r[1] == 40.0

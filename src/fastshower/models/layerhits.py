@@ -1,22 +1,28 @@
 """LayerHits: a generator whose work follows the hits, not the cells (issue 17).
 
 Stage 1 is FlowGNN's layer-level spline flow: per layer the energy and the number of hits, and
-the shower's transverse centre. Stage 2 places each layer's N hits directly. A small network
+the shower's transverse centre, here the centroid of the energy within ``AXIS_MM`` of the axis
+(the core's shift: the placement adds the asymmetry of the rest; with the centroid of all the
+energy it would be counted twice, measured: centre spread 0.93 vs 0.65 mm above 100 GeV). Stage 2 places each layer's N hits directly. A small network
 turns the layer-level quantities into a mixture of K Gaussians in u = ln(r + 1 mm), r being the
-distance from the shower axis (shifted by the centre) in the layer plane. The dense core (cells
-whose centre lies within ``core_mm`` of the axis point, a few dozen per layer) is placed cell by
-cell: each is a hit with probability N x density x area, scaled so that the expected count is
-N x P(r < core_mm). The sparse tail takes the remaining hits as points drawn from the mixture
-beyond ``core_mm``, put on cells by the geometry lookup (distinct cells in draw order: points
-rarely share a cell there). A second network gives each hit's ln(e / mean hit energy) as a
-Gaussian from its cell's u and the layer quantities; energies are rescaled to the layer energy.
-Work per shower: one radial-network call per active layer, a k-d-tree query for the core, ~3
-lookups per tail hit, one energy-network call per hit.
+distance from the shower axis (shifted by the centre) in the layer plane. The cell under the
+axis point is always a hit. The dense core (cells whose centre lies within the pair's core
+radius: where a cell expects at least ``core_hits_per_cell`` hits, at most ``core_mm``) is
+placed cell by cell, from a precomputed stencil of the cell under the axis point: each is a hit
+with probability N x density x area, scaled so that the expected count is N x P(r < core
+radius). The sparse tail takes the remaining hits as points drawn from the mixture beyond the
+core radius, put on cells by the geometry lookup (distinct cells in draw order). A second
+network gives each hit's ln(e / mean hit energy) as a mixture of Gaussians from its cell's u,
+whether it is the cell under the axis, and the layer quantities; energies are rescaled to the
+layer energy. Work per shower: one radial-network call per active layer, its core cells (one
+at low energy, a few dozen in a dense layer), ~1.3 lookups per tail hit, one small
+energy-network call per hit.
 
 Approximations, named: the hits of a layer are azimuthally symmetric around the shifted axis;
 a core cell's probability uses the density at its centre (its radius floored at half the cell
-size); core cells are included independently (then at most N kept); hit times are times of
-flight; no ONNX export yet.
+size); core cells are included independently (then at most N kept); tail points that land on
+a taken cell are redrawn, which thins the tail just beyond the core slightly; no core when the
+axis point falls outside every cell; hit times are times of flight; no ONNX export yet.
 """
 
 from __future__ import annotations
@@ -36,10 +42,11 @@ from fastshower.models.base import primaries_inputs
 from fastshower.models.flowgnn import LayerFlowGenerator
 from fastshower.models.flowgnn.data import TrainingData
 from fastshower.models.flowgnn.network import LayerFlowConfig, LayerLevel, pair_features
-from fastshower.models.showers import THRESHOLD_MIP, to_batch
+from fastshower.models.showers import THRESHOLD_MIP, shower_centre, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
+AXIS_MM = 15.0  # the flow's centre is the centroid of the energy within this radius
 
 
 class LayerHitsConfig(LayerFlowConfig):
@@ -47,8 +54,10 @@ class LayerHitsConfig(LayerFlowConfig):
 
     hidden: int = Field(64, gt=0)
     components: int = Field(4, gt=0)
+    energy_hidden: int = Field(32, gt=0)  # the per-hit energy network's width
     energy_components: int = Field(3, gt=0)  # Gaussians in ln(e / mean hit energy)
-    core_mm: float = Field(40.0, gt=0)  # radius of the core placed cell by cell
+    core_mm: float = Field(40.0, gt=0)  # largest radius of the core placed cell by cell
+    core_hits_per_cell: float = Field(0.1, gt=0)  # the core ends where cells expect fewer hits
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
 
 
@@ -59,26 +68,28 @@ def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
 
 class HitNet(nn.Module):
     """Per (shower, layer) pair features (n, F) -> radial mixture (logits, means, log sigmas
-    (n, K) each); per hit (features, u, central) -> a mixture of Gaussians in
-    ln(e / mean hit energy), ``central`` flagging the cell under the axis point."""
+    (n, K) each); per hit (its pair's features, u, central) -> a mixture of Gaussians in
+    ln(e / mean hit energy), ``central`` flagging the cell under the axis point. The energy
+    network's first layer is split so that the pair's share is computed once per pair."""
 
     def __init__(self, features: int, cfg: LayerHitsConfig):
         super().__init__()
-        self.k, self.m = cfg.components, cfg.energy_components
+        self.k, self.m, h = cfg.components, cfg.energy_components, cfg.energy_hidden
         self.radial = _mlp(features, 3 * cfg.components, cfg.hidden)
-        self.energy = _mlp(features + 2, 3 * cfg.energy_components, cfg.hidden)
+        self.energy_pair = nn.Linear(features, h)
+        self.energy_hit = nn.Linear(2, h, bias=False)
+        self.energy = nn.Sequential(nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
+                                    nn.Linear(h, 3 * cfg.energy_components))
 
     def mixture(self, f: torch.Tensor):
         logits, mean, log_sigma = self.radial(f).split(self.k, -1)
         return logits.log_softmax(-1), mean + 2.0, log_sigma.clamp(-4, 2)
 
-    def radius_log_prob(self, f: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """ln p(u) of each hit (n,) under its pair's mixture (f: (n, F), one row per hit)."""
-        return _log_prob(self.mixture(f), u)
-
-    def energy_mixture(self, f: torch.Tensor, u: torch.Tensor, central: torch.Tensor):
-        logits, mean, log_sigma = self.energy(
-            torch.cat([f, u[:, None], central[:, None]], -1)).split(self.m, -1)
+    def energy_mixture(self, f: torch.Tensor, pair: torch.Tensor, u: torch.Tensor,
+                       central: torch.Tensor):
+        """The mixture of each hit (pair: its row of the pair features f)."""
+        h = self.energy_pair(f)[pair] + self.energy_hit(torch.stack([u, central], -1))
+        logits, mean, log_sigma = self.energy(h).split(self.m, -1)
         return logits.log_softmax(-1), mean, log_sigma.clamp(-4, 2)
 
 
@@ -110,60 +121,90 @@ def _radius(geom: Geometry, cell: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 class Stencil:
-    """For every cell, the cells of its layer whose centres lie within ``radius_mm`` of its
-    centre plus the largest cell's circumradius: with the cell under a point, they include
-    every cell within ``radius_mm`` of that point. CSR, built once per geometry with k-d trees
-    (about a second); looking rows up is one vectorised gather."""
+    """For every cell, the cells of its layer whose centres lie within ``radius_mm`` plus the
+    largest circumradius of its centre, nearest first: with the cell under a point, those within
+    r + that cell's circumradius include every cell within r of the point. CSR,
+    built once per geometry with k-d trees (about a second); looking rows up is one
+    vectorised search and gather."""
+
+    ROW = 1e4  # mm: row i's distances are keyed i * ROW + distance, one sorted array
 
     def __init__(self, geom: Geometry, radius_mm: float):
         c = geom.cells
-        reach = radius_mm + float(np.nanmax(np.hypot(c["corners"][..., 0] - c["x"][:, None],
-                                                    c["corners"][..., 1] - c["y"][:, None])))
+        self.circumradius = np.nanmax(np.hypot(c["corners"][..., 0] - c["x"][:, None],
+                                               c["corners"][..., 1] - c["y"][:, None]), -1)
         links = [np.stack([np.arange(geom.n_cells)] * 2, -1)]
         for lay in np.unique(c["layer"]):
             ids = np.flatnonzero(c["layer"] == lay)
             tree = cKDTree(np.stack([c["x"][ids], c["y"][ids]], -1))
+            reach = radius_mm + self.circumradius.max()
             ij = ids[tree.query_pairs(reach, output_type="ndarray")]
             links += [ij, ij[:, ::-1]]
-        links = np.concatenate(links)
-        links = links[np.lexsort((links[:, 1], links[:, 0]))]
-        self.indptr = np.searchsorted(links[:, 0], np.arange(geom.n_cells + 1))
-        self.indices = links[:, 1].astype(np.int32)
+        i, j = np.concatenate(links).T
+        key = i * self.ROW + np.hypot(c["x"][j] - c["x"][i], c["y"][j] - c["y"][i])
+        order = np.argsort(key)
+        self.key, self.indices = key[order], j[order].astype(np.int32)
+        self.indptr = np.searchsorted(i[order], np.arange(geom.n_cells + 1))
 
-    def rows(self, cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(row, cell) for every stencil entry of ``cells`` (row = index into cells; cells
-        of -1 have none)."""
+    def rows(self, cells: np.ndarray, radius_mm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row, cell) for the stencil entries of ``cells`` within ``radius_mm`` plus their
+        circumradius of their centres (row = index into cells; cells of -1 have none)."""
         lo = np.where(cells >= 0, self.indptr[cells], 0)
-        counts = np.where(cells >= 0, self.indptr[cells + 1] - lo, 0)
+        hi = np.searchsorted(self.key, cells * self.ROW + radius_mm + self.circumradius[cells],
+                             "right")
+        counts = np.where(cells >= 0, hi - lo, 0)
         row = np.repeat(np.arange(len(cells)), counts)
         start = np.repeat(lo - np.cumsum(counts) + counts, counts)
         return row, self.indices[start + np.arange(len(row))].astype(np.int64)
 
 
+def _hit_density(mixture, n: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Hits per mm^2 at radius r (mm) of each pair with n hits and the radial mixture in u
+    (r: (P,) or (P, G))."""
+    log_w, mean, sigma = (a[:, None, :] for a in mixture)
+    r = r.reshape(len(n), -1)
+    z = (np.log(r + R0_MM)[..., None] - mean) / sigma
+    p_u = (np.exp(log_w - 0.5 * z * z) / sigma).sum(-1) / np.sqrt(2 * np.pi)
+    return n[:, None] * p_u / (2 * np.pi * r * (r + R0_MM))
+
+
+def core_radius(mixture, n: np.ndarray, cell_area: np.ndarray, max_mm: float,
+                hits_per_cell: float) -> np.ndarray:
+    """Radius (mm) out to which a pair's cells (of the area of the cell under its axis point)
+    expect at least ``hits_per_cell`` hits: on 12 radii from 3 mm to ``max_mm``, the largest
+    (the smallest if none); beyond it points rarely share a cell."""
+    grid = np.geomspace(3.0, max_mm, 12)
+    dense = _hit_density(mixture, n, np.broadcast_to(grid, (len(n), 12))) * cell_area[:, None]
+    return grid[np.where(dense >= hits_per_cell, np.arange(12), 0).max(-1)]
+
+
 def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
-               stencil: Stencil, core_mm: float, rng: np.random.Generator):
+               stencil: Stencil, core_mm: float, rng: np.random.Generator,
+               hits_per_cell: float = 0.1):
     """The n hit cells of each (shower, layer) pair from its radial mixture in u: the cell
     under the axis point always; the rest of the dense core (cells whose centre lies within
-    ``core_mm`` of the axis point) by independent inclusion with probability
-    n x density x cell area, scaled so that their expected number is n x P(r < core_mm); the
-    sparse tail by points drawn from the mixture beyond ``core_mm`` (distinct cells in draw
-    order) for the remaining hits. Returns (pair, cell, u of the cell, central: the cell is
-    the one under the axis point)."""
+    the pair's core radius, at most ``core_mm``, of the axis point; see core_radius) by
+    independent inclusion with probability n x density x cell area, scaled so that their
+    expected number is n x P(r < core radius); the sparse tail by points drawn from the
+    mixture beyond the core radius (distinct cells in draw order) for the remaining hits.
+    Work per pair: the cells of its core (a few at low density) and ~3 points per tail hit.
+    Returns (pair, cell, u of the cell, central: the cell is the one under the axis point)."""
     log_w, mean, log_sigma = mixture
-    sigma, u_core = np.exp(log_sigma), np.log(core_mm + R0_MM)
+    sigma = np.exp(log_sigma)
     c = geom.cells
-    # core: every cell within core_mm of the axis point, from the stencil of the cell under it
     below = geom.lookup(layer, axis[:, 0], axis[:, 1])
-    pair, cell = stencil.rows(below)
-    near = _radius(geom, cell, axis[pair]) <= core_mm
+    r_core = core_radius((log_w, mean, sigma), n, c["area"][below], core_mm, hits_per_cell)
+    u_core = np.log(r_core + R0_MM)[:, None]
+    # core: every cell within r_core of the axis point, from the stencil of the cell under it
+    pair, cell = stencil.rows(below, r_core)
+    near = _radius(geom, cell, axis[pair]) <= r_core[pair]
     pair, cell = pair[near], cell[near]
     central = cell == below[pair]
     r = _radius(geom, cell, axis[pair])
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
     u = np.log(r + R0_MM)
-    z = (np.log(r_eff + R0_MM)[:, None] - mean[pair]) / sigma[pair]
-    p_u = (np.exp(log_w[pair] - 0.5 * z * z) / sigma[pair]).sum(-1) / np.sqrt(2 * np.pi)
-    pi = n[pair] * p_u / (2 * np.pi * r_eff * (r_eff + R0_MM)) * c["area"][cell]
+    pi = _hit_density((log_w[pair], mean[pair], sigma[pair]), n[pair], r_eff)[:, 0] \
+        * c["area"][cell]
     inside = (np.exp(log_w) * special.ndtr((u_core - mean) / sigma)).sum(-1)  # P(r < core)
     for _ in range(4):  # scale to the expected core count; probabilities stop at 1
         pi = np.where(central, 1.0, np.minimum(pi, 1.0))
@@ -175,11 +216,33 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     keep = order[_first_k(pair[order], n) & take[order]]
     core_pair, core_cell, core_u = pair[keep], cell[keep], u[keep]
     core_central = central[keep]
-    # tail: points beyond core_mm for the hits the core did not give
-    k = n - np.bincount(core_pair, minlength=len(n))
-    m = np.where(k > 0, 3 * k + 8, 0)
-    pair = np.repeat(np.arange(len(n)), m)
-    a = (u_core - mean[pair]) / sigma[pair]
+    # tail: points beyond the core radius for the hits the core did not give
+    taken = [(core_pair, core_cell)]
+    need = n - np.bincount(core_pair, minlength=len(n))
+    for draws in (1.3, 2.0, 3.0):  # rounds with more points per missing hit; rarely a third
+        if not need.any():
+            break
+        t_pair, t_cell = _tail_cells((log_w, mean, sigma), need, u_core, axis, layer, geom,
+                                     np.concatenate([p * geom.n_cells + cc for p, cc in taken]),
+                                     draws, rng)
+        taken.append((t_pair, t_cell))
+        need -= np.bincount(t_pair, minlength=len(n))
+    t_pair, t_cell = (np.concatenate(a) for a in zip(*taken[1:], strict=True)) \
+        if len(taken) > 1 else (np.zeros(0, np.int64),) * 2
+    t_u = np.log(_radius(geom, t_cell, axis[t_pair]) + R0_MM)
+    return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
+            np.concatenate([core_u, t_u]),
+            np.concatenate([core_central, np.zeros(len(t_pair), bool)]))
+
+
+def _tail_cells(mixture, k: np.ndarray, u_core: np.ndarray, axis, layer, geom: Geometry,
+                taken: np.ndarray, draws: float, rng: np.random.Generator):
+    """Up to k[p] new distinct cells of each pair p from ceil(draws x k) + 2 points drawn from
+    its mixture beyond u_core (p, 1), in draw order; ``taken``: pair x n_cells + cell keys
+    already used. Returns (pair, cell)."""
+    log_w, mean, sigma = mixture
+    pair = np.repeat(np.arange(len(k)), np.where(k > 0, np.ceil(draws * k).astype(int) + 2, 0))
+    a = (u_core[pair] - mean[pair]) / sigma[pair]
     w_tail = np.exp(log_w[pair]) * special.ndtr(-a)
     comp = np.argmax(np.log(np.maximum(w_tail, 1e-300)) + rng.gumbel(size=w_tail.shape), -1)
     a = a[np.arange(len(pair)), comp]
@@ -189,15 +252,11 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
     cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
     key = pair * geom.n_cells + cell
-    ok = np.flatnonzero((cell >= 0) & ~np.isin(key, core_pair * geom.n_cells + core_cell))
+    ok = np.flatnonzero((cell >= 0) & ~np.isin(key, taken))
     _, first = np.unique(key[ok], return_index=True)
     tail = ok[np.sort(first)]  # distinct cells, in draw order
     tail = tail[_first_k(pair[tail], k)]
-    t_pair, t_cell = pair[tail], cell[tail]
-    t_u = np.log(_radius(geom, t_cell, axis[t_pair]) + R0_MM)
-    return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
-            np.concatenate([core_u, t_u]),
-            np.concatenate([core_central, np.zeros(len(t_pair), bool)]))
+    return pair[tail], cell[tail]
 
 
 class HitData(TrainingData):
@@ -206,6 +265,7 @@ class HitData(TrainingData):
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         super().__init__(batch, geom)
+        self.centre = shower_centre(batch, geom, AXIS_MM)
         c = geom.cells
         layer = c["layer"][self.hit_id]
         axis = self.axis[self.hit_event, layer] + self.centre[self.hit_event]
@@ -270,12 +330,12 @@ class LayerHits(LayerFlowGenerator):
             torch.from_numpy(data.n_layer[event, layer]).float(), torch.from_numpy(layer),
             torch.from_numpy(data.mean_depth[event]).float(),
             self.context(data.primaries.subset(event)))
-        f = f.repeat_interleave(torch.from_numpy(counts), 0)
+        hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
-        radius = -self.hits.radius_log_prob(f, u).sum()
+        radius = -_log_prob([t[hit_pair] for t in self.hits.mixture(f)], u).sum()
         central = torch.from_numpy(data.hit_central[hit]).float()
         y = torch.from_numpy(data.hit_log_e[hit]).float()
-        energy = -_log_prob(self.hits.energy_mixture(f, u, central), y).sum()
+        energy = -_log_prob(self.hits.energy_mixture(f, hit_pair, u, central), y).sum()
         return {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
                 "energy_nll": (energy, len(hit))}
 
@@ -304,10 +364,11 @@ class LayerHits(LayerFlowGenerator):
             self.__dict__["_stencil"] = Stencil(self.geom, self.cfg.core_mm)
         pair, cell, u_cell, central = place_hits((log_w, mean, log_sigma), n, axis, lay,
                                                  self.geom, self.__dict__["_stencil"],
-                                                 self.cfg.core_mm, rng)
+                                                 self.cfg.core_mm, rng,
+                                                 self.cfg.core_hits_per_cell)
         # energies of the hits, rescaled to the layer energy
         e = np.exp(_draw([t.numpy().astype(np.float64) for t in self.hits.energy_mixture(
-            f[torch.from_numpy(pair)], torch.from_numpy(u_cell).float(),
+            f, torch.from_numpy(pair), torch.from_numpy(u_cell).float(),
             torch.from_numpy(central).float())], rng))
         e_pair = e_layer[event, layer].numpy().astype(np.float64)
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]

@@ -51,9 +51,11 @@ def particle_index(pdg: np.ndarray, particles: list[str]) -> np.ndarray:
     return hit.argmax(axis=1)
 
 
-def shower_centre(batch: ShowerBatch, geom: Geometry) -> np.ndarray:
-    """(n, 2) energy-weighted mean offset (mm) of the hits from the shower axis."""
+def shower_centre(batch: ShowerBatch, geom: Geometry, within_mm: float = np.inf) -> np.ndarray:
+    """(n, 2) energy-weighted mean offset (mm) of the hits from the shower axis, of the hits
+    within ``within_mm`` of it (0 where there are none)."""
     event, _, energy, dx, dy = axis_offsets(batch, geom)
+    energy = np.where(dx * dx + dy * dy < within_mm**2, energy, 0.0)
     w = np.maximum(np.bincount(event, energy, len(batch)), 1e-12)
     return np.stack([np.bincount(event, energy * dx, len(batch)),
                      np.bincount(event, energy * dy, len(batch))], -1) / w[:, None]

@@ -3,7 +3,9 @@ per-layer cell graphs they run on."""
 
 from __future__ import annotations
 
+import math
 import warnings
+from functools import partial
 
 import numpy as np
 import torch
@@ -41,12 +43,38 @@ class FlowGNNConfig(LayerFlowConfig):
     cell_pairs: int = Field(24, gt=0)
 
 
+class Spline(zuko.transforms.MonotonicRQSTransform):
+    """zuko's monotonic rational-quadratic spline with the bins' softmax written as exp / sum:
+    on CPU torch's softmax over a last axis of 8 is about 13 times slower (20 vs 1.5 ms for
+    1000 x 96 x 8 on one thread, measured), a third of a shower's time in LayerHits; zuko's
+    squashing keeps |logits| < -ln(slope) / 2, so exp cannot overflow. Same parameters and
+    results (to float rounding) as zuko's ``NSF``."""
+
+    def __init__(self, widths, heights, derivatives, bound: float = 5.0, slope: float = 1e-3):
+        torch.distributions.Transform.__init__(self)
+        squash = -2.0 / math.log(slope)
+        widths, heights = (_bins(a / (1 + abs(squash * a))) for a in (widths, heights))
+        derivatives = derivatives / (1 + abs(0.5 * squash * derivatives))
+        self.horizontal = bound * (2 * torch.cumsum(widths, dim=-1) - 1)
+        self.vertical = bound * (2 * torch.cumsum(heights, dim=-1) - 1)
+        self.derivatives = torch.exp(torch.nn.functional.pad(derivatives, (1, 1), value=0))
+
+
+def _bins(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis, with a 0 in front (the spline's first knot)."""
+    e = logits.exp()
+    return torch.nn.functional.pad(e / e.sum(-1, keepdim=True), (1, 0), value=0)
+
+
 class LayerFlow(nn.Module):
-    """p(layer-level vector (n, 2L + 2) | context (n, C)) as a spline coupling flow."""
+    """p(layer-level vector (n, 2L + 2) | context (n, C)) as a spline coupling flow (zuko's NSF
+    with the faster ``Spline``)."""
 
     def __init__(self, features: int, context: int, cfg: FlowGNNConfig):
         super().__init__()
-        self.flow = zuko.flows.NSF(features, context, bins=cfg.flow_bins,
+        bins = cfg.flow_bins
+        self.flow = zuko.flows.MAF(features, context, univariate=partial(Spline, slope=1e-3),
+                                   shapes=[(bins,), (bins,), (bins - 1,)],
                                    transforms=cfg.flow_transforms, passes=2, randperm=True,
                                    hidden_features=[cfg.flow_hidden] * 2)
 

@@ -1,0 +1,103 @@
+"""The quality-speed frontier of the generators: one row per model from a fidelity run
+(benchmarks/fidelity.py) and a speed run (benchmarks/speed.py) of the same models, as a
+Markdown table and a PNG (classifier AUC against CPU time per shower). Measures nothing
+itself: it puts the two benchmarks' JSON side by side. Usage:
+    python benchmarks/frontier.py --fidelity benchmarks/results/heldout/fidelity.json \
+        --speed benchmarks/results/speed.json [--out docs/frontier]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def rows(fidelity: dict, speed: dict) -> list[dict]:
+    """One row per model of the fidelity run that the speed run timed on one thread."""
+    timed: dict[str, dict] = {}
+    for r in speed["results"]:
+        if r["threads"] == 1 and r["backend"] == "torch":
+            entry = timed.setdefault(r["run"], {"parameters": r["parameters"]})
+            for b in r["batches"]:
+                entry[(r["energy_gev"], b["batch"])] = b
+    out = []
+    for name, m in fidelity["models"].items():
+        t = timed.get(m["run"])
+        if t is None:
+            continue
+        out.append({"name": name, "auc": m["auc"], "auc_std": m["auc_std"],
+                    "auc_low": m["auc_low_level"], "fpd": m["fpd"], "fpd_floor": m["fpd_floor"],
+                    "parameters": t["parameters"], "timings": t})
+    return out
+
+
+def table(rows_: list[dict], energies: list[float], batches: list[int]) -> str:
+    head = ["model", "AUC high", "AUC low", "FPD (floor)"] + [
+        f"ms @ {e:g} GeV, batch {', '.join(map(str, batches))}" for e in energies] + [
+        "×Geant4 @ batch 1000", "peak RSS MB", "parameters"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows_:
+        t = r["timings"]
+        times = [" / ".join(f"{1e3 * t[(e, b)]['s_per_shower']:.2f}" if (e, b) in t else "–"
+                            for b in batches) for e in energies]
+        speedup = " / ".join(f"{t[(e, 1000)]['speedup_vs_geant4_per_core']:.0f}"
+                             for e in energies if (e, 1000) in t)
+        rss = max(b["peak_rss_mb"] for k, b in t.items() if isinstance(k, tuple))
+        lines.append("| " + " | ".join(
+            [r["name"], f"{r['auc']:.3f} ± {r['auc_std']:.3f}", f"{r['auc_low']:.3f}",
+             f"{r['fpd']:.2f} ({r['fpd_floor']:.2f})", *times, speedup, f"{rss:.0f}",
+             f"{r['parameters'] or 0:,}"]) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows_: list[dict], energy: float, batch: int, floor: float, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows_:
+        b = r["timings"].get((energy, batch))
+        if b is None:
+            continue
+        ms = 1e3 * b["s_per_shower"]
+        ax.errorbar(ms, r["auc"], yerr=r["auc_std"], fmt="o", capsize=3)
+        ax.annotate(r["name"], (ms, r["auc"]), textcoords="offset points", xytext=(6, 4))
+    ax.axhline(0.60, ls="--", c="grey", lw=1, label="target AUC 0.60")
+    ax.axhline(floor, ls=":", c="k", lw=1, label=f"Geant4 vs Geant4 {floor:.2f}")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"CPU ms per shower, {energy:g} GeV photons, batch {batch}, one thread")
+    ax.set_ylabel("classifier AUC (high-level)")
+    ax.set_ylim(0.45, 1.0)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--fidelity", required=True)
+    ap.add_argument("--speed", required=True)
+    ap.add_argument("--out", default="docs/frontier")
+    args = ap.parse_args()
+    fidelity = json.loads(Path(args.fidelity).read_text())
+    speed = json.loads(Path(args.speed).read_text())
+    found = rows(fidelity, speed)
+    energies = sorted({r["energy_gev"] for r in speed["results"]})
+    batches = sorted({b["batch"] for r in speed["results"] for b in r["batches"]})
+    md = table(found, energies, batches)
+    floor = next(iter(fidelity["models"].values()))["auc_floor"]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot(found, max(energies), max(batches), floor, out.with_suffix(".png"))
+    out.with_suffix(".md").write_text(
+        f"Fidelity: {args.fidelity} ({fidelity['n_test']} showers of {fidelity['data']}); "
+        f"speed: {args.speed}.\n\n{md}\n")
+    print(md)
+    print(f"-> {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()

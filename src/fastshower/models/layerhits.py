@@ -3,7 +3,8 @@
 Stage 1 is FlowGNN's layer-level spline flow: per layer the energy and the number of hits, and
 the shower's transverse centre, here the centroid of the energy within ``AXIS_MM`` of the axis
 (the core's shift: the placement adds the asymmetry of the rest; with the centroid of all the
-energy it would be counted twice, measured: centre spread 0.93 vs 0.65 mm above 100 GeV). Stage 2 places each layer's N hits directly. A small network
+energy it would be counted twice, measured: centre spread 0.93 vs 0.65 mm above 100 GeV).
+Stage 2 places each layer's N hits directly. A small network
 turns the layer-level quantities into a mixture of K Gaussians in u = ln(r + 1 mm), r being the
 distance from the shower axis (shifted by the centre) in the layer plane. The cell under the
 axis point is always a hit. The dense core (cells whose centre lies within the pair's core

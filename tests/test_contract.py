@@ -19,15 +19,8 @@ from torch import nn
 from fastshower import cli
 from fastshower.geometry import Geometry, build_geometry, save
 from fastshower.geometry.showers import layer_z, line_at
-from fastshower.models.base import (
-    ShowerGenerator,
-    TrainingRanges,
-    generator_class,
-    primaries_inputs,
-    run_program,
-    torch_call,
-)
-from fastshower.models.showers import layer_summary, to_batch
+from fastshower.models.base import HIT_OUTPUTS, ShowerGenerator, TrainingRanges, generator_class
+from fastshower.models.showers import layer_summary
 from fastshower.simhits import Primaries, ShowerBatch, read_metadata, read_sample
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
@@ -53,9 +46,10 @@ class AxisCells(nn.Module):
         self.register_buffer("y", torch.from_numpy(geom.cells["y"][cell] + far).float())
         self.register_buffer("z", torch.from_numpy(layer_z(geom)[:LAYERS]).float())
         self.register_buffer("fractions", torch.from_numpy(fractions).float())
-        self.noise_shapes = {"flow_dim": 1, "layers": 1, "width": 1}
+        self.noise = {"z": ("normal", (1,))}
+        self.output_names = HIT_OUTPUTS
 
-    def forward(self, energy, position, direction, particle, z, gumbel, normal):
+    def forward(self, energy, position, direction, particle, z):
         ax, ay = line_at(self.z[None, :], *position[:, :, None].unbind(1),
                          *direction[:, :, None].unbind(1))  # (P, L)
         d2 = (self.x[None] - ax[..., None]) ** 2 + (self.y[None] - ay[..., None]) ** 2
@@ -83,10 +77,7 @@ class Blob(ShowerGenerator):
         return cls(geom, fractions, TrainingRanges.of(train.primaries), ["gamma"])
 
     def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
-        shower, cell, e = run_program(torch_call(self.program),
-                                      primaries_inputs(primaries, self.particles),
-                                      self.program.noise_shapes, rng)
-        return to_batch(primaries, self.geom, shower, cell, e.astype(np.float64))
+        return self.sample_program(primaries, rng)
 
     def export_module(self) -> nn.Module:
         return self.program

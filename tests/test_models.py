@@ -304,11 +304,34 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     assert np.all(energy >= 0.5 * geom.mip_energy[ids])  # every hit above threshold
     again = model.sample(primaries, np.random.default_rng(1))
     assert np.array_equal(again.flat()[1], ids) and np.array_equal(again.flat()[2], energy)
+    # ONNX: the flow and pair networks in ONNX Runtime, the placement the generator's own; the
+    # same seed gives the same showers (a float32 rounding may flip a rare placement draw)
+    from fastshower.inference.onnx import OnnxGenerator, export_model
+    from fastshower.inference.serve.app import ServeConfig, ShowerService
+    from fastshower.inference.serve.batcher import Job
+    from fastshower.models.base import primaries_inputs
+
+    onnx = OnnxGenerator(export_model(model, tmp / "lh_onnx"), geom)
+    got = onnx.sample(primaries, np.random.default_rng(1))
+    o_event, o_ids, o_energy = got.flat()
+    shared = np.isin(event * geom.n_cells + ids, o_event * geom.n_cells + o_ids)
+    assert abs(len(o_ids) - len(ids)) <= 2 and shared.mean() > 0.99
+    np.testing.assert_allclose(np.bincount(o_event, o_energy, 30), np.bincount(event, energy, 30),
+                               rtol=1e-3)
+    # the server's path: one ONNX Runtime call for two requests, the host step per request
+    parts = ((np.arange(10), 5), (np.arange(10, 30), 6))
+    jobs = [Job(primaries_inputs(primaries.subset(idx), onnx.particles), seed,
+                primaries.subset(idx)) for idx, seed in parts]
+    served = ShowerService(onnx, ServeConfig()).run(jobs)
+    alone = onnx.sample(primaries.subset(np.arange(10, 30)), np.random.default_rng(6)).flat()
+    np.testing.assert_array_equal(served[1]["hit_cell"], alone[1])
+    assert set(served[0]["hit_shower"]) == set(range(10))
 
 
 def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     """place_hits on a known radial law: n distinct cells per layer, and the share of hits
-    beyond the core radius is the law's P(r > core) (core by cells, tail by points)."""
+    beyond the core radius is the law's P(r > core) (core by cells, tail by points), their
+    azimuths follow the tilted law, and the cell under the axis point is one of them."""
     from scipy import special
 
     from fastshower.geometry.showers import axis_points
@@ -320,15 +343,20 @@ def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     layer = np.full(400, 10)
     axis = axis_points(primaries, geom)[:, 10]
     mean, sigma = np.log(25.0 + R0_MM), 0.7
-    mixture = (np.zeros((400, 1)), np.full((400, 1), mean), np.full((400, 1), np.log(sigma)))
+    tilt = np.stack([np.full(400, np.arctanh(0.3 / 0.45)), np.zeros(400)], -1)  # a = 0.3
+    mixture = (np.zeros((400, 1)), np.full((400, 1), mean), np.full((400, 1), np.log(sigma)),
+               tilt)
     n = np.full(400, 30)  # about 22 expected in the core, of its ~40 cells
-    pair, cell, u, central = place_hits(mixture, n, axis, layer, geom, Stencil(geom, 40.0),
-                                        40.0, np.random.default_rng(1))
+    ahead = np.tile([0.0, 1.0], (400, 1))
+    pair, cell, u, cos, central = place_hits(mixture, n, axis, ahead, layer, geom,
+                                             Stencil(geom, 40.0), 40.0, np.random.default_rng(1))
     per_pair = np.bincount(pair, minlength=400)
     assert np.all(per_pair <= 30) and per_pair.mean() > 29.5
     assert len(np.unique(pair * geom.n_cells + cell)) == len(cell)
     beyond = special.ndtr((mean - np.log(40.0 + R0_MM)) / sigma)
     assert abs(np.mean(np.exp(u) - R0_MM > 40.0) - beyond) < 0.03
+    # azimuths: p(phi) = (1 + 2 a cos phi) / 2 pi around +y has mean cos phi = a
+    assert abs(cos[np.exp(u) - R0_MM > 40.0].mean() - 0.3) < 0.05
     below = geom.lookup(layer, axis[:, 0], axis[:, 1])
     assert np.array_equal(pair[central], np.arange(400)) and np.all(cell[central] == below)
 

@@ -550,8 +550,9 @@ def export_model(
         folder = export(generator, out)
     card = json.loads((folder / "model_card.json").read_text())
     console.print(f"wrote {folder / 'model.onnx'} ({card['model_bytes'] / 1e6:.1f} MB); ONNX "
-                  f"Runtime vs PyTorch: largest hit-energy difference "
-                  f"{card['check']['max_abs_diff_mev']:.2e} MeV over {card['check']['hits']} hits")
+                  f"Runtime vs PyTorch: largest relative difference of the outputs "
+                  f"{card['check']['max_relative_diff']:.1e} on {card['check']['showers']} "
+                  "showers")
     if triton:
         from fastshower.inference.serve import triton_repository
 

@@ -10,8 +10,9 @@ Capabilities beyond sampling are declared, not guessed:
 - ``training``: "fit" (a one-pass fit: implement ``fit``), "steps" (gradient descent driven by
   training.loop: implement ``training_data``, ``build``, ``forward``, ``loss_weights`` and
   ``stages``, docs/design.md), or "none";
-- ``export_module()``: a torch module with explicit noise inputs that ONNX export traces (the
-  same code that ``sample`` runs), or None.
+- ``export_module()``: the generation program, a torch module that ONNX export traces, or None;
+  ``host(export_side(), geom)`` turns its outputs into showers (numpy; by default the outputs
+  are the hits). ``sample_program`` runs both: the one path of the torch and ONNX back-ends.
 """
 
 from __future__ import annotations
@@ -30,12 +31,16 @@ from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.files import load_model_file, save_atomic
-from fastshower.models.showers import particle_index
+from fastshower.models.showers import particle_index, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
-# exportable generation programs (ShowerGenerator.export_module): their inputs and outputs
-INPUTS = ("energy", "position", "direction", "particle", "z", "gumbel", "normal")
-OUTPUTS = ("hit_shower", "hit_cell", "hit_energy")
+# Exportable generation programs (ShowerGenerator.export_module) take the physics inputs, then
+# their noise inputs (attribute ``noise``: name -> (kind, shape per shower), drawn in that order),
+# and return ``output_names``: per-shower arrays, or per-hit arrays named hit_* with
+# ``hit_shower`` the shower's index in the call; they run on ``chunk`` showers at a time
+# (default CHUNK), which bounds their memory.
+PHYSICS_INPUTS = ("energy", "position", "direction", "particle")
+HIT_OUTPUTS = ("hit_shower", "hit_cell", "hit_energy")
 CHUNK = 16  # showers per program call; noise is drawn chunk by chunk in this order
 ENERGY_MARGIN = 0.03  # relative, on both ends of the energy range
 ANGLE_MARGIN = 0.02  # of the range's width, on both ends of the eta and phi ranges
@@ -134,8 +139,32 @@ class ShowerGenerator(ABC):
         """Rebuild from ``state()`` on the geometry it was made with."""
 
     def export_module(self) -> torch.nn.Module | None:
-        """A torch module for ONNX export, or None when the generator has no network."""
+        """The generation program for ONNX export (see PHYSICS_INPUTS), or None when the
+        generator has no network."""
         return None
+
+    def export_side(self) -> dict:
+        """What the host step needs besides the program (JSON; model.json's "host")."""
+        return {}
+
+    @classmethod
+    def host(cls, side: dict, geom: Geometry) -> Callable[..., ShowerBatch]:
+        """The numpy step after the program: (outputs, primaries, rng) -> showers. Default: the
+        outputs are the hits (HIT_OUTPUTS)."""
+        def hits(out: dict, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
+            return to_batch(primaries, geom, out["hit_shower"], out["hit_cell"],
+                            out["hit_energy"].astype(np.float64))
+        return hits
+
+    def sample_program(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
+        """``sample`` by the export program (torch) and the host step: as the ONNX Runtime
+        back-end runs them, so the same seed gives the same showers in both."""
+        program = self.export_module()
+        if "_host" not in self.__dict__:  # built once (it may hold lookup tables)
+            self.__dict__["_host"] = self.host(self.export_side(), self.geom)
+        out = run_program(torch_call(program), primaries_inputs(primaries, self.particles),
+                          program_spec(program), rng)
+        return self.__dict__["_host"](out, primaries, rng)
 
     @classmethod
     def fit(cls, train: ShowerBatch, geom: Geometry, config: BaseModel | None,
@@ -168,29 +197,44 @@ def primaries_inputs(primaries: Primaries, particles: list[str]) -> dict[str, np
             "particle": particle_index(primaries.pdg, particles).astype(np.int64)}
 
 
-def noise_inputs(n: int, shapes: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The random inputs of a program for n showers; ``shapes``: flow_dim, layers, width."""
-    grid = (n, shapes["layers"], shapes["width"])
-    return {"z": rng.standard_normal((n, shapes["flow_dim"]), dtype=np.float32),
-            "gumbel": rng.gumbel(size=grid).astype(np.float32),
-            "normal": rng.standard_normal(grid, dtype=np.float32)}
+def program_spec(program: torch.nn.Module) -> dict:
+    """A program's noise inputs and output names, as model.json records them."""
+    return {"noise": {k: [kind, list(shape)] for k, (kind, shape) in program.noise.items()},
+            "outputs": list(program.output_names), "chunk": getattr(program, "chunk", CHUNK)}
 
 
-def run_program(call: Callable[[dict], Sequence], inputs: dict[str, np.ndarray],
-                noise_shapes: dict, rng: np.random.Generator,
-                chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(hit shower, hit cell, hit energy) of a generation program run by ``call`` (a torch
-    module or an ONNX Runtime session behind it) over the showers in chunks of ``chunk``, each
-    chunk's noise drawn from ``rng`` in order: the one convention by which both back-ends give
-    the same showers for the same seed."""
-    parts = [(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32))]
-    n = len(inputs["energy"])
+def noise_inputs(n: int, spec: dict, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The random inputs of a program (``spec``: program_spec) for n showers, in order."""
+    out = {}
+    for name, (kind, shape) in spec["noise"].items():
+        size = (n, *shape)
+        out[name] = (rng.standard_normal(size, dtype=np.float32) if kind == "normal" else
+                     rng.gumbel(size=size).astype(np.float32))
+    return out
+
+
+def run_program(call: Callable[[dict], Sequence], inputs: dict[str, np.ndarray], spec: dict,
+                rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The outputs (name -> array, all showers) of a generation program (``spec``:
+    program_spec) run by ``call`` (a torch module or an ONNX Runtime session behind it) over the
+    showers in chunks, each chunk's noise drawn from ``rng`` in order: the one convention by
+    which both back-ends give the same showers for the same seed."""
+    parts: dict[str, list] = {name: [] for name in spec["outputs"]}
+    n, chunk = len(inputs["energy"]), spec["chunk"]
     for lo in range(0, n, chunk):
         part = {k: v[lo:lo + chunk] for k, v in inputs.items()}
-        part |= noise_inputs(len(part["energy"]), noise_shapes, rng)
-        shower, cell, energy = (np.asarray(a) for a in call(part))
-        parts.append((shower + lo, cell, energy))
-    return tuple(np.concatenate(p) for p in zip(*parts, strict=True))
+        part |= noise_inputs(len(part["energy"]), spec, rng)
+        for name, a in zip(spec["outputs"], call(part), strict=True):
+            parts[name].append(np.asarray(a) + (lo if name == "hit_shower" else 0))
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def split_outputs(out: dict[str, np.ndarray], lo: int, hi: int) -> dict[str, np.ndarray]:
+    """The outputs of showers lo..hi-1 of a program's outputs (hit_shower renumbered)."""
+    if "hit_shower" not in out:
+        return {k: v[lo:hi] for k, v in out.items()}
+    sel = (out["hit_shower"] >= lo) & (out["hit_shower"] < hi)
+    return {k: v[sel] - (lo if k == "hit_shower" else 0) for k, v in out.items()}
 
 
 def torch_call(module: torch.nn.Module) -> Callable[[dict], Sequence]:

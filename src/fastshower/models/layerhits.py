@@ -23,7 +23,7 @@ Approximations, named: the hits of a layer are azimuthally symmetric around the 
 a core cell's probability uses the density at its centre (its radius floored at half the cell
 size); core cells are included independently (then at most N kept); tail points that land on
 a taken cell are redrawn, which thins the tail just beyond the core slightly; no core when the
-axis point falls outside every cell; hit times are times of flight; no ONNX export yet.
+axis point falls outside every cell; hit times are times of flight.
 """
 
 from __future__ import annotations
@@ -38,11 +38,15 @@ from scipy.spatial import cKDTree
 from torch import nn
 
 from fastshower.geometry import Geometry
-from fastshower.geometry.showers import axis_points, centroid_depth
-from fastshower.models.base import primaries_inputs
+from fastshower.geometry.showers import centroid_depth, layer_z, line_at
 from fastshower.models.flowgnn import LayerFlowGenerator
 from fastshower.models.flowgnn.data import TrainingData
-from fastshower.models.flowgnn.network import LayerFlowConfig, LayerLevel, pair_features
+from fastshower.models.flowgnn.network import (
+    LayerFlowConfig,
+    LayerLevel,
+    pair_features,
+    register_buffers,
+)
 from fastshower.models.showers import THRESHOLD_MIP, shower_centre, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
@@ -76,22 +80,44 @@ class HitNet(nn.Module):
     def __init__(self, features: int, cfg: LayerHitsConfig):
         super().__init__()
         self.k, self.m, h = cfg.components, cfg.energy_components, cfg.energy_hidden
-        self.radial = _mlp(features, 3 * cfg.components, cfg.hidden)
+        self.radial = _mlp(features, 3 * cfg.components + 2, cfg.hidden)
         self.energy_pair = nn.Linear(features, h)
-        self.energy_hit = nn.Linear(2, h, bias=False)
+        self.energy_hit = nn.Linear(3, h, bias=False)
         self.energy = nn.Sequential(nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
                                     nn.Linear(h, 3 * cfg.energy_components))
 
     def mixture(self, f: torch.Tensor):
-        logits, mean, log_sigma = self.radial(f).split(self.k, -1)
-        return logits.log_softmax(-1), mean + 2.0, log_sigma.clamp(-4, 2)
+        """(log weights, means, log sigmas) of the radial mixture in u, and the tilt (n, 2) of
+        the azimuth law (see anisotropy)."""
+        logits, mean, log_sigma, tilt = self.radial(f).split([self.k] * 3 + [2], -1)
+        return logits.log_softmax(-1), mean + 2.0, log_sigma.clamp(-4, 2), tilt
 
     def energy_mixture(self, f: torch.Tensor, pair: torch.Tensor, u: torch.Tensor,
-                       central: torch.Tensor):
+                       central: torch.Tensor, cos: torch.Tensor):
         """The mixture of each hit (pair: its row of the pair features f)."""
-        h = self.energy_pair(f)[pair] + self.energy_hit(torch.stack([u, central], -1))
+        h = self.energy_pair(f)[pair] + self.energy_hit(torch.stack([u, central, cos], -1))
         logits, mean, log_sigma = self.energy(h).split(self.m, -1)
         return logits.log_softmax(-1), mean, log_sigma.clamp(-4, 2)
+
+
+def anisotropy(tilt, u):
+    """The azimuth law's amplitude a at u: p(phi) = (1 + 2 a cos phi) / 2 pi, phi measured
+    from the primary's transverse direction, a = 0.45 tanh(t0 + t1 (u - 3)) (u = 3: 19 mm).
+    Showers entering the endcap at an angle spread further ahead than behind (measured: the
+    hits beyond 15 mm of the core sit 0.02-0.08 r ahead on average). Works on numpy arrays and
+    on tensors."""
+    x = tilt[..., 0] + tilt[..., 1] * (u - 3.0)
+    return 0.45 * (x.tanh() if isinstance(x, torch.Tensor) else np.tanh(x))
+
+
+def _azimuths(a: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """phi in (-pi, pi] with CDF (phi + pi + 2 a sin phi) / 2 pi = q: Newton's method (the
+    derivative stays above 0.1 for |a| <= 0.45)."""
+    target = 2 * np.pi * q - np.pi
+    phi = target.copy()
+    for _ in range(5):
+        phi -= (phi + 2 * a * np.sin(phi) - target) / (1 + 2 * a * np.cos(phi))
+    return phi
 
 
 def _log_prob(mixture, x: torch.Tensor) -> torch.Tensor:
@@ -179,23 +205,25 @@ def core_radius(mixture, n: np.ndarray, cell_area: np.ndarray, max_mm: float,
     return grid[np.where(dense >= hits_per_cell, np.arange(12), 0).max(-1)]
 
 
-def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom: Geometry,
-               stencil: Stencil, core_mm: float, rng: np.random.Generator,
+def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, layer: np.ndarray,
+               geom: Geometry, stencil: Stencil, core_mm: float, rng: np.random.Generator,
                hits_per_cell: float = 0.1):
     """The n hit cells of each (shower, layer) pair from its radial mixture in u: the cell
     under the axis point always; the rest of the dense core (cells whose centre lies within
     the pair's core radius, at most ``core_mm``, of the axis point; see core_radius) by
     independent inclusion with probability n x density x cell area, scaled so that their
     expected number is n x P(r < core radius); the sparse tail by points drawn from the
-    mixture beyond the core radius (distinct cells in draw order) for the remaining hits.
-    Work per pair: the cells of its core (a few at low density) and ~3 points per tail hit.
-    Returns (pair, cell, u of the cell, central: the cell is the one under the axis point)."""
-    log_w, mean, log_sigma = mixture
+    mixture beyond the core radius, on cells whose centres lie beyond it (distinct cells in
+    draw order), for the remaining hits. Work per pair: the cells of its core (one at low
+    density) and ~1.3 points per tail hit. Azimuths follow the law of ``anisotropy`` (tilt:
+    the mixture's fourth part), measured from ``ahead`` (P, 2), the primary's transverse unit
+    direction. Returns (pair, cell, u and cos(azimuth) of the cell, central: the cell is the
+    one under the axis point)."""
+    log_w, mean, log_sigma, tilt = mixture
     sigma = np.exp(log_sigma)
     c = geom.cells
     below = geom.lookup(layer, axis[:, 0], axis[:, 1])
     r_core = core_radius((log_w, mean, sigma), n, c["area"][below], core_mm, hits_per_cell)
-    u_core = np.log(r_core + R0_MM)[:, None]
     # core: every cell within r_core of the axis point, from the stencil of the cell under it
     pair, cell = stencil.rows(below, r_core)
     near = _radius(geom, cell, axis[pair]) <= r_core[pair]
@@ -203,9 +231,10 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     central = cell == below[pair]
     r = _radius(geom, cell, axis[pair])
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
-    u = np.log(r + R0_MM)
+    u, cos = np.log(r + R0_MM), _cos(geom, cell, axis[pair], ahead[pair])
     pi = _hit_density((log_w[pair], mean[pair], sigma[pair]), n[pair], r_eff)[:, 0] \
-        * c["area"][cell]
+        * c["area"][cell] * (1 + 2 * anisotropy(tilt[pair], u) * cos)
+    u_core = np.log(r_core + R0_MM)[:, None]
     inside = (np.exp(log_w) * special.ndtr((u_core - mean) / sigma)).sum(-1)  # P(r < core)
     for _ in range(4):  # scale to the expected core count; probabilities stop at 1
         pi = np.where(central, 1.0, np.minimum(pi, 1.0))
@@ -215,54 +244,72 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, layer: np.ndarray, geom
     score = np.where(take, pi, -1.0) + rng.uniform(0, 1e-9, len(pi))
     order = np.lexsort((-score, pair))
     keep = order[_first_k(pair[order], n) & take[order]]
-    core_pair, core_cell, core_u = pair[keep], cell[keep], u[keep]
+    core_pair, core_cell, core_u, core_cos = pair[keep], cell[keep], u[keep], cos[keep]
     core_central = central[keep]
-    # tail: points beyond the core radius for the hits the core did not give
-    taken = [(core_pair, core_cell)]
+    # tail: points beyond the core radius, on cells whose centres lie beyond it too (the core
+    # decided the others), for the hits the core did not give; distinct cells in draw order
     need = n - np.bincount(core_pair, minlength=len(n))
+    t_pair, t_cell = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for draws in (1.3, 2.0, 3.0):  # rounds with more points per missing hit; rarely a third
         if not need.any():
             break
-        t_pair, t_cell = _tail_cells((log_w, mean, sigma), need, u_core, axis, layer, geom,
-                                     np.concatenate([p * geom.n_cells + cc for p, cc in taken]),
-                                     draws, rng)
-        taken.append((t_pair, t_cell))
-        need -= np.bincount(t_pair, minlength=len(n))
-    t_pair, t_cell = (np.concatenate(a) for a in zip(*taken[1:], strict=True)) \
-        if len(taken) > 1 else (np.zeros(0, np.int64),) * 2
+        p, cc = _tail_points((log_w, mean, sigma, tilt), need, r_core, axis, ahead, layer, geom,
+                             draws, rng)
+        _, first = np.unique(np.concatenate([t_pair, p]) * geom.n_cells
+                             + np.concatenate([t_cell, cc]), return_index=True)
+        new = np.sort(first[first >= len(t_pair)]) - len(t_pair)
+        new = new[_first_k(p[new], need)]
+        t_pair, t_cell = np.concatenate([t_pair, p[new]]), np.concatenate([t_cell, cc[new]])
+        need -= np.bincount(p[new], minlength=len(n))
     t_u = np.log(_radius(geom, t_cell, axis[t_pair]) + R0_MM)
+    t_cos = _cos(geom, t_cell, axis[t_pair], ahead[t_pair])
     return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
-            np.concatenate([core_u, t_u]),
+            np.concatenate([core_u, t_u]), np.concatenate([core_cos, t_cos]),
             np.concatenate([core_central, np.zeros(len(t_pair), bool)]))
 
 
-def _tail_cells(mixture, k: np.ndarray, u_core: np.ndarray, axis, layer, geom: Geometry,
-                taken: np.ndarray, draws: float, rng: np.random.Generator):
-    """Up to k[p] new distinct cells of each pair p from ceil(draws x k) + 2 points drawn from
-    its mixture beyond u_core (p, 1), in draw order; ``taken``: pair x n_cells + cell keys
-    already used. Returns (pair, cell)."""
-    log_w, mean, sigma = mixture
+def _ahead(primaries: Primaries) -> np.ndarray:
+    """(n, 2) unit vectors along the primaries' transverse directions (+y if along z)."""
+    d = primaries.direction[:, :2].astype(np.float64)
+    norm = np.hypot(d[:, 0], d[:, 1])
+    return np.where(norm[:, None] > 1e-9, d / np.maximum(norm, 1e-9)[:, None], [0.0, 1.0])
+
+
+def _cos(geom: Geometry, cell: np.ndarray, xy: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+    """cos of the azimuth of cell centres around points ``xy`` (n, 2) from the unit vectors
+    ``ahead`` (n, 2); 0 at the point itself."""
+    c = geom.cells
+    dx, dy = c["x"][cell] - xy[:, 0], c["y"][cell] - xy[:, 1]
+    return (dx * ahead[:, 0] + dy * ahead[:, 1]) / np.maximum(np.hypot(dx, dy), 1e-9)
+
+
+def _tail_points(mixture, k: np.ndarray, r_core: np.ndarray, axis, ahead, layer,
+                 geom: Geometry, draws: float, rng: np.random.Generator):
+    """(pair, cell) of ceil(draws x k[p]) + 2 points per pair p drawn from its mixture beyond
+    r_core[p], in draw order (pairs ascending), keeping those on cells whose centres lie beyond
+    r_core too."""
+    log_w, mean, sigma, tilt = mixture
     pair = np.repeat(np.arange(len(k)), np.where(k > 0, np.ceil(draws * k).astype(int) + 2, 0))
-    a = (u_core[pair] - mean[pair]) / sigma[pair]
+    a = (np.log(r_core + R0_MM)[pair, None] - mean[pair]) / sigma[pair]
     w_tail = np.exp(log_w[pair]) * special.ndtr(-a)
     comp = np.argmax(np.log(np.maximum(w_tail, 1e-300)) + rng.gumbel(size=w_tail.shape), -1)
     a = a[np.arange(len(pair)), comp]
     q = special.ndtr(a) + rng.uniform(size=len(pair)) * special.ndtr(-a)
     u = mean[pair, comp] + sigma[pair, comp] * special.ndtri(np.minimum(q, 1 - 1e-12))
-    rad, phi = np.exp(u) - R0_MM, rng.uniform(0, 2 * np.pi, len(pair))
+    phi = _azimuths(anisotropy(tilt[pair], u), rng.uniform(size=len(pair)))
+    phi += np.arctan2(ahead[pair, 1], ahead[pair, 0])
+    rad = np.exp(u) - R0_MM
     xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
     cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
-    key = pair * geom.n_cells + cell
-    ok = np.flatnonzero((cell >= 0) & ~np.isin(key, taken))
-    _, first = np.unique(key[ok], return_index=True)
-    tail = ok[np.sort(first)]  # distinct cells, in draw order
-    tail = tail[_first_k(pair[tail], k)]
-    return pair[tail], cell[tail]
+    ok = cell >= 0
+    ok[ok] = _radius(geom, cell[ok], axis[pair[ok]]) > r_core[pair[ok]]
+    return pair[ok], cell[ok]
 
 
 class HitData(TrainingData):
-    """FlowGNN's training data plus every hit's u, ln(e / mean hit energy) and whether its cell
-    is the one under the axis point, grouped by (shower, layer) pair."""
+    """FlowGNN's training data plus every hit's u, cos(azimuth) from the primary's transverse
+    direction, ln(e / mean hit energy) and whether its cell is the one under the axis point,
+    grouped by (shower, layer) pair."""
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         super().__init__(batch, geom)
@@ -271,6 +318,7 @@ class HitData(TrainingData):
         layer = c["layer"][self.hit_id]
         axis = self.axis[self.hit_event, layer] + self.centre[self.hit_event]
         r = _radius(geom, self.hit_id, axis)
+        cos = _cos(geom, self.hit_id, axis, _ahead(batch.primaries)[self.hit_event])
         central = self.hit_id == geom.lookup(layer, axis[:, 0], axis[:, 1])
         mean_e = self.e_layer[self.hit_event, layer] / self.n_layer[self.hit_event, layer]
         n_layers = len(geom.layers)
@@ -278,7 +326,7 @@ class HitData(TrainingData):
         order = np.argsort(pair, kind="stable")
         self.hit_pair, self.hit_u = pair[order], np.log(r[order] + R0_MM)
         self.hit_log_e = np.log(self.hit_energy[order] / mean_e[order])
-        self.hit_central = central[order]
+        self.hit_central, self.hit_cos = central[order], cos[order]
         self.pairs = np.unique(self.hit_pair)
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
         self.n_layers = n_layers
@@ -291,14 +339,14 @@ class LayerHits(LayerFlowGenerator):
     training = "steps"
     config_type = LayerHitsConfig
     loss_weights: ClassVar[dict[str, float]] = {"flow_nll": 1.0, "radius_nll": 1.0,
-                                                "energy_nll": 1.0}
+                                                "azimuth_nll": 1.0, "energy_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"flow": ("flow_nll",),
-                                                    "hits": ("radius_nll", "energy_nll")}
+                                                    "hits": ("radius_nll", "azimuth_nll",
+                                                             "energy_nll")}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
         self.hits = HitNet(5 + self.context_dim, cfg)
-        self.threshold = 1.02 * THRESHOLD_MIP * geom.mip_energy
 
     def features(self, e_l, n_l, layer, mean_depth, ctx) -> torch.Tensor:
         """(n, 5 + C) features of (shower, layer) pairs: FlowGNN's, and the conditions."""
@@ -313,7 +361,7 @@ class LayerHits(LayerFlowGenerator):
     def forward(self, data: HitData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
         """Loss terms as (sum, count) over this rank's share: the flow's NLL per feature, the
-        hits' radial NLL (in u) and their energies' Gaussian NLL."""
+        hits' radial NLL (in u), their azimuths' NLL (less ln 2 pi) and their energies' NLL."""
         rank, world = shard
         index = rng.choice(len(data), min(self.cfg.flow_batch * scale, len(data)),
                            replace=False)
@@ -333,46 +381,113 @@ class LayerHits(LayerFlowGenerator):
             self.context(data.primaries.subset(event)))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
-        radius = -_log_prob([t[hit_pair] for t in self.hits.mixture(f)], u).sum()
+        *radial, tilt = (t[hit_pair] for t in self.hits.mixture(f))
+        radius = -_log_prob(radial, u).sum()
+        cos = torch.from_numpy(data.hit_cos[hit]).float()
+        azimuth = -torch.log1p(2 * anisotropy(tilt, u) * cos).sum()
         central = torch.from_numpy(data.hit_central[hit]).float()
         y = torch.from_numpy(data.hit_log_e[hit]).float()
-        energy = -_log_prob(self.hits.energy_mixture(f, hit_pair, u, central), y).sum()
+        energy = -_log_prob(self.hits.energy_mixture(f, hit_pair, u, central, cos), y).sum()
         return {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
-                "energy_nll": (energy, len(hit))}
+                "azimuth_nll": (azimuth, len(hit)), "energy_nll": (energy, len(hit))}
 
     # ---- generation --------------------------------------------------------------------------
+    def export_module(self) -> LayerHitsProgram:
+        """Stage 1 and the pair networks as one tensor program (ONNX export traces it)."""
+        if "_program" not in self.__dict__:  # plain attribute: not a registered submodule
+            self.__dict__["_program"] = LayerHitsProgram(self).eval()
+        return self.__dict__["_program"]
+
+    def export_side(self) -> dict:
+        """The host step's settings and the per-hit layers of the energy network."""
+        net = self.hits
+        weights = {"hit": net.energy_hit.weight, "w1": net.energy[1].weight,
+                   "b1": net.energy[1].bias, "w2": net.energy[3].weight,
+                   "b2": net.energy[3].bias}
+        return {"core_mm": self.cfg.core_mm, "core_hits_per_cell": self.cfg.core_hits_per_cell,
+                "components": self.cfg.components,
+                "energy_net": {k: v.detach().numpy().tolist() for k, v in weights.items()}}
+
+    @classmethod
+    def host(cls, side: dict, geom: Geometry) -> Placement:
+        return Placement(side, geom)
+
     @torch.no_grad()
     def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
         self.eval()
-        if "_level" not in self.__dict__:  # plain attribute: not a registered submodule
-            self.__dict__["_level"] = LayerLevel(self)
-        level = self.__dict__["_level"]
-        inputs = {k: torch.from_numpy(v) for k, v in
-                  primaries_inputs(primaries, self.particles).items()}
-        z = rng.standard_normal((len(primaries), level.flow_dim), dtype=np.float32)
-        ctx, e_layer, hits, centre = level(inputs["energy"], inputs["direction"],
-                                           inputs["particle"], torch.from_numpy(z))
-        event, layer = (torch.as_tensor(a) for a in np.nonzero(hits.numpy()))
-        mean_depth = centroid_depth(e_layer, torch.as_tensor(self.depth))
-        n = hits[event, layer]
-        f = self.features(e_layer[event, layer], n, layer, mean_depth[event], ctx[event])
-        log_w, mean, log_sigma = (t.numpy().astype(np.float64) for t in self.hits.mixture(f))
-        # the n hit cells of each pair: the core cell by cell, the tail by points
-        n = n.numpy().astype(np.int64)
-        ev, lay = event.numpy(), layer.numpy()
-        axis = axis_points(primaries, self.geom)[ev, lay] + centre.numpy()[ev]
-        if "_stencil" not in self.__dict__:
-            self.__dict__["_stencil"] = Stencil(self.geom, self.cfg.core_mm)
-        pair, cell, u_cell, central = place_hits((log_w, mean, log_sigma), n, axis, lay,
-                                                 self.geom, self.__dict__["_stencil"],
-                                                 self.cfg.core_mm, rng,
-                                                 self.cfg.core_hits_per_cell)
-        # energies of the hits, rescaled to the layer energy
-        e = np.exp(_draw([t.numpy().astype(np.float64) for t in self.hits.energy_mixture(
-            f, torch.from_numpy(pair), torch.from_numpy(u_cell).float(),
-            torch.from_numpy(central).float())], rng))
-        e_pair = e_layer[event, layer].numpy().astype(np.float64)
+        return self.sample_program(primaries, rng)
+
+
+class LayerHitsProgram(nn.Module):
+    """(energy MeV (P,), position mm (P, 3), unit direction (P, 3), particle index (P,), flow
+    noise (P, D)) -> per shower and layer: energy e_layer (P, L) MeV, hit count hits (P, L), the
+    shifted axis point axis (P, L, 2) mm, the radial mixture (P, L, 3K + 2) (log weights,
+    means, log sigmas in u; the azimuth law's tilt) and the energy network's pair share
+    energy_pair (P, L, H). The flow and
+    networks are the model's, shared."""
+
+    output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair")
+    chunk = 1024  # showers per call: ~50 kB of outputs each, the flow's overhead amortised
+
+    def __init__(self, model: LayerHits):
+        super().__init__()
+        self.level, self.hits = LayerLevel(model), model.hits
+        register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
+        self.noise = {"z": ("normal", (self.level.flow_dim,))}
+
+    def forward(self, energy, position, direction, particle, z):
+        ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
+        p, n_layers = e_layer.shape
+        mean_depth = centroid_depth(e_layer, self.depth)
+        f = torch.cat([pair_features(e_layer, hits, self.depth[None].expand(p, -1),
+                                     mean_depth[:, None]),
+                       ctx[:, None].expand(-1, n_layers, -1)], -1)  # (P, L, F)
+        ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),
+                         *direction[:, :, None].unbind(1))  # (P, L)
+        axis = torch.stack([ax + centre[:, 0:1], ay + centre[:, 1:2]], -1)
+        return (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
+                self.hits.energy_pair(f))
+
+
+class Placement:
+    """The host step of LayerHits (numpy): from the program's outputs, the hit cells of every
+    active (shower, layer) pair (place_hits), their energies from the per-hit layers of the
+    energy network (``side["energy_net"]``), rescaled to the layer energy, and the showers."""
+
+    def __init__(self, side: dict, geom: Geometry):
+        self.geom, self.side = geom, side
+        self.net = {k: torch.tensor(v, dtype=torch.float32)
+                    for k, v in side["energy_net"].items()}
+        self.stencil = Stencil(geom, side["core_mm"])
+        self.threshold = 1.02 * THRESHOLD_MIP * geom.mip_energy
+
+    @torch.no_grad()
+    def energy_mixture(self, h_pair: np.ndarray, u: np.ndarray, central: np.ndarray,
+                       cos: np.ndarray):
+        """HitNet.energy_mixture's per-hit layers on the pair shares h_pair (n, H) (torch
+        operations on arrays: fused and fast, the same on both back-ends)."""
+        w, silu = self.net, torch.nn.functional.silu
+        x = torch.from_numpy(np.stack([u, central, cos], -1).astype(np.float32))
+        h = silu(torch.from_numpy(h_pair) + x @ w["hit"].T)
+        out = silu(h @ w["w1"].T + w["b1"]) @ w["w2"].T + w["b2"]
+        logits, mean, log_sigma = out.double().chunk(3, -1)
+        return (logits.log_softmax(-1).numpy(), mean.numpy(),
+                log_sigma.clamp(-4, 2).numpy())
+
+    def __call__(self, out: dict, primaries: Primaries, rng: np.random.Generator):
+        hits = out["hits"]
+        event, layer = np.nonzero(hits)
+        n = hits[event, layer].astype(np.int64)
+        k = self.side["components"]
+        mixture = np.split(out["mixture"][event, layer].astype(np.float64), [k, 2 * k, 3 * k],
+                           axis=-1)
+        pair, cell, u, cos, central = place_hits(
+            mixture, n, out["axis"][event, layer].astype(np.float64),
+            _ahead(primaries)[event], layer, self.geom, self.stencil, self.side["core_mm"], rng,
+            self.side["core_hits_per_cell"])
+        h_pair = out["energy_pair"][event, layer][pair]
+        e = np.exp(_draw(self.energy_mixture(h_pair, u, central, cos), rng))
+        e_pair = out["e_layer"][event, layer].astype(np.float64)
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
         e = np.maximum(e, self.threshold[cell])
-        return to_batch(primaries, self.geom, ev[pair], cell, e)
-
+        return to_batch(primaries, self.geom, event[pair], cell, e)

@@ -25,7 +25,7 @@ from fastshower.inference.serve.protocol import (
     encode_outputs,
     signature,
 )
-from fastshower.models.base import noise_inputs
+from fastshower.models.base import noise_inputs, split_outputs
 from fastshower.models.showers import particle_index
 from fastshower.simhits import Primaries
 from fastshower.simulation.gun import require_on_detector
@@ -52,8 +52,10 @@ class ShowerService:
     def __init__(self, generator: OnnxGenerator, cfg: ServeConfig):
         self.generator, self.cfg = generator, cfg
 
-    def check(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        """Validated model inputs (energy, position, direction, particle index) and the seed."""
+    def check(self, arrays: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int,
+                                                            Primaries]:
+        """Validated model inputs (energy, position, direction, particle index), the seed and
+        the primaries."""
         missing = [k for k in INPUTS if k not in arrays and k not in OPTIONAL]
         if missing:
             raise BadRequest(f"missing input(s) {missing}; inputs are {signature(INPUTS)}")
@@ -95,21 +97,25 @@ class ShowerService:
         seed = (int(arrays["seed"].reshape(-1)[0]) if "seed" in arrays
                 else secrets.randbits(63))
         return {"energy": energy, "position": position.astype(np.float32),
-                "direction": direction, "particle": particle.astype(np.int64)}, seed
+                "direction": direction, "particle": particle.astype(np.int64)}, seed, primaries
 
     def run(self, jobs: list[Job]) -> list[dict[str, np.ndarray]]:
-        """One ONNX Runtime call for all jobs; each job's noise comes from its own seed."""
-        side = self.generator.side
-        parts = [{**j.inputs, **noise_inputs(len(j.inputs["energy"]), side,
-                                             np.random.default_rng(j.seed))} for j in jobs]
+        """One ONNX Runtime call for all jobs, then the generator's host step job by job; each
+        job's noise comes from its own seed (its showers do not depend on the batching)."""
+        gen = self.generator
+        rngs = [np.random.default_rng(j.seed) for j in jobs]
+        parts = [{**j.inputs, **noise_inputs(len(j.inputs["energy"]), gen.side["program"], rng)}
+                 for j, rng in zip(jobs, rngs, strict=True)]
         batch = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-        shower, cell, energy = run_session(self.generator.session, batch)
+        outputs = dict(zip(gen.side["program"]["outputs"],
+                           run_session(gen.session, batch), strict=True))
         bounds = np.cumsum([0] + [len(p["energy"]) for p in parts])
         out = []
-        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-            sel = (shower >= lo) & (shower < hi)
-            out.append({"hit_shower": shower[sel] - lo, "hit_cell": cell[sel],
-                        "hit_energy": energy[sel].astype(np.float32)})
+        for job, rng, lo, hi in zip(jobs, rngs, bounds[:-1], bounds[1:], strict=True):
+            showers = gen.finish(split_outputs(outputs, lo, hi), job.primaries, rng)
+            shower, cell, energy = showers.flat()
+            out.append({"hit_shower": shower.astype(np.int64), "hit_cell": cell.astype(np.int64),
+                        "hit_energy": energy.astype(np.float32)})
         return out
 
 

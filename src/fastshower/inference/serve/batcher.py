@@ -11,15 +11,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fastshower.simhits import Primaries
+
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Job:
-    """One request's decoded inputs and the future its response waits on."""
+    """One request's decoded inputs (as model inputs and as primaries) and the future its
+    response waits on."""
 
     inputs: dict[str, np.ndarray]
     seed: int
+    primaries: Primaries
     future: asyncio.Future = field(default=None)
     batch_showers: int = 0  # showers in the model call that served it
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from fastshower.errors import FastShowerError
+
 
 def triton_repository(folder: str | Path, out: str | Path, name: str = "fastshower") -> Path:
     """A Triton model repository: OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx.
@@ -13,11 +15,15 @@ def triton_repository(folder: str | Path, out: str | Path, name: str = "fastshow
     the side file and model card go beside the config."""
     folder, out = Path(folder), Path(out)
     side = json.loads((folder / "model.json").read_text())
-    grid = f"[ -1, {side['layers']}, {side['width']} ]"
+    program = side["program"]
+    if side["host"] or program["outputs"] != ["hit_shower", "hit_cell", "hit_energy"]:
+        raise FastShowerError(f"{side['model']}'s graph is not the whole generator (its outputs "
+                              "go through fastshower's host step, e.g. LayerHits' placement on "
+                              "cells); serve it with `fastshower serve`")
     inputs = {"energy": ("TYPE_FP32", "[ -1 ]"), "position": ("TYPE_FP32", "[ -1, 3 ]"),
-              "direction": ("TYPE_FP32", "[ -1, 3 ]"), "particle": ("TYPE_INT64", "[ -1 ]"),
-              "z": ("TYPE_FP32", f"[ -1, {side['flow_dim']} ]"), "gumbel": ("TYPE_FP32", grid),
-              "normal": ("TYPE_FP32", grid)}
+              "direction": ("TYPE_FP32", "[ -1, 3 ]"), "particle": ("TYPE_INT64", "[ -1 ]")} | {
+        name: ("TYPE_FP32", f"[ -1, {', '.join(map(str, shape))} ]")
+        for name, (_, shape) in program["noise"].items()}
     outputs = {"hit_shower": ("TYPE_INT64", "[ -1 ]"), "hit_cell": ("TYPE_INT64", "[ -1 ]"),
                "hit_energy": ("TYPE_FP32", "[ -1 ]")}
     config = (f'name: "{name}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 0\n'

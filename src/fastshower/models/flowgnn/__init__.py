@@ -30,13 +30,7 @@ from torch import nn
 
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import depth_x0
-from fastshower.models.base import (
-    ShowerGenerator,
-    TrainingRanges,
-    primaries_inputs,
-    run_program,
-    torch_call,
-)
+from fastshower.models.base import ShowerGenerator, TrainingRanges
 from fastshower.models.flowgnn.data import TrainingData, fit_norms, layer_vector
 from fastshower.models.flowgnn.network import (
     OFFSET_SCALE,
@@ -46,7 +40,7 @@ from fastshower.models.flowgnn.network import (
     LayerGraphs,
 )
 from fastshower.models.flowgnn.sampler import FlowGNNSampler
-from fastshower.models.showers import particle_index, particle_names, to_batch
+from fastshower.models.showers import particle_index, particle_names
 from fastshower.simhits import Primaries, ShowerBatch
 
 __all__ = ["FlowGNN", "FlowGNNConfig", "FlowGNNSampler", "LayerFlowGenerator", "TrainingData",
@@ -184,15 +178,10 @@ class FlowGNN(LayerFlowGenerator):
 
     @torch.no_grad()
     def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
-        """Showers for the given primaries, placed on the geometry's cells: the sampler run by
-        models.base.run_program, as the ONNX Runtime back-end runs it (same seed, same
-        showers)."""
+        """Showers for the given primaries, placed on the geometry's cells: the sampler run as
+        the ONNX Runtime back-end runs it (same seed, same showers)."""
         self.eval()
-        sampler = self.export_module()
-        shower, cell, energy = run_program(torch_call(sampler),
-                                           primaries_inputs(primaries, self.particles),
-                                           sampler.noise_shapes, rng)
-        return to_batch(primaries, self.geom, shower, cell, energy.astype(np.float64))
+        return self.sample_program(primaries, rng)
 
     # ---- persistence -------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ from torch import nn
 
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import centroid_depth, layer_z, line_at
+from fastshower.models.base import HIT_OUTPUTS
 from fastshower.models.flowgnn.network import (
     OFFSET_SCALE,
     LayerGraphs,
@@ -119,8 +120,10 @@ class FlowGNNSampler(nn.Module):
         }
         register_buffers(self, buffers)
         self.flow_dim = self.level.flow_dim
-        self.noise_shapes = {"flow_dim": self.flow_dim, "layers": int(self.n_layers),
-                             "width": int(self.width)}
+        grid = (int(self.n_layers), int(self.width))
+        self.noise = {"z": ("normal", (self.flow_dim,)), "gumbel": ("gumbel", grid),
+                      "normal": ("normal", grid)}
+        self.output_names = HIT_OUTPUTS
 
     def node_features(self, position, direction, ctx, e_layer, hits, centre) -> torch.Tensor:
         """(S, P, F) cell features, in FlowGNN.group_inputs' order."""

@@ -109,6 +109,12 @@ def test_flowgnn_trains_generates_and_writes_a_run_folder(sample):
     gen, meta = read_sample(path)
     assert meta["generator"] == "fastshower flowgnn" and meta["geometry_hash"] == geom.hash
     assert len(gen) == 40 and np.array_equal(gen.primaries.energy_mev, primaries.energy_mev)
+    # the file answers the fast-simulation questions (the validation report shows them)
+    from fastshower.validation.report import MODEL_QUESTIONS
+
+    assert set(MODEL_QUESTIONS) <= set(meta)
+    assert meta["training_set_size"].startswith(f"{generator.trained_on['showers']} Geant4")
+    assert "ms CPU per shower" in meta["time_per_shower"] and "MB" in meta["memory"]
     event, ids, energy = gen.flat()
     assert np.all(np.isfinite(energy)) and np.all(energy > 0)
     assert ids.min() >= 0 and ids.max() < geom.n_cells

@@ -139,7 +139,7 @@ class SimHitWriter:
         self.path = Path(path)
         self.tmp = self.path.with_name(self.path.name + ".tmp")
         self.file = uproot.recreate(self.tmp, compression=uproot.ZSTD(5))
-        self.file["metadata"] = json.dumps({**metadata, "schema_version": SCHEMA_VERSION})
+        self.metadata = {**metadata, "schema_version": SCHEMA_VERSION}  # written by close
         self.cluster = cluster
         self.buffer: list[ShowerBatch] = []
         self.n = 0
@@ -162,8 +162,10 @@ class SimHitWriter:
         self.buffer = []
 
     def close(self) -> Path:
-        """Finish the file and give it its final name (only complete files carry it)."""
+        """Finish the file (with ``metadata``, which a writer may complete until then) and give
+        it its final name (only complete files carry it)."""
         self._flush()
+        self.file["metadata"] = json.dumps(self.metadata)
         self.file.close()
         self.tmp.replace(self.path)
         return self.path

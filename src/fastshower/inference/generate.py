@@ -6,9 +6,12 @@ validation runs on both.
 from __future__ import annotations
 
 import logging
+import resource
+import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
@@ -58,12 +61,26 @@ def generate_file(generator: ShowerGenerator, primaries: Primaries, out: str | P
     writer = SimHitWriter(out, {**generator.metadata(seed), "extrapolation": outside,
                                 "extrapolation_allowed": allow_extrapolation})
     try:
+        cpu = 0.0
         with Tracker(f"generating ({generator.name})", len(primaries),
                      enabled=show_progress) as bar:
-            for batch in generate(generator, primaries, seed, batch_size):
+            batches = generate(generator, primaries, seed, batch_size)
+            while True:
+                start = time.process_time()
+                batch = next(batches, None)
+                cpu += time.process_time() - start
+                if batch is None:
+                    break
                 writer.write(batch)
                 bar.update(advance=len(batch))
     except BaseException:
         writer.abort()
         raise
+    n = max(len(primaries), 1)
+    writer.metadata |= {
+        "time_per_shower": f"{1e3 * cpu / n:.3g} ms CPU per shower (measured writing this file: "
+                           f"{len(primaries)} showers in batches of {batch_size}, "
+                           f"{torch.get_num_threads()} torch thread(s))",
+        "memory": f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB "
+                  "(the generating process, measured writing this file)"}
     return writer.close()

@@ -115,7 +115,7 @@ def export_model(generator: ShowerGenerator, out: str | Path, check_showers: int
     spec = program_spec(program)
     side = {"format": FORMAT, "model": generator.name, "geometry_hash": generator.geom.hash,
             "particles": {name: PARTICLES[name] for name in generator.particles},
-            "program": spec, "host": generator.export_side(),
+            "program": spec, "host": generator.export_side(), "card": generator.card(),
             "ranges": generator.ranges.to_dict(), "opset": OPSET,
             "fastshower_version": __version__}
     rng = np.random.default_rng(seed)
@@ -196,6 +196,12 @@ class OnnxGenerator(ShowerGenerator):
         # a program whose outputs are the hits needs no generator class (the default host)
         owner = generator_class(self.name) if self.side["host"] else ShowerGenerator
         self.finish = owner.host(self.side["host"], geom)
+
+    def card(self) -> dict[str, str]:
+        import onnxruntime as ort
+
+        return {**self.side["card"], "inference_library": f"ONNX Runtime {ort.__version__} (CPU)",
+                "model_format": f"ONNX (opset {OPSET}) + model.json + model_card.json"}
 
     def run(self, inputs: dict[str, np.ndarray], rng: np.random.Generator) -> dict:
         """Physics inputs -> the program's outputs, by models.base.run_program (chunks, noise

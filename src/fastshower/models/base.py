@@ -118,6 +118,8 @@ class ShowerGenerator(ABC):
     particles: list[str]
     ranges: TrainingRanges
     source: str = ""
+    trained_on: dict | None = None  # the training sample (set by the trainer, kept in the file)
+    questions: ClassVar[dict[str, str]] = {}  # its fixed answers to MODEL_QUESTIONS (card)
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)
@@ -178,14 +180,35 @@ class ShowerGenerator(ABC):
         and the geometry identity."""
         path = Path(path)
         save_atomic({**(self.state() if state is None else state), "model": self.name,
-                     "geometry_hash": self.geom.hash}, path)
+                     "geometry_hash": self.geom.hash,
+                     **({"trained_on": self.trained_on} if self.trained_on else {})}, path)
         return path
+
+    def card(self) -> dict[str, str]:
+        """Its answers to the questions every fast-simulation user asks
+        (validation.report.MODEL_QUESTIONS) that it knows; time and memory are measured by
+        whoever generates (generate_file)."""
+        r = self.ranges
+        conditions = f"{', '.join(self.particles)}; {r.energy_gev[0]:g}-{r.energy_gev[1]:g} GeV"
+        if r.eta:
+            conditions += f", eta {r.eta[0]:.3g}-{r.eta[1]:.3g}"
+        if r.phi_deg:
+            conditions += f", phi {r.phi_deg[0]:.3g}-{r.phi_deg[1]:.3g} deg"
+        out = {"particles_and_conditions": conditions,
+               "inference_library": f"PyTorch {torch.__version__.split('+')[0]} (CPU)",
+               "gpu_tested": "no (every measurement so far on CPU)", **self.questions}
+        if self.trained_on:
+            t = self.trained_on
+            out["training_set_size"] = (f"{t['showers']} Geant4 showers for training, "
+                                        f"{t['validation']} for model selection ({t['data']})")
+        return out
 
     def metadata(self, seed: int) -> dict:
         """What a sim-hit file made by this generator records about it."""
         return {"generator": f"fastshower {self.name}", "model_source": self.source,
                 "fastshower_version": __version__, "geometry_hash": self.geom.hash,
-                "seed": seed, "physics_mode": "ml", "torch_threads": torch.get_num_threads()}
+                "seed": seed, "physics_mode": "ml", "torch_threads": torch.get_num_threads(),
+                **self.card()}
 
 
 def primaries_inputs(primaries: Primaries, particles: list[str]) -> dict[str, np.ndarray]:
@@ -260,5 +283,5 @@ def load(path: str | Path, geom: Geometry) -> ShowerGenerator:
     saved = load_model_file(path)
     geom.require_same(saved.get("geometry_hash"), str(path))
     generator = generator_class(str(saved.get("model"))).from_state(saved, geom)
-    generator.source = str(path)
+    generator.source, generator.trained_on = str(path), saved.get("trained_on")
     return generator

@@ -338,6 +338,14 @@ class LayerHits(LayerFlowGenerator):
     name = "layerhits"
     training = "steps"
     config_type = LayerHitsConfig
+    questions: ClassVar[dict[str, str]] = {
+        "data_structure": "a layer-level vector ln(E_l / E), ln(1 + N_l) per layer and the core's "
+                          "centre; hits as u = ln(r + 1 mm), azimuth and ln(e / mean hit energy) "
+                          "around the shifted axis; cells by the geometry lookup (node = cell)",
+        "condition_encoding": "ln E, eta, phi standardised; particle one-hot",
+        "tuning": "maximum likelihood (flow, radial, azimuth and energy NLL); per-stage early "
+                  "stopping on validation losses; separation power and FPD logged",
+        "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
     loss_weights: ClassVar[dict[str, float]] = {"flow_nll": 1.0, "radius_nll": 1.0,
                                                 "azimuth_nll": 1.0, "energy_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"flow": ("flow_nll",),

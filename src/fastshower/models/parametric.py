@@ -16,6 +16,8 @@ number fitted to the mean hit count.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 from scipy import optimize, special
 
@@ -95,6 +97,13 @@ class ParametricShower(ShowerGenerator):
 
     name = "parametric"
     training = "fit"
+    questions: ClassVar[dict[str, str]] = {
+        "data_structure": "GFlash-like: Gamma longitudinal profile, two-component radial law, "
+                          "equal-energy spots on cells by the geometry lookup",
+        "condition_encoding": "ln E, per particle",
+        "tuning": "one-pass moment and maximum-likelihood fits (docs/models.md)",
+        "model_format": "PyTorch file of arrays (torch.load weights_only)",
+        "inference_library": "numpy"}
 
     def __init__(self, params: dict, geom: Geometry):
         self.params, self.geom = params, geom

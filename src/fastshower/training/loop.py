@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
@@ -139,11 +140,18 @@ def _fit(cls: type[ShowerGenerator], run: RunFolder, train_set, val_set, geom,
     start = time.time()
     with console.status(f"fitting {cls.name} to the training split"):
         model = cls.fit(train_set, geom, cfg.generator_config(), cfg.seed)
+    model.trained_on = _trained_on(run, train_set, val_set)
     gen = model.sample(val_set.primaries, np.random.default_rng(cfg.seed))
     record = {"step": 1, "elapsed_s": time.time() - start, **fidelity(val_set, gen, geom)}
     run.log(record)
     model.save(run.model_file)
     return record
+
+
+def _trained_on(run: RunFolder, train_set, val_set) -> dict:
+    """What a model file records of its training sample (the card's training-set size)."""
+    data = yaml.safe_load((run.path / "config.yaml").read_text()).get("data", "")
+    return {"showers": len(train_set), "validation": len(val_set), "data": str(data)}
 
 
 def _schedule(cfg: TrainConfig):
@@ -203,6 +211,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
     torch.manual_seed(cfg.seed)
     model = (cls.from_state(state["model"], geom) if state else
              cls.build(tr, geom, cfg.generator_config(), cfg.seed))
+    model.trained_on = _trained_on(run, train_set, val_set)
     net = model
     if ranks.world > 1:
         net = DistributedDataParallel(model)  # broadcasts rank 0's weights, averages gradients

@@ -99,6 +99,13 @@ class FlowGNN(LayerFlowGenerator):
     name = "flowgnn"
     training = "steps"
     config_type = FlowGNNConfig
+    questions: ClassVar[dict[str, str]] = {
+        "data_structure": "showers as cells of the geometry (node = cell); a layer-level "
+                          "vector ln(E_l / E), ln(1 + N_l) per layer and the centre, standardised",
+        "condition_encoding": "ln E, eta, phi standardised; particle one-hot",
+        "tuning": "maximum likelihood (flow NLL, cell BCE and energy NLL); per-stage early "
+                  "stopping on validation losses; separation power and FPD logged",
+        "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: FlowGNNConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)

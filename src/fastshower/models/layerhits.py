@@ -52,6 +52,7 @@ from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
 AXIS_MM = 15.0  # the flow's centre is the centroid of the energy within this radius
+HOST_BLOCK = 128  # showers placed together by the host step
 
 
 class LayerHitsConfig(LayerFlowConfig):
@@ -483,6 +484,19 @@ class Placement:
                 log_sigma.clamp(-4, 2).numpy())
 
     def __call__(self, out: dict, primaries: Primaries, rng: np.random.Generator):
+        """Showers from the program's outputs, placed HOST_BLOCK showers at a time (a block's
+        arrays stay small: time and memory per shower do not grow with the batch)."""
+        parts = [(np.zeros(0, np.int64),) * 2 + (np.zeros(0),)]
+        ahead = _ahead(primaries)
+        for lo in range(0, len(primaries), HOST_BLOCK):
+            block = {k: v[lo:lo + HOST_BLOCK] for k, v in out.items()}
+            event, cell, e = self.place(block, ahead[lo:lo + HOST_BLOCK], rng)
+            parts.append((event + lo, cell, e))
+        event, cell, e = (np.concatenate(p) for p in zip(*parts, strict=True))
+        return to_batch(primaries, self.geom, event, cell, e)
+
+    def place(self, out: dict, ahead: np.ndarray, rng: np.random.Generator):
+        """(shower, cell, energy MeV) of every hit of a block of showers."""
         hits = out["hits"]
         event, layer = np.nonzero(hits)
         n = hits[event, layer].astype(np.int64)
@@ -490,12 +504,10 @@ class Placement:
         mixture = np.split(out["mixture"][event, layer].astype(np.float64), [k, 2 * k, 3 * k],
                            axis=-1)
         pair, cell, u, cos, central = place_hits(
-            mixture, n, out["axis"][event, layer].astype(np.float64),
-            _ahead(primaries)[event], layer, self.geom, self.stencil, self.side["core_mm"], rng,
-            self.side["core_hits_per_cell"])
+            mixture, n, out["axis"][event, layer].astype(np.float64), ahead[event], layer,
+            self.geom, self.stencil, self.side["core_mm"], rng, self.side["core_hits_per_cell"])
         h_pair = out["energy_pair"][event, layer][pair]
         e = np.exp(_draw(self.energy_mixture(h_pair, u, central, cos), rng))
         e_pair = out["e_layer"][event, layer].astype(np.float64)
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
-        e = np.maximum(e, self.threshold[cell])
-        return to_batch(primaries, self.geom, event[pair], cell, e)
+        return event[pair], cell, np.maximum(e, self.threshold[cell])

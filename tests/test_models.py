@@ -310,6 +310,14 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     assert np.all(energy >= 0.5 * geom.mip_energy[ids])  # every hit above threshold
     again = model.sample(primaries, np.random.default_rng(1))
     assert np.array_equal(again.flat()[1], ids) and np.array_equal(again.flat()[2], energy)
+    # the host step follows the weights (as validation during training needs)
+    saved = model.hits.energy[3].weight.detach().clone()
+    with torch.no_grad():
+        model.hits.energy[3].weight.mul_(0.0)
+    changed = model.sample(primaries, np.random.default_rng(1)).flat()
+    assert np.array_equal(changed[1], ids) and not np.allclose(changed[2], energy)
+    with torch.no_grad():
+        model.hits.energy[3].weight.copy_(saved)
     # ONNX: the flow and pair networks in ONNX Runtime, the placement the generator's own; the
     # same seed gives the same showers (a float32 rounding may flip a rare placement draw)
     from fastshower.inference.onnx import OnnxGenerator, export_model

@@ -162,8 +162,10 @@ class ShowerGenerator(ABC):
         """``sample`` by the export program (torch) and the host step: as the ONNX Runtime
         back-end runs them, so the same seed gives the same showers in both."""
         program = self.export_module()
-        if "_host" not in self.__dict__:  # built once (it may hold lookup tables)
+        weights = tuple(p._version for p in program.parameters())  # changed by training steps
+        if self.__dict__.get("_host_weights") != weights:  # the host may hold network layers
             self.__dict__["_host"] = self.host(self.export_side(), self.geom)
+            self.__dict__["_host_weights"] = weights
         out = run_program(torch_call(program), primaries_inputs(primaries, self.particles),
                           program_spec(program), rng)
         return self.__dict__["_host"](out, primaries, rng)

@@ -156,6 +156,15 @@ class Stencil:
     vectorised search and gather."""
 
     ROW = 1e4  # mm: row i's distances are keyed i * ROW + distance, one sorted array
+    built: ClassVar[dict[tuple[str, float], Stencil]] = {}  # by geometry identity and radius
+
+    @classmethod
+    def of(cls, geom: Geometry, radius_mm: float) -> Stencil:
+        """The stencil of a geometry, built once per process."""
+        key = (geom.hash, float(radius_mm))
+        if key not in cls.built:
+            cls.built[key] = cls(geom, radius_mm)
+        return cls.built[key]
 
     def __init__(self, geom: Geometry, radius_mm: float):
         c = geom.cells
@@ -467,7 +476,7 @@ class Placement:
         self.geom, self.side = geom, side
         self.net = {k: torch.tensor(v, dtype=torch.float32)
                     for k, v in side["energy_net"].items()}
-        self.stencil = Stencil(geom, side["core_mm"])
+        self.stencil = Stencil.of(geom, side["core_mm"])
         self.threshold = 1.02 * THRESHOLD_MIP * geom.mip_energy
 
     @torch.no_grad()

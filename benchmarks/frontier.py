@@ -2,8 +2,9 @@
 (benchmarks/fidelity.py) and a speed run (benchmarks/speed.py) of the same models, as a
 Markdown table and a PNG (classifier AUC against CPU time per shower). Measures nothing
 itself: it puts the two benchmarks' JSON side by side. Usage:
-    python benchmarks/frontier.py --fidelity benchmarks/results/heldout/fidelity.json \
+    python benchmarks/frontier.py --fidelity benchmarks/results/heldout/fidelity.json[,more.json] \
         --speed benchmarks/results/speed.json[,more.json] [--out docs/frontier]
+Fidelity runs must be on the same showers (the table says which).
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 
-def rows(fidelity: dict, speed: list[dict]) -> list[dict]:
-    """One row per model of the fidelity run that a speed run timed on one thread."""
+def rows(fidelity: list[dict], speed: list[dict]) -> list[dict]:
+    """One row per model of the fidelity runs that a speed run timed on one thread, named by
+    model and run."""
     timed: dict[str, dict] = {}
     for r in speed:
         if r["threads"] == 1 and r["backend"] == "torch":
@@ -28,10 +30,12 @@ def rows(fidelity: dict, speed: list[dict]) -> list[dict]:
             for b in r["batches"]:
                 entry[(r["energy_gev"], b["batch"])] = b
     out = []
-    for name, m in fidelity["models"].items():
+    for name, m in ((n, m) for f in fidelity for n, m in f["models"].items()):
         t = timed.get(m["run"])
         if t is None:
             continue
+        model, run = name.split("-")[0], Path(m["run"]).stem
+        name = model if run == model else f"{model} ({run})"
         out.append({"name": name, "auc": m["auc"], "auc_std": m["auc_std"],
                     "auc_low": m["auc_low_level"], "fpd": m["fpd"], "fpd_floor": m["fpd_floor"],
                     "parameters": t["parameters"], "timings": t})
@@ -60,7 +64,7 @@ def table(rows_: list[dict], energies: list[float], batches: list[int]) -> str:
 
 def plot(rows_: list[dict], energy: float, batch: int, floor: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
-    for r in rows_:
+    for i, r in enumerate(rows_):
         t = r["timings"]
         b = t.get((energy, batch)) or t.get((energy, max(k[1] for k in t if isinstance(k, tuple)
                                                       and k[0] == energy)))
@@ -68,7 +72,8 @@ def plot(rows_: list[dict], energy: float, batch: int, floor: float, path: Path)
             continue
         ms = 1e3 * b["s_per_shower"]
         ax.errorbar(ms, r["auc"], yerr=r["auc_std"], fmt="o", capsize=3)
-        ax.annotate(r["name"], (ms, r["auc"]), textcoords="offset points", xytext=(6, 4))
+        ax.annotate(r["name"], (ms, r["auc"]), textcoords="offset points",
+                    xytext=(8, 6 if i % 2 == 0 else -14))
     ax.axhline(0.60, ls="--", c="grey", lw=1, label="target AUC 0.60")
     ax.axhline(floor, ls=":", c="k", lw=1, label=f"Geant4 vs Geant4 {floor:.2f}")
     ax.set_xscale("log")
@@ -91,18 +96,20 @@ def main() -> None:
     ap.add_argument("--speed", required=True)
     ap.add_argument("--out", default="docs/frontier")
     args = ap.parse_args()
-    fidelity = json.loads(Path(args.fidelity).read_text())
+    fidelity = [json.loads(Path(f).read_text()) for f in args.fidelity.split(",")]
+    if len({(f["data"], f["n_test"]) for f in fidelity}) > 1:
+        raise SystemExit("the fidelity runs were made on different showers")
     speed = [r for f in args.speed.split(",") for r in json.loads(Path(f).read_text())["results"]]
     found = rows(fidelity, speed)
     energies = sorted({r["energy_gev"] for r in speed})
     batches = sorted({b["batch"] for r in speed for b in r["batches"]})
     md = table(found, energies, batches)
-    floor = next(iter(fidelity["models"].values()))["auc_floor"]
+    floor = next(iter(fidelity[0]["models"].values()))["auc_floor"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(found, max(energies), max(batches), floor, out.with_suffix(".png"))
     out.with_suffix(".md").write_text(
-        f"Fidelity: {args.fidelity} ({fidelity['n_test']} showers of {fidelity['data']}); "
+        f"Fidelity: {args.fidelity} ({fidelity[0]['n_test']} showers of {fidelity[0]['data']}); "
         f"speed: {args.speed}.\n\n{md}\n")
     print(md)
     print(f"-> {out.with_suffix('.md')}, {out.with_suffix('.png')}")

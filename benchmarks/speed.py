@@ -68,22 +68,22 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
         start = time.perf_counter()
         generator.sample(primaries, np.random.default_rng(0))
         warmup = time.perf_counter() - start
-        flops = None
-        if backend == "torch":
-            with FlopCounterMode(display=False) as counter:
-                generator.sample(primaries, np.random.default_rng(0))
-            flops = counter.get_total_flops() / b
         times, cpu = [], []
         while sum(times) < seconds or not times:
             start, start_cpu = time.perf_counter(), time.process_time()
             generator.sample(primaries, np.random.default_rng(len(times) + 1))
             times.append(time.perf_counter() - start)
             cpu.append(time.process_time() - start_cpu)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        flops = None
+        if backend == "torch":  # after the memory reading: counting holds on to tensors
+            with FlopCounterMode(display=False) as counter:
+                generator.sample(primaries, np.random.default_rng(0))
+            flops = counter.get_total_flops() / b
         rows.append({"batch": b, "warmup_s_per_shower": warmup / b,
                      "s_per_shower": float(np.median(times)) / b,
                      "cpu_s_per_shower": float(np.median(cpu)) / b, "calls": len(times),
-                     "flops_per_shower": flops,
-                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024})
+                     "flops_per_shower": flops, "peak_rss_mb": peak})
     return {"model": generator.name, "backend": backend, "run": path, "threads": threads,
             "parameters": params, "model_bytes": size, "rss_after_load_mb": rss_loaded,
             "batches": rows}

@@ -20,7 +20,11 @@ from fastshower.data.splits import read_split
 from fastshower.geometry import load
 from fastshower.inference.generate import generate_file, load_generator
 from fastshower.simhits import SimHitWriter, concatenate, read_metadata, read_sample, sample_files
+from fastshower.validation.metrics import compare_in_energy_bins
+from fastshower.validation.observables import high_level
 from fastshower.validation.report import validate
+
+DECADES_MEV = [0.97e3, 10e3, 100e3, 520e3]  # 1-10, 10-100, 100-500 GeV (3-4 % margins)
 
 
 def main() -> None:
@@ -44,6 +48,7 @@ def main() -> None:
     writer.write(test)
     writer.close()
     summary = {"data": args.data, "split": args.split, "n_test": len(test), "models": {}}
+    hl_test = high_level(test, geom)
     for run in args.runs.split(","):
         generator = load_generator(run, geom)
         name = generator.name  # a second run of the same model: told apart by its folder name
@@ -58,11 +63,21 @@ def main() -> None:
         bins = [{"e_gev": [b["e_min_mev"] / 1e3, b["e_max_mev"] / 1e3],
                  "auc": b["generated"]["classifier"]["auc"],
                  "auc_floor": b["floor"]["classifier"]["auc"]} for b in m["energy_bins"]]
+        # the decades (1-10, 10-100, 100-500 GeV) beside the report's quartiles
+        decades = [{"e_gev": [b["e_min_mev"] / 1e3, b["e_max_mev"] / 1e3], "n": b["n_reference"],
+                    "auc": b["generated"]["classifier"]["auc"],
+                    "auc_std": b["generated"]["classifier"]["auc_std"],
+                    "auc_floor": b["floor"]["classifier"]["auc"]}
+                   for b in compare_in_energy_bins(
+                       hl_test, high_level(read_sample(path)[0], geom),
+                       test.primaries.energy_mev, test.primaries.energy_mev, seed=0,
+                       edges=DECADES_MEV)]
         summary["models"][name] = {
             "run": run, "auc": g["classifier"]["auc"], "auc_std": g["classifier"]["auc_std"],
             "auc_floor": f["classifier"]["auc"], "auc_low_level": g["classifier_low_level"]["auc"],
             "auc_low_level_floor": f["classifier_low_level"]["auc"], "fpd": g["fpd"],
             "fpd_floor": f["fpd"], "cpu_s_per_shower_generate": cpu, "energy_bins": bins,
+            "decades": decades,
             "separation_power": {k: v["separation_power"] for k, v in g["observables"].items()},
         }
         print(f"{name:10s}: AUC {g['classifier']['auc']:.3f} ± "
@@ -71,6 +86,9 @@ def main() -> None:
               f"(floor {f['fpd']:.3f}); per energy bin: "
               + ", ".join(f"{b['e_gev'][0]:.3g}-{b['e_gev'][1]:.3g} GeV {b['auc']:.3f}"
                           for b in bins))
+        print("            per decade: " + ", ".join(
+            f"{b['e_gev'][0]:.3g}-{b['e_gev'][1]:.3g} GeV {b['auc']:.3f} ± {b['auc_std']:.3f} "
+            f"(floor {b['auc_floor']:.3f}, {b['n']} showers)" for b in decades))
         worst = sorted(summary["models"][name]["separation_power"].items(),
                        key=lambda kv: -kv[1])[:3]
         print("            worst observables (separation power): "

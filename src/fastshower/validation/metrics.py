@@ -201,10 +201,12 @@ def energy_bins(e_ref: np.ndarray, max_bins: int = 4, max_fixed: int = 8) -> np.
 
 def compare_in_energy_bins(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
                            e_ref: np.ndarray, e_gen: np.ndarray, seed: int = 0,
-                           min_showers: int = 20, joint: bool = True) -> list[dict]:
-    """Metrics with their floor in bins of incident energy (MeV); ``joint=False`` keeps the
-    per-observable ones only (no classifier, FPD, KPD)."""
-    edges = energy_bins(e_ref)
+                           min_showers: int = 20, joint: bool = True,
+                           edges: np.ndarray | None = None) -> list[dict]:
+    """Metrics with their floor in bins of incident energy (MeV; ``edges``, default
+    energy_bins of the reference); ``joint=False`` keeps the per-observable ones only (no
+    classifier, FPD, KPD)."""
+    edges = energy_bins(e_ref) if edges is None else np.asarray(edges, dtype=np.float64)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
         r, g = (e_ref >= lo) & (e_ref < hi), (e_gen >= lo) & (e_gen < hi)

@@ -52,7 +52,7 @@ from fastshower.models.showers import THRESHOLD_MIP, shower_centre, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
-AXIS_MM = 15.0  # the flow's centre is the centroid of the energy within this radius
+AXIS_MM = 15.0  # mm: the core whose shift is the flow's centre (core_shift)
 HOST_BLOCK = 128  # showers placed together by the host step
 
 

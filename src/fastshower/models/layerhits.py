@@ -172,10 +172,10 @@ class Stencil:
         self.circumradius = np.nanmax(np.hypot(c["corners"][..., 0] - c["x"][:, None],
                                                c["corners"][..., 1] - c["y"][:, None]), -1)
         links = [np.stack([np.arange(geom.n_cells)] * 2, -1)]
+        reach = radius_mm + self.circumradius.max()
         for lay in np.unique(c["layer"]):
             ids = np.flatnonzero(c["layer"] == lay)
             tree = cKDTree(np.stack([c["x"][ids], c["y"][ids]], -1))
-            reach = radius_mm + self.circumradius.max()
             ij = ids[tree.query_pairs(reach, output_type="ndarray")]
             links += [ij, ij[:, ::-1]]
         i, j = np.concatenate(links).T
@@ -237,10 +237,10 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     r_core = core_radius((log_w, mean, sigma), n, c["area"][below], core_mm, hits_per_cell)
     # core: every cell within r_core of the axis point, from the stencil of the cell under it
     pair, cell = stencil.rows(below, r_core)
-    near = _radius(geom, cell, axis[pair]) <= r_core[pair]
-    pair, cell = pair[near], cell[near]
-    central = cell == below[pair]
     r = _radius(geom, cell, axis[pair])
+    near = r <= r_core[pair]
+    pair, cell, r = pair[near], cell[near], r[near]
+    central = cell == below[pair]
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
     u, cos = np.log(r + R0_MM), _cos(geom, cell, axis[pair], ahead[pair])
     pi = _hit_density((log_w[pair], mean[pair], sigma[pair]), n[pair], r_eff)[:, 0] \

@@ -81,12 +81,10 @@ class HitNet(nn.Module):
 
     def __init__(self, features: int, cfg: LayerHitsConfig):
         super().__init__()
-        self.k, self.m, h = cfg.components, cfg.energy_components, cfg.energy_hidden
+        self.k = cfg.components
         self.radial = _mlp(features, 3 * cfg.components + 2, cfg.hidden)
-        self.energy_pair = nn.Linear(features, h)
-        self.energy_hit = nn.Linear(3, h, bias=False)
-        self.energy = nn.Sequential(nn.SiLU(), nn.Linear(h, h), nn.SiLU(),
-                                    nn.Linear(h, 3 * cfg.energy_components))
+        self.energy_pair = nn.Linear(features, cfg.energy_hidden)
+        self.energy_hit, self.energy = energy_layers(cfg.energy_hidden, cfg.energy_components)
 
     def mixture(self, f: torch.Tensor):
         """(log weights, means, log sigmas) of the radial mixture in u, and the tilt (n, 2) of
@@ -97,9 +95,27 @@ class HitNet(nn.Module):
     def energy_mixture(self, f: torch.Tensor, pair: torch.Tensor, u: torch.Tensor,
                        central: torch.Tensor, cos: torch.Tensor):
         """The mixture of each hit (pair: its row of the pair features f)."""
-        h = self.energy_pair(f)[pair] + self.energy_hit(torch.stack([u, central, cos], -1))
-        logits, mean, log_sigma = self.energy(h).split(self.m, -1)
-        return logits.log_softmax(-1), mean, log_sigma.clamp(-4, 2)
+        return energy_mixture(energy_out(self.energy_hit, self.energy, self.energy_pair(f)[pair],
+                                         u, central, cos))
+
+
+def energy_layers(width: int, components: int) -> tuple[nn.Linear, nn.Sequential]:
+    """The per-hit layers of the energy network: the hit's share of the first layer (from u,
+    central, cos) and the rest; LayerHits trains them, its host step rebuilds them."""
+    return nn.Linear(3, width, bias=False), nn.Sequential(
+        nn.SiLU(), nn.Linear(width, width), nn.SiLU(), nn.Linear(width, 3 * components))
+
+
+def energy_out(hit: nn.Linear, layers: nn.Sequential, h_pair: torch.Tensor, u: torch.Tensor,
+               central: torch.Tensor, cos: torch.Tensor) -> torch.Tensor:
+    """(n, 3M) raw energy-mixture outputs of hits from their pairs' shares h_pair (n, H)."""
+    return layers(h_pair + hit(torch.stack([u, central, cos], -1)))
+
+
+def energy_mixture(out: torch.Tensor):
+    """(log weights, means, log sigmas) (n, M) each of ln(e / mean hit energy) from energy_out."""
+    logits, mean, log_sigma = out.chunk(3, -1)
+    return logits.log_softmax(-1), mean, log_sigma.clamp(-4, 2)
 
 
 def anisotropy(tilt, u):
@@ -339,6 +355,14 @@ def core_shift(batch: ShowerBatch, geom: Geometry, axis: np.ndarray,
     return centroid - slope * offset
 
 
+def pair_inputs(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,
+                mean_depth: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    """(..., 5 + C) inputs of the hit networks per (shower, layer) pair: FlowGNN's pair features
+    and the conditions ``ctx`` (broadcast over the pairs), for training and generation alike."""
+    f = pair_features(e_layer, hits, depth, mean_depth)
+    return torch.cat([f, ctx.expand(*f.shape[:-1], -1)], -1)
+
+
 class HitData(TrainingData):
     """FlowGNN's training data plus every hit's u, cos(azimuth) from the primary's transverse
     direction, ln(e / mean hit energy) and whether its cell is the one under the axis point,
@@ -389,11 +413,6 @@ class LayerHits(LayerFlowGenerator):
         super().__init__(geom, particles, cfg, norms)
         self.hits = HitNet(5 + self.context_dim, cfg)
 
-    def features(self, e_l, n_l, layer, mean_depth, ctx) -> torch.Tensor:
-        """(n, 5 + C) features of (shower, layer) pairs: FlowGNN's, and the conditions."""
-        depth = torch.as_tensor(self.depth)[layer]
-        return torch.cat([pair_features(e_l, n_l, depth, mean_depth), ctx], -1)
-
     # ---- training ----------------------------------------------------------------------------
     @classmethod
     def training_data(cls, batch: ShowerBatch, geom: Geometry) -> HitData:
@@ -415,10 +434,10 @@ class LayerHits(LayerFlowGenerator):
         counts = hi - lo
         hit = np.repeat(lo - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
         event, layer = data.pairs[pick] // data.n_layers, data.pairs[pick] % data.n_layers
-        f = self.features(
+        f = pair_inputs(
             torch.from_numpy(data.e_layer[event, layer]).float(),
-            torch.from_numpy(data.n_layer[event, layer]).float(), torch.from_numpy(layer),
-            torch.from_numpy(data.mean_depth[event]).float(),
+            torch.from_numpy(data.n_layer[event, layer]).float(),
+            torch.from_numpy(self.depth[layer]), torch.from_numpy(data.mean_depth[event]).float(),
             self.context(data.primaries.subset(event)))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
@@ -441,13 +460,12 @@ class LayerHits(LayerFlowGenerator):
 
     def export_side(self) -> dict:
         """The host step's settings and the per-hit layers of the energy network."""
-        net = self.hits
-        weights = {"hit": net.energy_hit.weight, "w1": net.energy[1].weight,
-                   "b1": net.energy[1].bias, "w2": net.energy[3].weight,
-                   "b2": net.energy[3].bias}
+        layers = {"hit": self.hits.energy_hit, "layers": self.hits.energy}
         return {"core_mm": self.cfg.core_mm, "core_hits_per_cell": self.cfg.core_hits_per_cell,
-                "components": self.cfg.components,
-                "energy_net": {k: v.detach().numpy().tolist() for k, v in weights.items()}}
+                "components": self.cfg.components, "energy_hidden": self.cfg.energy_hidden,
+                "energy_components": self.cfg.energy_components,
+                "energy_net": {name: {k: v.tolist() for k, v in m.state_dict().items()}
+                               for name, m in layers.items()}}
 
     @classmethod
     def host(cls, side: dict, geom: Geometry) -> Placement:
@@ -478,11 +496,10 @@ class LayerHitsProgram(nn.Module):
 
     def forward(self, energy, position, direction, particle, z):
         ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
-        p, n_layers = e_layer.shape
+        p = e_layer.shape[0]
         mean_depth = centroid_depth(e_layer, self.depth)
-        f = torch.cat([pair_features(e_layer, hits, self.depth[None].expand(p, -1),
-                                     mean_depth[:, None]),
-                       ctx[:, None].expand(-1, n_layers, -1)], -1)  # (P, L, F)
+        f = pair_inputs(e_layer, hits, self.depth[None].expand(p, -1), mean_depth[:, None],
+                        ctx[:, None])  # (P, L, F)
         ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),
                          *direction[:, :, None].unbind(1))  # (P, L)
         axis = torch.stack([ax + centre[:, 0:1], ay + centre[:, 1:2]], -1)
@@ -497,23 +514,21 @@ class Placement:
 
     def __init__(self, side: dict, geom: Geometry):
         self.geom, self.side = geom, side
-        self.net = {k: torch.tensor(v, dtype=torch.float32)
-                    for k, v in side["energy_net"].items()}
+        self.hit, self.layers = energy_layers(side["energy_hidden"], side["energy_components"])
+        for name, m in (("hit", self.hit), ("layers", self.layers)):
+            m.load_state_dict({k: torch.tensor(v, dtype=torch.float32)
+                               for k, v in side["energy_net"][name].items()})
         self.stencil = Stencil.of(geom, side["core_mm"])
         self.threshold = 1.02 * THRESHOLD_MIP * geom.mip_energy
 
     @torch.no_grad()
     def energy_mixture(self, h_pair: np.ndarray, u: np.ndarray, central: np.ndarray,
                        cos: np.ndarray):
-        """HitNet.energy_mixture's per-hit layers on the pair shares h_pair (n, H) (torch
-        operations on arrays: fused and fast, the same on both back-ends)."""
-        w, silu = self.net, torch.nn.functional.silu
-        x = torch.from_numpy(np.stack([u, central, cos], -1).astype(np.float32))
-        h = silu(torch.from_numpy(h_pair) + x @ w["hit"].T)
-        out = silu(h @ w["w1"].T + w["b1"]) @ w["w2"].T + w["b2"]
-        logits, mean, log_sigma = out.double().chunk(3, -1)
-        return (logits.log_softmax(-1).numpy(), mean.numpy(),
-                log_sigma.clamp(-4, 2).numpy())
+        """The hits' energy mixtures (float64 numpy) from the pair shares h_pair (n, H): the
+        per-hit layers that HitNet trains (torch on arrays: fused and fast)."""
+        u, central, cos = (torch.from_numpy(a.astype(np.float32)) for a in (u, central, cos))
+        out = energy_out(self.hit, self.layers, torch.from_numpy(h_pair), u, central, cos)
+        return tuple(t.numpy() for t in energy_mixture(out.double()))
 
     def __call__(self, out: dict, primaries: Primaries, rng: np.random.Generator):
         """Showers from the program's outputs, placed HOST_BLOCK showers at a time (a block's

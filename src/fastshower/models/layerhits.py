@@ -20,11 +20,15 @@ layer energy. Work per shower: one radial-network call per active layer, its cor
 at low energy, a few dozen in a dense layer), ~1.3 lookups per tail hit, one small
 energy-network call per hit.
 
-Approximations, named: the hits of a layer are azimuthally symmetric around the shifted axis;
-a core cell's probability uses the density at its centre (its radius floored at half the cell
-size); core cells are included independently (then at most N kept); tail points that land on
-a taken cell are redrawn, which thins the tail just beyond the core slightly; no core when the
-axis point falls outside every cell; hit times are times of flight.
+Azimuths around the shifted axis follow p(phi) = (1 + 2 a cos phi) / 2 pi from the primary's
+transverse direction, a learned per pair and radius (``anisotropy``); the energy network sees
+each hit's cos phi too.
+
+Approximations, named: the azimuth law has one harmonic; a core cell's probability uses the
+density at its centre (its radius floored at half the cell size); core cells are included
+independently (then at most N kept); tail points that land on a taken cell are redrawn, which
+thins the tail just beyond the core slightly; no core when the axis point falls outside every
+cell; hit times are times of flight.
 """
 
 from __future__ import annotations
@@ -396,13 +400,12 @@ class LayerHits(LayerFlowGenerator):
     training = "steps"
     config_type = LayerHitsConfig
     questions: ClassVar[dict[str, str]] = {
+        **LayerFlowGenerator.questions,
         "data_structure": "a layer-level vector ln(E_l / E), ln(1 + N_l) per layer and the core's "
                           "centre; hits as u = ln(r + 1 mm), azimuth and ln(e / mean hit energy) "
                           "around the shifted axis; cells by the geometry lookup (node = cell)",
-        "condition_encoding": "ln E, eta, phi standardised; particle one-hot",
         "tuning": "maximum likelihood (flow, radial, azimuth and energy NLL); per-stage early "
-                  "stopping on validation losses; separation power and FPD logged",
-        "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
+                  "stopping on validation losses; separation power and FPD logged"}
     loss_weights: ClassVar[dict[str, float]] = {"flow_nll": 1.0, "radius_nll": 1.0,
                                                 "azimuth_nll": 1.0, "energy_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"flow": ("flow_nll",),

@@ -21,7 +21,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
@@ -150,8 +149,8 @@ def _fit(cls: type[ShowerGenerator], run: RunFolder, train_set, val_set, geom,
 
 def _trained_on(run: RunFolder, train_set, val_set) -> dict:
     """What a model file records of its training sample (the card's training-set size)."""
-    data = yaml.safe_load((run.path / "config.yaml").read_text()).get("data", "")
-    return {"showers": len(train_set), "validation": len(val_set), "data": str(data)}
+    return {"showers": len(train_set), "validation": len(val_set),
+            "data": str(run.config.get("data", ""))}
 
 
 def _schedule(cfg: TrainConfig):

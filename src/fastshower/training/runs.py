@@ -66,7 +66,7 @@ class RunFolder:
     def __init__(self, path: str | Path, config: dict, write: bool = True):
         """``write=False``: open an existing run to read its checkpoints only (the other
         ranks of a data-parallel run)."""
-        self.path = Path(path)
+        self.path, self.config = Path(path), config
         self.checkpoints = self.path / "checkpoints"
         saved = self.path / "config.yaml"
         if saved.is_file():

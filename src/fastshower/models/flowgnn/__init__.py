@@ -52,6 +52,10 @@ class LayerFlowGenerator(nn.Module, ShowerGenerator):
     fitted on the training sample, conditions as the flow's context, model files of (config,
     particles, norms, weights). Subclasses set ``config_type`` and add their second stage."""
 
+    questions: ClassVar[dict[str, str]] = {
+        "condition_encoding": "ln E, eta, phi standardised; particle one-hot",
+        "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
+
     def __init__(self, geom: Geometry, particles: list[str], cfg, norms: dict):
         super().__init__()
         self.cfg, self.particles, self.norms, self.geom = cfg, particles, norms, geom
@@ -100,12 +104,11 @@ class FlowGNN(LayerFlowGenerator):
     training = "steps"
     config_type = FlowGNNConfig
     questions: ClassVar[dict[str, str]] = {
+        **LayerFlowGenerator.questions,
         "data_structure": "showers as cells of the geometry (node = cell); a layer-level "
                           "vector ln(E_l / E), ln(1 + N_l) per layer and the centre, standardised",
-        "condition_encoding": "ln E, eta, phi standardised; particle one-hot",
         "tuning": "maximum likelihood (flow NLL, cell BCE and energy NLL); per-stage early "
-                  "stopping on validation losses; separation power and FPD logged",
-        "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
+                  "stopping on validation losses; separation power and FPD logged"}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: FlowGNNConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)

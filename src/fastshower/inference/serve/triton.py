@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from fastshower.errors import FastShowerError
+from fastshower.models.base import HIT_OUTPUTS
 
 
 def triton_repository(folder: str | Path, out: str | Path, name: str = "fastshower") -> Path:
@@ -16,7 +17,7 @@ def triton_repository(folder: str | Path, out: str | Path, name: str = "fastshow
     folder, out = Path(folder), Path(out)
     side = json.loads((folder / "model.json").read_text())
     program = side["program"]
-    if side["host"] or program["outputs"] != ["hit_shower", "hit_cell", "hit_energy"]:
+    if side["host"] or program["outputs"] != list(HIT_OUTPUTS):
         raise FastShowerError(f"{side['model']}'s graph is not the whole generator (its outputs "
                               "go through fastshower's host step, e.g. LayerHits' placement on "
                               "cells); serve it with `fastshower serve`")

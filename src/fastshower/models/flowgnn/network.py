@@ -3,10 +3,8 @@ per-layer cell graphs they run on."""
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
-from functools import partial
 
 import numpy as np
 import torch
@@ -68,29 +66,80 @@ def _bins(logits: torch.Tensor) -> torch.Tensor:
 
 
 class _MaskedOnce(nn.Module):
-    """A zuko MaskedLinear for generation: its masked weight is formed once per change of the
-    weights, not at every call (at batch 1 the product of the mask and a 128 x 2208 weight was
-    a quarter of LayerHits' time, measured); parameters are the layer's own."""
+    """A zuko MaskedLinear for generation, optionally restricted to some of its output rows and
+    input columns: its masked (and sliced) weight is formed once per change of the weights, not
+    at every call (at batch 1 the product of the mask and a 128 x 2208 weight was a quarter of
+    LayerHits' time, measured); parameters are the layer's own."""
 
-    def __init__(self, layer: nn.Module):
+    def __init__(self, layer: nn.Module, rows: torch.Tensor | None = None,
+                 cols: torch.Tensor | None = None):
         super().__init__()
-        self.layer, self.version, self.weight = layer, None, None
+        self.layer, self.version, self.weight, self.bias = layer, None, None, None
+        self.rows, self.cols = rows, cols
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.layer.weight
         if self.version != (w._version, w.data_ptr()) or torch.jit.is_tracing():
-            self.version, self.weight = (w._version, w.data_ptr()), self.layer.mask * w.detach()
-        return torch.nn.functional.linear(x, self.weight, self.layer.bias)
+            weight, bias = self.layer.mask * w.detach(), self.layer.bias.detach()
+            if self.rows is not None:
+                weight, bias = weight[self.rows], bias[self.rows]
+            if self.cols is not None:
+                weight = weight[:, self.cols]
+            self.version, self.weight, self.bias = (w._version, w.data_ptr()), weight, bias
+        return torch.nn.functional.linear(x, self.weight, self.bias)
 
 
-def generation_view(module: nn.Module) -> nn.Module:
-    """A structural copy of ``module`` sharing its parameters, with zuko's masked linear layers
-    replaced by _MaskedOnce: what generation programs run (training keeps ``module``)."""
-    if isinstance(module, zuko.nn.MaskedLinear):
-        return _MaskedOnce(module)
-    view = copy.copy(module)
-    view._modules = {k: generation_view(m) for k, m in module._modules.items()}
-    return view
+class _TwoPassInverse(nn.Module):
+    """The inverse of one of zuko's two-pass masked autoregressive spline transforms, for
+    generation: pass 1 gives the features of the first group from the context alone, pass 2
+    those of the second from the first. Each pass evaluates only its group's rows of the
+    hyper-network's output layer (hidden x (3 bins - 1) per feature: the bulk of the flow's
+    arithmetic) and builds only its group's splines, where zuko's inverse evaluates and builds
+    all of them in both passes; same results to float rounding."""
+
+    def __init__(self, transform):
+        super().__init__()
+        order, total = transform.order, transform.total
+        assert transform.univariate is Spline and transform.passes == 2
+        self.bins = transform.shapes[0][0]
+        groups = [torch.nonzero(order == g).squeeze(-1) for g in (0, 1)]
+        assert sum(len(g) for g in groups) == len(order)
+        d = len(order)
+        context = torch.arange(d, transform.hyper[0].in_features)
+        self.passes = nn.ModuleList()
+        for g, inputs in zip(groups, (context, torch.cat([groups[0], context])), strict=True):
+            rows = (g[:, None] * total + torch.arange(total)).flatten()
+            layers = list(transform.hyper)
+            layers[0] = _MaskedOnce(layers[0], cols=inputs)
+            layers[-1] = _MaskedOnce(layers[-1], rows=rows)
+            layers[1:-1] = [_MaskedOnce(m) if isinstance(m, zuko.nn.MaskedLinear) else m
+                            for m in layers[1:-1]]
+            self.passes.append(nn.Sequential(*layers))
+        register_buffers(self, {"first": groups[0].numpy(), "second": groups[1].numpy(),
+                                "order": torch.argsort(torch.cat(groups)).numpy()})
+
+    def _pass(self, i: int, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        phi = self.passes[i](inputs).unflatten(-1, (y.shape[-1], -1))
+        return Spline(*phi.split([self.bins, self.bins, self.bins - 1], -1)).inv(y)
+
+    def forward(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        first = self._pass(0, c, y[:, self.first])
+        second = self._pass(1, torch.cat([first, c], -1), y[:, self.second])
+        return torch.cat([first, second], -1)[:, self.order]
+
+
+class FlowInverse(nn.Module):
+    """x from base noise z and context c for a LayerFlow (zuko MAF of two-pass spline
+    transforms), as generation runs it (see _TwoPassInverse); parameters are the flow's own."""
+
+    def __init__(self, maf):
+        super().__init__()
+        self.steps = nn.ModuleList(_TwoPassInverse(t) for t in maf.transform.transforms[::-1])
+
+    def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            z = step(z, c)
+        return z
 
 
 class LayerFlow(nn.Module):
@@ -100,7 +149,7 @@ class LayerFlow(nn.Module):
     def __init__(self, features: int, context: int, cfg: FlowGNNConfig):
         super().__init__()
         bins = cfg.flow_bins
-        self.flow = zuko.flows.MAF(features, context, univariate=partial(Spline, slope=1e-3),
+        self.flow = zuko.flows.MAF(features, context, univariate=Spline,
                                    shapes=[(bins,), (bins,), (bins - 1,)],
                                    transforms=cfg.flow_transforms, passes=2, randperm=True,
                                    hidden_features=[cfg.flow_hidden] * 2)
@@ -130,7 +179,7 @@ class LayerLevel(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.flow = generation_view(model.flow.flow)
+        self.inverse = FlowInverse(model.flow.flow)
         n = model.norms
         lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
         self.n_layers = len(model.layer_sizes)
@@ -148,7 +197,7 @@ class LayerLevel(nn.Module):
         num = torch.stack([torch.log(energy), eta, torch.atan2(dy, dx)], -1)
         num = (num - self.context_mean) / self.context_std
         ctx = torch.cat([num, self.onehot[particle]], -1)
-        x = self.flow(ctx).transform.inv(z) * self.flow_std + self.flow_mean
+        x = self.inverse(z, ctx) * self.flow_std + self.flow_mean
         x = torch.minimum(torch.maximum(x, self.flow_lo), self.flow_hi)
         n_l = self.n_layers
         hits = torch.floor(torch.exp(x[:, n_l:2 * n_l].clamp(0, 12)) - 1.0)

@@ -213,13 +213,13 @@ def test_shipped_models_fit_the_default_geometry_and_respond_like_geant4():
     geom = build_geometry("hgcal")
     gun = GunConfig(particle="gamma", energy=[20.0], eta=(1.99, 2.01), phi_deg=(89.5, 90.5))
     primaries = sample_primaries(gun, 30, np.random.default_rng(4))
-    for name in ("flowgnn", "parametric"):
+    for name in ("layerhits", "flowgnn", "parametric"):
         assert pretrained(name).stat().st_size < 6e6
         showers = load_generator(pretrained(name), geom).sample(primaries,
                                                                 np.random.default_rng(1))
         response = high_level(showers, geom)["response"].mean()
         assert 0.0085 < response < 0.0095, (name, response)
-    assert sorted(p.stem for p in FOLDER.glob("*.pt")) == ["flowgnn", "parametric"]
+    assert sorted(p.stem for p in FOLDER.glob("*.pt")) == ["flowgnn", "layerhits", "parametric"]
 
 
 TINY = ["max_steps=8", "val_every=8", "val_showers=20", "warmup_steps=2",

@@ -385,7 +385,8 @@ def train(
     data: Annotated[str, typer.Option(help="Geant4 sample(s): folder, file or glob; "
                                            "several joined by commas.")],
     out: Annotated[Path, typer.Option(help="Run folder (rerun the same command to resume).")],
-    model: Annotated[str, typer.Option(help="flowgnn or parametric.")] = "flowgnn",
+    model: Annotated[str, typer.Option(help="Registered generator: layerhits, flowgnn, "
+                                            "parametric or a plug-in's name.")] = "flowgnn",
     config: Annotated[Path | None, typer.Option(help="YAML training config.")] = None,
     set_: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config key: max_steps=2000, flowgnn.gnn_hidden=32.")] = None,
@@ -603,8 +604,9 @@ def demo(
     energy: Annotated[str, typer.Option(help="GeV range (log-uniform).")] = "1:100",
 ) -> None:
     """The main job: the default geometry, Geant4 showers in it, the same showers from the
-    shipped FlowGNN and parametric models, validation reports and the speed-up; then full
-    events through tracker material, with the calorimeter showers from FlowGNN inside Geant4."""
+    shipped LayerHits, FlowGNN and parametric models, validation reports and the speed-up; then
+    full events through tracker material, with the calorimeter showers from LayerHits inside
+    Geant4."""
     from fastshower.demo import run_demo
 
     run_demo(out, n, make_gun(particle, energy, "log-uniform", "1.98:2.02", "89:91", None,

@@ -13,6 +13,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from fastshower.errors import FastShowerError
@@ -24,6 +25,25 @@ def save_atomic(obj, path: str | Path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def compact(state: dict) -> dict:
+    """A state dict for shipping: floating tensors as float16, boolean ones (a spline flow's
+    masks: a third of LayerHits' file) as bits; ``expand`` restores it."""
+    return {k: v.half() if v.is_floating_point() else
+            {"bits": torch.from_numpy(np.packbits(v.numpy())), "shape": list(v.shape)}
+            if v.dtype == torch.bool else v for k, v in state.items()}
+
+
+def expand(state: dict) -> dict:
+    """The state dict of ``compact`` (or a plain one) as modules hold it: float32, bools."""
+    def one(v):
+        if isinstance(v, dict):
+            n = int(np.prod(v["shape"]))
+            return torch.from_numpy(np.unpackbits(v["bits"].numpy(), count=n).astype(bool)
+                                    .reshape(v["shape"]))
+        return v.float() if v.is_floating_point() else v
+    return {k: one(v) for k, v in state.items()}
 
 
 def load_weights(path: str | Path) -> dict:

@@ -31,6 +31,7 @@ from torch import nn
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import depth_x0
 from fastshower.models.base import ShowerGenerator, TrainingRanges
+from fastshower.models.files import expand
 from fastshower.models.flowgnn.data import TrainingData, fit_norms, layer_vector
 from fastshower.models.flowgnn.network import (
     OFFSET_SCALE,
@@ -92,8 +93,7 @@ class LayerFlowGenerator(nn.Module, ShowerGenerator):
     @classmethod
     def from_state(cls, d: dict, geom: Geometry) -> LayerFlowGenerator:
         model = cls(geom, d["particles"], cls.config_type(**d["config"]), d["norms"])
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in d["state_dict"].items()})
+        model.load_state_dict(expand(d["state_dict"]))
         return model.eval()
 
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastshower.errors import FastShowerError
-from fastshower.models.files import load_model_file, save_atomic
+from fastshower.models.files import compact, load_model_file, save_atomic
 
 FOLDER = Path(__file__).parent
 
 
 def pretrained(name: str) -> Path:
-    """Path of the shipped model ``name`` (flowgnn or parametric)."""
+    """Path of the shipped model ``name`` (layerhits, flowgnn or parametric)."""
     path = FOLDER / f"{name}.pt"
     if not path.is_file():
         raise FastShowerError(f"no shipped model {name!r}; available: "
@@ -21,12 +21,11 @@ def pretrained(name: str) -> Path:
 
 
 def ship(run: str | Path, name: str) -> Path:
-    """Copy a run's model into the package with its weights stored as float16 (half the
-    size; they are cast back to float32 when loaded)."""
+    """Copy a run's model into the package with its weights stored as float16 and its masks
+    as bits (models.files.compact; restored to float32 and bools when loaded)."""
     saved = load_model_file(run)
     if "state_dict" in saved:
-        saved["state_dict"] = {k: v.half() if v.is_floating_point() else v
-                               for k, v in saved["state_dict"].items()}
+        saved["state_dict"] = compact(saved["state_dict"])
     saved["shipped_from"] = str(run)
     path = FOLDER / f"{name}.pt"
     save_atomic(saved, path)

@@ -70,6 +70,9 @@ class LayerHitsConfig(LayerFlowConfig):
     core_mm: float = Field(40.0, gt=0)  # largest radius of the core placed cell by cell
     core_hits_per_cell: float = Field(0.1, gt=0)  # the core ends where cells expect fewer hits
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
+    # the hit networks also see the shower's response ln(sum E_l / E), standardised: Geant4
+    # correlates it with the core fraction (-0.31) and the width (+0.16; measured, docs/models.md)
+    shower_response: bool = False
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -327,7 +330,7 @@ def _tail_points(mixture, k: np.ndarray, r_core: np.ndarray, axis, ahead, layer,
     r_core[p], in draw order (pairs ascending), keeping those on cells whose centres lie beyond
     r_core too."""
     log_w, mean, sigma, tilt = mixture
-    pair = np.repeat(np.arange(len(k)), np.where(k > 0, np.ceil(draws * k).astype(int) + 2, 0))
+    pair = np.repeat(np.arange(len(k)), np.where(k > 0, np.ceil(draws * k).astype(int) + 1, 0))
     a = (np.log(r_core + R0_MM)[pair, None] - mean[pair]) / sigma[pair]
     w_tail = np.exp(log_w[pair]) * special.ndtr(-a)
     comp = _component(w_tail, rng)
@@ -369,9 +372,17 @@ def core_shift(batch: ShowerBatch, geom: Geometry, axis: np.ndarray,
 def pair_inputs(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,
                 mean_depth: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
     """(..., 5 + C) inputs of the hit networks per (shower, layer) pair: FlowGNN's pair features
-    and the conditions ``ctx`` (broadcast over the pairs), for training and generation alike."""
+    and the shower's inputs ``ctx`` (the conditions, optionally its standardised response;
+    broadcast over the pairs), for training and generation alike."""
     f = pair_features(e_layer, hits, depth, mean_depth)
     return torch.cat([f, ctx.expand(*f.shape[:-1], -1)], -1)
+
+
+def response_input(e_total: torch.Tensor, energy: torch.Tensor, norms: dict) -> torch.Tensor:
+    """(n, 1) the showers' response ln(visible energy / primary energy), standardised with the
+    training sample's mean and spread (``norms["response"]``)."""
+    mean, std = norms["response"]
+    return ((torch.log(e_total.clamp(min=1e-6) / energy) - mean) / std)[:, None]
 
 
 class HitData(TrainingData):
@@ -421,7 +432,24 @@ class LayerHits(LayerFlowGenerator):
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
-        self.hits = HitNet(5 + self.context_dim, cfg)
+        self.hits = HitNet(5 + self.context_dim + int(cfg.shower_response), cfg)
+
+    @classmethod
+    def build(cls, data: HitData, geom: Geometry, cfg: LayerHitsConfig, seed: int) -> LayerHits:
+        model = super().build(data, geom, cfg, seed)
+        if cfg.shower_response:
+            r = np.log(np.maximum(data.e_layer.sum(1), 1e-6) / data.primaries.energy_mev)
+            model.norms["response"] = [float(r.mean()), float(r.std())]
+        return model
+
+    def shower_inputs(self, primaries: Primaries, e_total: np.ndarray) -> torch.Tensor:
+        """(n, C [+ 1]): the conditions and, if configured, the standardised response."""
+        ctx = self.context(primaries)
+        if not self.cfg.shower_response:
+            return ctx
+        return torch.cat([ctx, response_input(torch.from_numpy(e_total).float(),
+                                              torch.from_numpy(primaries.energy_mev).float(),
+                                              self.norms)], -1)
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
@@ -448,7 +476,7 @@ class LayerHits(LayerFlowGenerator):
             torch.from_numpy(data.e_layer[event, layer]).float(),
             torch.from_numpy(data.n_layer[event, layer]).float(),
             torch.from_numpy(self.depth[layer]), torch.from_numpy(data.mean_depth[event]).float(),
-            self.context(data.primaries.subset(event)))
+            self.shower_inputs(data.primaries.subset(event), data.e_layer[event].sum(-1)))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
         *radial, tilt = (t[hit_pair] for t in self.hits.mixture(f))
@@ -492,8 +520,7 @@ class LayerHitsProgram(nn.Module):
     noise (P, D)) -> per shower and layer: energy e_layer (P, L) MeV, hit count hits (P, L), the
     shifted axis point axis (P, L, 2) mm, the radial mixture (P, L, 3K + 2) (log weights,
     means, log sigmas in u; the azimuth law's tilt) and the energy network's pair share
-    energy_pair (P, L, H). The flow and
-    networks are the model's, shared."""
+    energy_pair (P, L, H). The flow and networks are the model's, shared."""
 
     output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair")
     chunk = 1024  # showers per call: ~50 kB of outputs each, the flow's overhead amortised
@@ -501,6 +528,7 @@ class LayerHitsProgram(nn.Module):
     def __init__(self, model: LayerHits):
         super().__init__()
         self.level, self.hits = LayerLevel(model), model.hits
+        self.norms = model.norms if model.cfg.shower_response else None
         register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
         self.noise = {"z": ("normal", (self.level.flow_dim,))}
 
@@ -508,6 +536,8 @@ class LayerHitsProgram(nn.Module):
         ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
         p = e_layer.shape[0]
         mean_depth = centroid_depth(e_layer, self.depth)
+        if self.norms is not None:
+            ctx = torch.cat([ctx, response_input(e_layer.sum(-1), energy, self.norms)], -1)
         f = pair_inputs(e_layer, hits, self.depth[None].expand(p, -1), mean_depth[:, None],
                         ctx[:, None])  # (P, L, F)
         ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),

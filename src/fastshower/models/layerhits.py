@@ -70,9 +70,6 @@ class LayerHitsConfig(LayerFlowConfig):
     core_mm: float = Field(40.0, gt=0)  # largest radius of the core placed cell by cell
     core_hits_per_cell: float = Field(0.1, gt=0)  # the core ends where cells expect fewer hits
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
-    # the hit networks also see the shower's response ln(sum E_l / E), standardised: Geant4
-    # correlates it with the core fraction (-0.31) and the width (+0.16; measured, docs/models.md)
-    shower_response: bool = False
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -372,17 +369,9 @@ def core_shift(batch: ShowerBatch, geom: Geometry, axis: np.ndarray,
 def pair_inputs(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,
                 mean_depth: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
     """(..., 5 + C) inputs of the hit networks per (shower, layer) pair: FlowGNN's pair features
-    and the shower's inputs ``ctx`` (the conditions, optionally its standardised response;
-    broadcast over the pairs), for training and generation alike."""
+    and the conditions ``ctx`` (broadcast over the pairs), for training and generation alike."""
     f = pair_features(e_layer, hits, depth, mean_depth)
     return torch.cat([f, ctx.expand(*f.shape[:-1], -1)], -1)
-
-
-def response_input(e_total: torch.Tensor, energy: torch.Tensor, norms: dict) -> torch.Tensor:
-    """(n, 1) the showers' response ln(visible energy / primary energy), standardised with the
-    training sample's mean and spread (``norms["response"]``)."""
-    mean, std = norms["response"]
-    return ((torch.log(e_total.clamp(min=1e-6) / energy) - mean) / std)[:, None]
 
 
 class HitData(TrainingData):
@@ -432,24 +421,7 @@ class LayerHits(LayerFlowGenerator):
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
-        self.hits = HitNet(5 + self.context_dim + int(cfg.shower_response), cfg)
-
-    @classmethod
-    def build(cls, data: HitData, geom: Geometry, cfg: LayerHitsConfig, seed: int) -> LayerHits:
-        model = super().build(data, geom, cfg, seed)
-        if cfg.shower_response:
-            r = np.log(np.maximum(data.e_layer.sum(1), 1e-6) / data.primaries.energy_mev)
-            model.norms["response"] = [float(r.mean()), float(r.std())]
-        return model
-
-    def shower_inputs(self, primaries: Primaries, e_total: np.ndarray) -> torch.Tensor:
-        """(n, C [+ 1]): the conditions and, if configured, the standardised response."""
-        ctx = self.context(primaries)
-        if not self.cfg.shower_response:
-            return ctx
-        return torch.cat([ctx, response_input(torch.from_numpy(e_total).float(),
-                                              torch.from_numpy(primaries.energy_mev).float(),
-                                              self.norms)], -1)
+        self.hits = HitNet(5 + self.context_dim, cfg)
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
@@ -476,7 +448,7 @@ class LayerHits(LayerFlowGenerator):
             torch.from_numpy(data.e_layer[event, layer]).float(),
             torch.from_numpy(data.n_layer[event, layer]).float(),
             torch.from_numpy(self.depth[layer]), torch.from_numpy(data.mean_depth[event]).float(),
-            self.shower_inputs(data.primaries.subset(event), data.e_layer[event].sum(-1)))
+            self.context(data.primaries.subset(event)))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
         *radial, tilt = (t[hit_pair] for t in self.hits.mixture(f))
@@ -528,7 +500,6 @@ class LayerHitsProgram(nn.Module):
     def __init__(self, model: LayerHits):
         super().__init__()
         self.level, self.hits = LayerLevel(model), model.hits
-        self.norms = model.norms if model.cfg.shower_response else None
         register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
         self.noise = {"z": ("normal", (self.level.flow_dim,))}
 
@@ -536,8 +507,6 @@ class LayerHitsProgram(nn.Module):
         ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
         p = e_layer.shape[0]
         mean_depth = centroid_depth(e_layer, self.depth)
-        if self.norms is not None:
-            ctx = torch.cat([ctx, response_input(e_layer.sum(-1), energy, self.norms)], -1)
         f = pair_inputs(e_layer, hits, self.depth[None].expand(p, -1), mean_depth[:, None],
                         ctx[:, None])  # (P, L, F)
         ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),

@@ -294,11 +294,12 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     geom, gpath, data, _, tmp = sample
     cfg = TrainConfig(model="layerhits", max_steps=24, val_every=12, val_showers=20,
                       warmup_steps=2, layerhits={"flow_hidden": 32, "flow_transforms": 2,
-                                                 "hidden": 16})
+                                                 "hidden": 16, "central_hit": True})
     record = train(data, gpath, tmp / "lh", cfg, show_progress=False)
     history = [json.loads(line) for line in (tmp / "lh" / "history.jsonl").read_text()
                .splitlines()]
     assert record["step"] == 24 and history[1]["val_radius_nll"] < history[0]["val_radius_nll"]
+    assert history[1]["val_central_nll"] < history[0]["val_central_nll"]
     model = load_generator(tmp / "lh", geom)
     gun = GunConfig(particle="gamma", energy=[3.0, 9.0], spectrum="uniform", eta=(1.99, 2.01),
                     phi_deg=(89.5, 90.5))
@@ -373,6 +374,12 @@ def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     assert abs(cos[np.exp(u) - R0_MM > 40.0].mean() - 0.3) < 0.05
     below = geom.lookup(layer, axis[:, 0], axis[:, 1])
     assert np.array_equal(pair[central], np.arange(400)) and np.all(cell[central] == below)
+    # a learned probability for the cell under the axis: taken in about that share of layers,
+    # the layers still get their n hits
+    pair, cell, u, cos, central = place_hits(mixture, n, axis, ahead, layer, geom,
+                                             Stencil(geom, 40.0), 40.0, np.random.default_rng(2),
+                                             p_central=np.full(400, 0.3))
+    assert abs(central.sum() / 400 - 0.3) < 0.07 and np.bincount(pair).mean() > 29.5
 
 
 def test_stencil_finds_every_cell_near_a_point():

@@ -8,7 +8,8 @@ would be counted twice, measured: centre spread 0.93 vs 0.65 mm above 100 GeV).
 Stage 2 places each layer's N hits directly. A small network
 turns the layer-level quantities into a mixture of K Gaussians in u = ln(r + 1 mm), r being the
 distance from the shower axis (shifted by the centre) in the layer plane. The cell under the
-axis point is always a hit. The dense core (cells whose centre lies within the pair's core
+axis point is a hit with a learned probability (``central_hit``; always, in earlier models).
+The dense core (cells whose centre lies within the pair's core
 radius: where a cell expects at least ``core_hits_per_cell`` hits, at most ``core_mm``) is
 placed cell by cell, from a precomputed stencil of the cell under the axis point: each is a hit
 with probability N x density x area, scaled so that the expected count is N x P(r < core
@@ -70,6 +71,9 @@ class LayerHitsConfig(LayerFlowConfig):
     core_mm: float = Field(40.0, gt=0)  # largest radius of the core placed cell by cell
     core_hits_per_cell: float = Field(0.1, gt=0)  # the core ends where cells expect fewer hits
     hit_pairs: int = Field(128, gt=0)  # (shower, layer) pairs per step for the hit networks
+    # learn the probability that the cell under the axis point is a hit (Geant4: 0.36-0.71 in
+    # layers of 1-4 hits, ~1 beyond 16); False: always a hit (the runs before session 7)
+    central_hit: bool = False
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -85,16 +89,19 @@ class HitNet(nn.Module):
 
     def __init__(self, features: int, cfg: LayerHitsConfig):
         super().__init__()
-        self.k = cfg.components
-        self.radial = _mlp(features, 3 * cfg.components + 2, cfg.hidden)
+        self.k, self.central = cfg.components, cfg.central_hit
+        self.radial = _mlp(features, 3 * cfg.components + 2 + int(cfg.central_hit), cfg.hidden)
         self.energy_pair = nn.Linear(features, cfg.energy_hidden)
         self.energy_hit, self.energy = energy_layers(cfg.energy_hidden, cfg.energy_components)
 
     def mixture(self, f: torch.Tensor):
-        """(log weights, means, log sigmas) of the radial mixture in u, and the tilt (n, 2) of
-        the azimuth law (see anisotropy)."""
-        logits, mean, log_sigma, tilt = self.radial(f).split([self.k] * 3 + [2], -1)
-        return logits.log_softmax(-1), mean + 2.0, log_sigma.clamp(-4, 2), tilt
+        """(log weights, means, log sigmas) of the radial mixture in u, the tilt (n, 2) of
+        the azimuth law (see anisotropy) and, with ``central_hit``, the logit (n, 1) of the
+        probability that the cell under the axis point is a hit."""
+        out = self.radial(f)
+        logits, mean, log_sigma, tilt = out[..., :3 * self.k + 2].split([self.k] * 3 + [2], -1)
+        return (logits.log_softmax(-1), mean + 2.0, log_sigma.clamp(-4, 2), tilt,
+                *((out[..., -1:],) if self.central else ()))
 
     def energy_mixture(self, f: torch.Tensor, pair: torch.Tensor, u: torch.Tensor,
                        central: torch.Tensor, cos: torch.Tensor):
@@ -246,10 +253,11 @@ def core_radius(mixture, n: np.ndarray, cell_area: np.ndarray, max_mm: float,
 
 def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, layer: np.ndarray,
                geom: Geometry, stencil: Stencil, core_mm: float, rng: np.random.Generator,
-               hits_per_cell: float = 0.1):
+               hits_per_cell: float = 0.1, p_central: np.ndarray | None = None):
     """The n hit cells of each (shower, layer) pair from its radial mixture in u: the cell
-    under the axis point always; the rest of the dense core (cells whose centre lies within
-    the pair's core radius, at most ``core_mm``, of the axis point; see core_radius) by
+    under the axis point with probability ``p_central`` (always if None); the rest of the
+    dense core (cells whose centre lies within the pair's core radius, at most ``core_mm``, of
+    the axis point; see core_radius) by
     independent inclusion with probability n x density x cell area, scaled so that their
     expected number is n x P(r < core radius); the sparse tail by points drawn from the
     mixture beyond the core radius, on cells whose centres lie beyond it (distinct cells in
@@ -258,7 +266,7 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     the mixture's fourth part), measured from ``ahead`` (P, 2), the primary's transverse unit
     direction. Returns (pair, cell, u and cos(azimuth) of the cell, central: the cell is the
     one under the axis point)."""
-    log_w, mean, log_sigma, tilt = mixture
+    log_w, mean, log_sigma, tilt = mixture[:4]
     sigma = np.exp(log_sigma)
     c = geom.cells
     below = geom.lookup(layer, axis[:, 0], axis[:, 1])
@@ -275,12 +283,15 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
         * c["area"][cell] * (1 + 2 * anisotropy(tilt[pair], u) * cos)
     u_core = np.log(r_core + R0_MM)[:, None]
     inside = (np.exp(log_w) * special.ndtr((u_core - mean) / sigma)).sum(-1)  # P(r < core)
+    p_c = np.ones(len(n)) if p_central is None else p_central
+    want = np.maximum(n * inside - p_c, 0.0)  # expected hits among the other core cells
     for _ in range(4):  # scale to the expected core count; probabilities stop at 1
-        pi = np.where(central, 1.0, np.minimum(pi, 1.0))
-        pi *= (n * inside / np.maximum(np.bincount(pair, pi, len(n)), 1e-12))[pair]
-    pi = np.where(central, 2.0, pi)  # always taken, and first
+        pi = np.minimum(pi, 1.0)
+        got = np.bincount(pair[~central], pi[~central], len(n))
+        pi = np.where(central, p_c[pair], pi * (want / np.maximum(got, 1e-12))[pair])
     take = np.flatnonzero(rng.uniform(size=len(pi)) < np.minimum(pi, 1.0))
-    order = take[np.lexsort((-pi[take] - rng.uniform(0, 1e-9, len(take)), pair[take]))]
+    rank = np.where(central[take], 2.0, pi[take])  # the cell under the axis first
+    order = take[np.lexsort((-rank - rng.uniform(0, 1e-9, len(take)), pair[take]))]
     keep = order[_first_k(pair[order], n)]
     core_pair, core_cell, core_u, core_cos = pair[keep], cell[keep], u[keep], cos[keep]
     core_central = central[keep]
@@ -397,6 +408,7 @@ class HitData(TrainingData):
         self.hit_central, self.hit_cos = central[order], cos[order]
         self.pairs = np.unique(self.hit_pair)
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
+        self.pair_central = np.add.reduceat(self.hit_central, self.bounds[0]) > 0
         self.n_layers = n_layers
 
 
@@ -422,6 +434,9 @@ class LayerHits(LayerFlowGenerator):
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
         self.hits = HitNet(5 + self.context_dim, cfg)
+        if cfg.central_hit:  # one more loss term, trained with the other hit networks
+            self.loss_weights = {**self.loss_weights, "central_nll": 1.0}
+            self.stages = {**self.stages, "hits": (*self.stages["hits"], "central_nll")}
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
@@ -451,15 +466,21 @@ class LayerHits(LayerFlowGenerator):
             self.context(data.primaries.subset(event)))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
-        *radial, tilt = (t[hit_pair] for t in self.hits.mixture(f))
+        log_w, mean, log_sigma, tilt, *central_logit = self.hits.mixture(f)
+        radial, tilt = (log_w[hit_pair], mean[hit_pair], log_sigma[hit_pair]), tilt[hit_pair]
         radius = -_log_prob(radial, u).sum()
         cos = torch.from_numpy(data.hit_cos[hit]).float()
         azimuth = -torch.log1p(2 * anisotropy(tilt, u) * cos).sum()
         central = torch.from_numpy(data.hit_central[hit]).float()
         y = torch.from_numpy(data.hit_log_e[hit]).float()
         energy = -_log_prob(self.hits.energy_mixture(f, hit_pair, u, central, cos), y).sum()
-        return {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
-                "azimuth_nll": (azimuth, len(hit)), "energy_nll": (energy, len(hit))}
+        terms = {"flow_nll": (flow, x.numel()), "radius_nll": (radius, len(hit)),
+                 "azimuth_nll": (azimuth, len(hit)), "energy_nll": (energy, len(hit))}
+        if central_logit:  # is the cell under the axis point a hit of the pair?
+            terms["central_nll"] = (nn.functional.binary_cross_entropy_with_logits(
+                central_logit[0][:, 0], torch.from_numpy(data.pair_central[pick]).float(),
+                reduction="sum"), len(pick))
+        return terms
 
     # ---- generation --------------------------------------------------------------------------
     def export_module(self) -> LayerHitsProgram:
@@ -557,11 +578,13 @@ class Placement:
         event, layer = np.nonzero(hits)
         n = hits[event, layer].astype(np.int64)
         k = self.side["components"]
-        mixture = np.split(out["mixture"][event, layer].astype(np.float64), [k, 2 * k, 3 * k],
-                           axis=-1)
+        *mixture, logit = np.split(out["mixture"][event, layer].astype(np.float64),
+                                   [k, 2 * k, 3 * k, 3 * k + 2], axis=-1)
+        p_central = special.expit(logit[:, 0]) if logit.shape[1] else None
         pair, cell, u, cos, central = place_hits(
             mixture, n, out["axis"][event, layer].astype(np.float64), ahead[event], layer,
-            self.geom, self.stencil, self.side["core_mm"], rng, self.side["core_hits_per_cell"])
+            self.geom, self.stencil, self.side["core_mm"], rng, self.side["core_hits_per_cell"],
+            p_central)
         h_pair = out["energy_pair"][event, layer][pair]
         e = np.exp(_draw(self.energy_mixture(h_pair, u, central, cos), rng))
         e_pair = out["e_layer"][event, layer].astype(np.float64)

@@ -164,7 +164,8 @@ def export_model(generator: ShowerGenerator, out: str | Path, check_showers: int
         "host_step": (f"fastshower.models.{generator.name} ({type(generator).host.__qualname__})"
                       if side["host"] else "none: the outputs are the hits"),
         "geometry_hash": generator.geom.hash, "conditions_range": side["ranges"],
-        "training": _training_record(Path(generator.source)),
+        "training": {**_training_record(Path(generator.source)),
+                     **({"trained_on": generator.trained_on} if generator.trained_on else {})},
         "check": {"showers": check_showers, "max_relative_diff": diff, "tolerance": TOLERANCE},
         "export_seconds": round(export_s, 1), "model_bytes": (out / "model.onnx").stat().st_size,
         "parameters": sum(p.numel() for p in program.parameters()),

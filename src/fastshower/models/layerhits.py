@@ -511,8 +511,10 @@ class LayerHits(LayerFlowGenerator):
 class LayerHitsProgram(nn.Module):
     """(energy MeV (P,), position mm (P, 3), unit direction (P, 3), particle index (P,), flow
     noise (P, D)) -> per shower and layer: energy e_layer (P, L) MeV, hit count hits (P, L), the
-    shifted axis point axis (P, L, 2) mm, the radial mixture (P, L, 3K + 2) (log weights,
-    means, log sigmas in u; the azimuth law's tilt) and the energy network's pair share
+    shifted axis point axis (P, L, 2) mm, the radial mixture (P, L, 3K + 2 [+ 1]) (log
+    weights, means, log sigmas in u; the azimuth law's tilt; with ``central_hit`` the logit of
+    the probability that the cell under the axis point is a hit) and the energy network's pair
+    share
     energy_pair (P, L, H). The flow and networks are the model's, shared."""
 
     output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair")

@@ -87,13 +87,21 @@ def setup_data(mode: str = "auto") -> DataSetup:
     return DataSetup("offline", root)
 
 
-def describe_mode(mode: str = "auto", em_option: int = 0) -> str:
-    """One line naming the physics mode a job will run in (without importing Geant4)."""
+def resolved_mode(mode: str = "auto") -> str:
+    """"full" or "offline": the physics mode a job asked for ``mode`` will run in (without
+    importing Geant4)."""
     user_dir = os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
     full = mode != "offline" and bool(user_dir) and _has_real_data(Path(user_dir))
     if mode == "full" and not full:
         raise RuntimeError("full physics mode needs the Geant4 datasets: set GEANT4_DATA_DIR "
                            "to the folder holding G4EMLOW*, G4PARTICLEXS*, ...")
+    return "full" if full else "offline"
+
+
+def describe_mode(mode: str = "auto", em_option: int = 0) -> str:
+    """One line naming the physics mode a job will run in (without importing Geant4)."""
+    full = resolved_mode(mode) == "full"
+    user_dir = os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
     em = "opt0" if em_option == 0 else f"opt{em_option}"
     if full:
         return f"Geant4 physics: FULL mode, FTFP_BERT with EM {em} (datasets in {user_dir})"

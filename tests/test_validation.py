@@ -162,6 +162,18 @@ def test_calochallenge_export_round_trip(geant4_sample):
     binning = Binning.from_xml((tmp / "ref.xml").read_text())
     assert showers.shape[1] == binning.n_voxels == info["n_voxels"]
     assert binning.r_edges[0] and not binning.r_edges[-1]  # the last layer holds no EM energy
+    # as the challenge's evaluation reads the XML: layers binned in angle (n_bin_alpha > 1) must
+    # be layers with radial bins, empty layers are r_edges="0" n_bin_alpha="1" (dataset 1's way)
+    import xml.etree.ElementTree as ET
+
+    layers = ET.parse(tmp / "ref.xml").getroot().find("Bin").findall("Layer")
+    edges = [[float(v) for v in lay.get("r_edges").split(",")] for lay in layers]
+    alpha = [int(lay.get("n_bin_alpha")) for lay in layers]
+    assert {i for i, a in enumerate(alpha) if a > 1} == {i for i, e in enumerate(edges)
+                                                          if len(e) > 1}
+    empty = [i for i, e in enumerate(edges) if len(e) == 1]
+    assert empty and all(layers[i].get("r_edges") == "0" and alpha[i] == 1 for i in empty)
+    assert sum((len(e) - 1) * a for e, a in zip(edges, alpha, strict=True)) == showers.shape[1]
     ratio = showers.sum(axis=1) / e_inc[:, 0]
     assert ratio.mean() == pytest.approx(1.0, rel=1e-6) and 0.5 < ratio.min() < ratio.max() < 1.5
     # Voxel sums are the weighted cell energies (those within 150 mm of the axis), scaled.

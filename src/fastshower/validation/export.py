@@ -73,12 +73,14 @@ class Binning:
 
 def default_binning(geom: Geometry, batch: ShowerBatch) -> Binning:
     """The default cylindrical binning; layers without energy in ``batch`` are declared empty
-    (the challenge's tools need energy in every declared layer)."""
+    (the challenge's tools need energy in every declared layer) with one angular bin, as the
+    challenge's dataset 1 writes them: its evaluation treats a layer with more than one as
+    binned in angle and then needs voxels there (it stopped with a KeyError on 8)."""
     event, ids, energy, _, _ = axis_offsets(batch, geom)
     per_layer = np.bincount(geom.cells["layer"][ids], weights=energy,
                             minlength=len(geom.layers))
     r = [DEFAULT_R_EDGES if e > 0 else () for e in per_layer]
-    return Binning(r, [DEFAULT_N_ALPHA] * len(geom.layers),
+    return Binning(r, [DEFAULT_N_ALPHA if e > 0 else 1 for e in per_layer],
                    int(batch.primaries.pdg[0]))
 
 

@@ -104,6 +104,8 @@ CASES = [
     (GEN + ["--energy", "50", "--eta", "1.6", "--allow-extrapolation"], "miss the calorimeter"),
     (GEN + ["--energy", "5000"], "outside the training range"),
     (GEN + ["--primaries-from", "JUNK"], "not a readable fastshower sim-hit file"),
+    (["generate", "--run", "shipped:nope", "--geometry", "G", "--particle", "gamma", "--energy",
+      "50", "--out", "x.root"], "no shipped model 'nope'"),
     (["generate", "--run", "EVIL", "--geometry", "G", "--out", "x.root"], "could run code"),
     (["export-model", "--run", "EVIL", "--geometry", "G", "--out", "onnx"], "could run code"),
     (["serve", "--model", "onnx", "--port", "0"], "--port"),

@@ -220,6 +220,8 @@ def test_shipped_models_fit_the_default_geometry_and_respond_like_geant4():
         response = high_level(showers, geom)["response"].mean()
         assert 0.0085 < response < 0.0095, (name, response)
     assert sorted(p.stem for p in FOLDER.glob("*.pt")) == ["flowgnn", "layerhits", "parametric"]
+    by_name = load_generator("shipped:layerhits", geom)  # what --run shipped:NAME loads
+    assert by_name.source == str(pretrained("layerhits")) and by_name.trained_on["showers"] > 0
 
 
 TINY = ["max_steps=8", "val_every=8", "val_showers=20", "warmup_steps=2",

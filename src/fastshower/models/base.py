@@ -31,6 +31,7 @@ from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.files import load_model_file, save_atomic
+from fastshower.models.pretrained import pretrained
 from fastshower.models.showers import particle_index, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
@@ -280,8 +281,14 @@ def generator_class(name: str) -> type[ShowerGenerator]:
     return ShowerGenerator.registry[name]
 
 
+SHIPPED = "shipped:"  # `shipped:layerhits`: a model shipped in the package (models/pretrained)
+
+
 def load(path: str | Path, geom: Geometry) -> ShowerGenerator:
-    """A generator from its model file (or a run folder's model.pt), checked against ``geom``."""
+    """A generator from its model file (or a run folder's model.pt, or ``shipped:NAME``),
+    checked against ``geom``."""
+    if str(path).startswith(SHIPPED):
+        path = pretrained(str(path)[len(SHIPPED):])
     saved = load_model_file(path)
     geom.require_same(saved.get("geometry_hash"), str(path))
     generator = generator_class(str(saved.get("model"))).from_state(saved, geom)

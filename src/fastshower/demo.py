@@ -63,7 +63,8 @@ def run_demo(out: Path, n: int, gun: GunConfig, say: Callable[[str], None] = pri
         path = out / f"{name}_{gun.particle}.root"
         # one-time set-up (LayerHits' cell stencil, programs) is not per shower, as Geant4's
         # initialisation is not counted in its time either
-        generator.sample(reference.primaries.subset(np.arange(10)), np.random.default_rng(0))
+        generator.sample(reference.primaries.subset(np.arange(min(n, 10))),
+                         np.random.default_rng(0))
         start = time.process_time()
         generate_file(generator, reference.primaries, path, seed=2, show_progress=False)
         t = (time.process_time() - start) / n

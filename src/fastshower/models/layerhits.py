@@ -512,8 +512,7 @@ class LayerHitsProgram(nn.Module):
     shifted axis point axis (P, L, 2) mm, the radial mixture (P, L, 3K + 2 [+ 1]) (log
     weights, means, log sigmas in u; the azimuth law's tilt; with ``central_hit`` the logit of
     the probability that the cell under the axis point is a hit) and the energy network's pair
-    share
-    energy_pair (P, L, H). The flow and networks are the model's, shared."""
+    share energy_pair (P, L, H). The flow and networks are the model's, shared."""
 
     output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair")
     chunk = 1024  # showers per call: ~50 kB of outputs each, the flow's overhead amortised

@@ -61,6 +61,11 @@ def _has_real_data(data_dir: Path) -> bool:
     return any((d / "brem_SB" / "br82").is_file() for d in data_dir.glob("G4EMLOW*"))
 
 
+def _user_dir() -> str | None:
+    """The folder the user points to for the Geant4 datasets, if any."""
+    return os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
+
+
 def setup_data(mode: str = "auto") -> DataSetup:
     """Prepare GEANT4_DATA_DIR; call before importing geant4_pybind.
 
@@ -68,7 +73,7 @@ def setup_data(mode: str = "auto") -> DataSetup:
     """
     if mode not in ("auto", "full", "offline"):
         raise ValueError(f"physics mode must be auto, full or offline, not {mode!r}")
-    user_dir = os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
+    user_dir = _user_dir()
     if mode in ("auto", "full") and user_dir and _has_real_data(Path(user_dir)):
         os.environ["GEANT4_DATA_DIR"] = user_dir
         return DataSetup("full", Path(user_dir))
@@ -90,7 +95,7 @@ def setup_data(mode: str = "auto") -> DataSetup:
 def resolved_mode(mode: str = "auto") -> str:
     """"full" or "offline": the physics mode a job asked for ``mode`` will run in (without
     importing Geant4)."""
-    user_dir = os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
+    user_dir = _user_dir()
     full = mode != "offline" and bool(user_dir) and _has_real_data(Path(user_dir))
     if mode == "full" and not full:
         raise RuntimeError("full physics mode needs the Geant4 datasets: set GEANT4_DATA_DIR "
@@ -101,7 +106,7 @@ def resolved_mode(mode: str = "auto") -> str:
 def describe_mode(mode: str = "auto", em_option: int = 0) -> str:
     """One line naming the physics mode a job will run in (without importing Geant4)."""
     full = resolved_mode(mode) == "full"
-    user_dir = os.environ.get("FASTSHOWER_G4DATA") or os.environ.get("GEANT4_DATA_DIR")
+    user_dir = _user_dir()
     em = "opt0" if em_option == 0 else f"opt{em_option}"
     if full:
         return f"Geant4 physics: FULL mode, FTFP_BERT with EM {em} (datasets in {user_dir})"

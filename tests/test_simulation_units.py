@@ -37,8 +37,23 @@ def test_gun_is_seeded_and_samples_its_spectrum():
     assert np.all(a.pdg == 22)
 
 
+def test_gun_at_an_incidence_angle_hits_the_aim_point():
+    cfg = GunConfig(energy=[10.0, 510.0], spectrum="uniform", theta_deg=(0.0, 30.0),
+                    phi_deg=(0.0, 360.0), aim_mm=(0.0, 0.0, 1500.0))
+    a = sample_primaries(cfg, 4000, np.random.default_rng(5))
+    theta = np.degrees(np.arccos(a.direction[:, 2]))
+    assert theta.min() >= 0 and theta.max() <= 30 + 1e-9
+    assert np.mean(theta) == pytest.approx(15, abs=0.5)  # uniform in the angle
+    # every line passes through the aim point, 100 mm after its vertex
+    assert np.allclose(a.position_mm + 100.0 * a.direction, [0.0, 0.0, 1500.0])
+    geom = build_geometry("grid", neighbours=False)
+    assert (geom.entry_cells(a.position_mm, a.direction) >= 0).all()
+
+
 @pytest.mark.parametrize("bad, match", [
     ({"particle": "kaon"}, "unknown particle"),
+    ({"theta_deg": (10.0, 95.0)}, "within 0 to 90"),
+    ({"theta_deg": (0.0, 30.0), "direction": (0.0, 0.0, 1.0)}, "not both"),
     ({"energy": [-1.0]}, "positive"),
     ({"energy": [50.0, 10.0], "spectrum": "uniform"}, "reversed"),
     ({"energy": [10.0], "spectrum": "uniform"}, "two energies"),

@@ -194,7 +194,8 @@ def _valid(config, what: str, /, **values):
 
 
 def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: str,
-             direction: str | None, vertex_sigma: str):
+             direction: str | None, vertex_sigma: str, theta: str | None = None,
+             aim: str | None = None):
     """The particle gun of `simulate` and `generate`, with one-line errors."""
     from pydantic import ValidationError
 
@@ -205,6 +206,8 @@ def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: st
         return GunConfig(particle=particle, energy=energies, spectrum=spec,
                          eta=_range(eta, "eta"), phi_deg=_range(phi, "phi"),
                          direction=_vector(direction, "direction") if direction else None,
+                         theta_deg=_range(theta, "theta") if theta else None,
+                         aim_mm=_vector(aim, "aim") if aim else None,
                          vertex_sigma=_vector(vertex_sigma, "vertex-sigma"))
     except ValidationError as err:
         raise FastShowerError("; ".join(e["msg"].removeprefix("Value error, ")
@@ -218,6 +221,12 @@ Spectrum = Annotated[str | None, typer.Option(
     help="fixed, list, uniform or log-uniform (default from --energy).")]
 Eta = Annotated[str, typer.Option(help="Pseudorapidity or range, e.g. 2.0 or 1.9:2.1.")]
 Phi = Annotated[str, typer.Option(help="Azimuth in degrees, or a range.")]
+Theta = Annotated[str | None, typer.Option(
+    help="Polar angle from the z axis in degrees, or a range (uniform), instead of --eta: "
+         "incidence on a calorimeter facing +z, e.g. 0:30 with --aim.")]
+Aim = Annotated[str | None, typer.Option(
+    help="Lines pass through this point x,y,z (mm), starting 100 mm before it, instead of "
+         "from the origin: e.g. the centre of a grid calorimeter's front face.")]
 Count = Annotated[int, typer.Option("--n", min=1, help="Number of showers.")]
 ModelGeometry = Annotated[Path, typer.Option(help="Geometry file the model was trained on.")]
 
@@ -229,6 +238,8 @@ def simulate(
     spectrum: Spectrum = None,
     eta: Eta = "2.0",
     phi: Phi = "90",
+    theta: Theta = None,
+    aim: Aim = None,
     n: Count = 100,
     jobs: Annotated[int, typer.Option(
         min=1, help="Geant4 jobs, one output file each (more jobs: smaller files, less lost when a "
@@ -273,7 +284,7 @@ def simulate(
         raise FastShowerError(f"--physics must be auto, full or offline, not {physics!r}")
     if em_option not in (0, 1):
         raise FastShowerError(f"--em-option must be 0 or 1, not {em_option}")
-    gun = make_gun(particle, energy, spectrum, eta, phi, direction, vertex_sigma)
+    gun = make_gun(particle, energy, spectrum, eta, phi, direction, vertex_sigma, theta, aim)
     try:
         mode = describe_mode(physics, em_option)
     except RuntimeError as err:
@@ -501,6 +512,8 @@ def generate(
     spectrum: Spectrum = None,
     eta: Eta = "2.0",
     phi: Phi = "90",
+    theta: Theta = None,
+    aim: Aim = None,
     n: Count = 100,
     seed: Annotated[int, typer.Option(min=0,
                                       help="Seed of conditions and generation.")] = 1,
@@ -520,7 +533,7 @@ def generate(
     from fastshower.simulation.gun import require_on_detector, sample_primaries
 
     if primaries_from is None:
-        gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0")
+        gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0", theta, aim)
         primaries = sample_primaries(gun, n, np.random.default_rng(seed))
     else:
         primaries = read_primaries(primaries_from)

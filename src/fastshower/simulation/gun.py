@@ -1,7 +1,9 @@
 """Particle gun: primary particles sampled up front as arrays (energy, vertex, direction).
 
 Energies in MeV inside (the CLI takes GeV). Directions point from the interaction point along
-(eta, phi) as in the experiment, or along a fixed vector; vertices may be smeared.
+(eta, phi) as in the experiment, along a fixed vector, or at a polar angle theta from the z axis
+(a test-beam-like incidence on a calorimeter facing +z); vertices may be smeared, and may sit on
+the line through an aim point instead of at the origin.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.simhits import PARTICLES, Primaries, eta_phi_direction
 
+AIM_LEAD_MM = 100.0  # with an aim point, vertices sit this far before it along the line
+
 
 class GunConfig(BaseModel):
     """What to shoot. Energies in GeV; angles in degrees; lengths in mm."""
@@ -27,6 +31,8 @@ class GunConfig(BaseModel):
     eta: tuple[float, float] = (2.0, 2.0)
     phi_deg: tuple[float, float] = (90.0, 90.0)
     direction: tuple[float, float, float] | None = None
+    theta_deg: tuple[float, float] | None = None  # polar angle from +z, uniform; replaces eta
+    aim_mm: tuple[float, float, float] | None = None  # lines through it, from AIM_LEAD_MM before
     vertex_sigma: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     @field_validator("particle")
@@ -50,6 +56,12 @@ class GunConfig(BaseModel):
             raise ValueError("a fixed energy needs exactly one value; use spectrum 'list'")
         if self.direction is not None and not any(self.direction):
             raise ValueError("the direction vector must not be zero")
+        if self.theta_deg is not None:
+            if self.direction is not None:
+                raise ValueError("give either a fixed direction or a polar angle theta, not both")
+            if not 0 <= self.theta_deg[0] <= self.theta_deg[1] < 90:
+                raise ValueError(f"theta must be a range within 0 to 90 degrees (from +z), not "
+                                 f"{self.theta_deg[0]} to {self.theta_deg[1]}")
         if min(self.vertex_sigma) < 0:
             raise ValueError("vertex smearing widths must not be negative")
         for lo, hi, what in (self.eta + ("eta",), self.phi_deg + ("phi",)):
@@ -76,11 +88,18 @@ def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> Primar
     if cfg.direction is not None:
         d = np.asarray(cfg.direction, dtype=np.float64)
         direction = np.broadcast_to(d / np.linalg.norm(d), (n, 3)).copy()
-    else:
+    elif cfg.theta_deg is None:
         eta = rng.uniform(*cfg.eta, n)
         phi = np.deg2rad(rng.uniform(*cfg.phi_deg, n))
         direction = eta_phi_direction(eta, phi)
+    else:
+        theta = np.deg2rad(rng.uniform(*cfg.theta_deg, n))
+        phi = np.deg2rad(rng.uniform(*cfg.phi_deg, n))
+        direction = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
+                              np.cos(theta)], -1)
     vertex = rng.normal(0.0, 1.0, (n, 3)) * np.asarray(cfg.vertex_sigma)
+    if cfg.aim_mm is not None:
+        vertex += np.asarray(cfg.aim_mm) - AIM_LEAD_MM * direction
     return Primaries(np.full(n, cfg.pdg, dtype=np.int32), energy, vertex, direction)
 
 

@@ -8,12 +8,14 @@ import json
 import awkward as ak
 import numpy as np
 import pytest
+from scipy import special
 
 from fastshower.geometry import build_geometry, save
 from fastshower.simhits import Primaries, ShowerBatch, SimHitWriter, read_sample
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
 from fastshower.validation.metrics import (
+    classifier_test,
     compare,
     compare_with_floor,
     frechet_distance,
@@ -80,6 +82,18 @@ def test_identical_samples_are_indistinguishable():
     shifted = compare(feats, {k: v + 0.5 for k, v in feats.items()})
     assert shifted["kpd"] > 20 * abs(m["kpd"])
     assert m["classifier"]["auc"] == pytest.approx(0.5, abs=0.08)
+
+
+def test_cross_validated_classifier_reaches_the_ideal_auc_with_its_error():
+    # two unit Gaussians 0.5 apart: the best classifier's AUC is Phi(0.5 / sqrt 2) = 0.638
+    rng = np.random.default_rng(4)
+    ref, gen = rng.normal(size=(2000, 2)), rng.normal(size=(2000, 2)) + [0.5, 0.0]
+    out = classifier_test(ref, gen, seed=1)
+    assert out["folds"] == 5 and out["n_test"] == 4000  # every shower tested once
+    assert out["auc_std"] == pytest.approx(out["auc_fold_std"] / np.sqrt(5))
+    assert out["auc_std"] < 0.012
+    ideal = special.ndtr(0.5 / np.sqrt(2))
+    assert out["auc"] == pytest.approx(ideal, abs=3 * out["auc_std"] + 0.01)
 
 
 @pytest.fixture(scope="module")

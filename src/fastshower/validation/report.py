@@ -208,8 +208,8 @@ fastshower {m['fastshower_version']}.</p>
 ({m['n_reference_half']} showers vs {m['n_generated']}); the grey number beside it is the noise
 floor: the same metric for the other half of the reference.</p>
 <table><tr><th></th><th>generated</th><th>floor</th></tr>
-<tr><td>classifier AUC (0.5 = indistinguishable; mean ± spread of
-{g['classifier']['repeats']} splits)</td>
+<tr><td>classifier AUC (0.5 = indistinguishable; {g['classifier']['folds']}-fold
+cross-validated: mean ± its standard error)</td>
 <td>{g['classifier']['auc']:.3f} ± {g['classifier']['auc_std']:.3f}</td>
 <td class=floor>{f['classifier']['auc']:.3f} ± {f['classifier']['auc_std']:.3f}</td></tr>
 <tr><td>classifier AUC, low level ({LOW_LEVEL})</td>

@@ -428,3 +428,12 @@ def test_generation_inverse_of_the_layer_flow_is_zukos():
         got = FlowInverse(flow.flow)(z, c)
     assert expected.std() > 0.5
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # the splines as training builds them (with gradients) are zuko's too
+    from zuko.transforms import MonotonicRQSTransform
+
+    from fastshower.models.flowgnn.network import Spline
+
+    phi = (3 * torch.randn(50, 7, 23)).requires_grad_().split([8, 8, 7], -1)
+    ours, zukos = Spline(*phi), MonotonicRQSTransform(*phi)
+    for part in ("horizontal", "vertical", "derivatives"):
+        torch.testing.assert_close(getattr(ours, part), getattr(zukos, part))

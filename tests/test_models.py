@@ -384,6 +384,19 @@ def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     assert abs(central.sum() / 400 - 0.3) < 0.07 and np.bincount(pair).mean() > 29.5
 
 
+@pytest.mark.parametrize("a", [0.45, -0.3, 0.0])
+def test_azimuths_follow_the_anisotropy_law(a):
+    from scipy import stats
+
+    from fastshower.models.layerhits import _azimuths
+
+    phi = _azimuths(np.full(100_000, a), np.random.default_rng(1))
+    phi = np.mod(phi + np.pi, 2 * np.pi) - np.pi
+    cdf = lambda x: (x + np.pi + 2 * a * np.sin(x)) / (2 * np.pi)  # noqa: E731
+    assert stats.kstest(phi, cdf).pvalue > 0.01
+    assert np.cos(phi).mean() == pytest.approx(a, abs=0.01)  # E[cos phi] = a
+
+
 def test_stencil_finds_every_cell_near_a_point():
     """The stencil of the cell under a point holds every cell of its layer within the radius
     of that point (compared with a brute-force distance over the layer)."""

@@ -61,12 +61,17 @@ class Spline(zuko.transforms.MonotonicRQSTransform):
 
 
 def _squashed_exp(x: torch.Tensor, s: float) -> torch.Tensor:
-    """exp(x / (1 + |s x|)); without temporaries where x needs no gradient (generation): on
-    CPU a fresh multi-MB tensor per step made this three times slower, measured."""
-    if x.requires_grad:
+    """exp(x / (1 + |s x|)); without temporaries where x needs no gradient and is not traced
+    for export (generation by torch): on CPU a fresh multi-MB tensor per step made this three
+    times slower, measured."""
+    if _recorded(x):
         return (x / (1 + abs(s * x))).exp()
-    a = x.abs().mul_(s).add_(1)
-    return torch.div(x, a, out=a).exp_()
+    return x.abs().mul_(s).add_(1).reciprocal_().mul_(x).exp_()
+
+
+def _recorded(x: torch.Tensor) -> bool:
+    """Whether operations on x are recorded (for gradients, or traced for export)."""
+    return x.requires_grad or torch.jit.is_tracing()
 
 
 def _knots(logits: torch.Tensor, squash: float, bound: float) -> torch.Tensor:
@@ -76,7 +81,7 @@ def _knots(logits: torch.Tensor, squash: float, bound: float) -> torch.Tensor:
     k = logits.shape[-1]
     upper = (torch.arange(k)[:, None] < torch.arange(k + 1)).to(logits.dtype)
     c = _squashed_exp(logits, squash) @ upper
-    if c.requires_grad:
+    if _recorded(c):
         return bound * (2 * c / c[..., -1:] - 1)
     return c.mul_(c[..., -1:].reciprocal().mul_(2 * bound)).sub_(bound)
 
@@ -141,7 +146,9 @@ class _TwoPassInverse(nn.Module):
     def _pass(self, i: int, inputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         d, k = y.shape[-1], self.bins
         phi = self.passes[i](inputs).split([d * k, d * k, d * (k - 1)], -1)
-        return Spline(*(p.unflatten(-1, (d, -1)) for p in phi)).inv(y)
+        # reshape, not unflatten(-1, (d, -1)): the ONNX export of that fixes the batch size
+        return Spline(*(p.reshape(-1, d, n) for p, n in zip(phi, (k, k, k - 1),
+                                                           strict=True))).inv(y)
 
     def forward(self, y: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         first = self._pass(0, c, y[:, self.first])

@@ -163,7 +163,9 @@ class ShowerGenerator(ABC):
         """``sample`` by the export program (torch) and the host step: as the ONNX Runtime
         back-end runs them, so the same seed gives the same showers in both."""
         program = self.export_module()
-        weights = tuple(p._version for p in program.parameters())  # changed by training steps
+        if "_params" not in self.__dict__:  # listing them takes longer than a shower at batch 1
+            self.__dict__["_params"] = list(program.parameters())
+        weights = tuple(p._version for p in self.__dict__["_params"])  # changed by training
         if self.__dict__.get("_host_weights") != weights:  # the host may hold network layers
             self.__dict__["_host"] = self.host(self.export_side(), self.geom)
             self.__dict__["_host_weights"] = weights

@@ -508,7 +508,8 @@ class LayerHits(LayerFlowGenerator):
 
     @torch.no_grad()
     def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
-        self.eval()
+        if self.training:
+            self.eval()
         return self.sample_program(primaries, rng)
 
 

@@ -190,7 +190,8 @@ class FlowGNN(LayerFlowGenerator):
     def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
         """Showers for the given primaries, placed on the geometry's cells: the sampler run as
         the ONNX Runtime back-end runs it (same seed, same showers)."""
-        self.eval()
+        if self.training:
+            self.eval()
         return self.sample_program(primaries, rng)
 
     # ---- persistence -------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,6 +61,10 @@ def test_production_files_are_complete_seeded_and_resumable(geometry, tmp_path):
 
     stamp = [f.stat().st_mtime_ns for f in files]
     files[1].unlink()  # as if killed before job 1 finished
+    manifest = tmp_path / "a" / "production.json"  # as written before the gun had --theta/--aim
+    old = json.loads(manifest.read_text())
+    del old["gun"]["theta_deg"], old["gun"]["aim_mm"]
+    manifest.write_text(json.dumps(old))
     run(path, tmp_path / "a")
     assert files[0].stat().st_mtime_ns == stamp[0]  # complete file skipped
     assert files[1].is_file()

@@ -70,6 +70,17 @@ def _child(spec_dict: dict, index: int, progress: mp.Queue, log_path: str) -> No
         progress.put(("error", index, traceback.format_exc()))
 
 
+
+def _same(old: dict, new: dict) -> bool:
+    """Whether a folder's production.json describes the production ``new``: its gun read
+    with today's defaults (a gun option added later must not stop an older production from
+    resuming)."""
+    try:
+        old = {**old, "gun": GunConfig(**old["gun"]).model_dump(mode="json")}
+    except (KeyError, TypeError, ValueError):
+        return False
+    return old == new
+
 def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs: int = 1,
              seed: int = 1, physics: str = "auto", em_option: int = 0,
              force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
@@ -110,7 +121,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
                 "upstream_x0": upstream_x0, "fast": fast, "scoring": scoring}
     manifest_path = out / "production.json"
     if out.exists() and any(out.iterdir()) and not force:
-        if not manifest_path.is_file() or json.loads(manifest_path.read_text()) != manifest:
+        if not manifest_path.is_file() or not _same(json.loads(manifest_path.read_text()),
+                                                    manifest):
             raise FastShowerError(f"output folder {out} exists and holds something else; choose "
                                   "another --out, or pass --force to overwrite it")
     if announce is not None:

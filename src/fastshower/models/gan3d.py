@@ -1,0 +1,327 @@
+"""3DGAN (issue 18): the ECAL of the CLIC-like grid as a 3-D image and a conditional 3-D
+convolutional GAN whose discriminator also regresses the physics (primary energy, deposited
+energy, incidence angle), after the CERN openlab work "Deep Learning for fast simulation"
+(Khattak et al., 2018).
+
+The image: for each of the first ``LAYERS`` layers (the grid's ECAL), the ``WINDOW`` x
+``WINDOW`` cells centred on the cell that the primary's straight line crosses in that layer.
+The window follows an inclined shower (shower coordinates), so 25 x 25 cells hold it at every
+angle of the sample; a window fixed at the impact point would lose the back of a shower
+inclined by 30 degrees (its axis moves ~15 cells over the ECAL). Cell values are
+``SCALE * (e / E_p) ** POWER``: the square root compresses the range of cell energies (the
+original used a power of 0.85 in later versions); generated cells below the readout threshold
+(half a MIP) are dropped.
+
+Training (the model owns its loss): both players step together in the trainer's one optimiser
+step. The discriminator's terms use real images and detached fakes; the generator's terms run
+the fakes through the discriminator with its parameters detached (torch.func.functional_call),
+so each player's gradient comes from its own terms only (simultaneous gradient steps instead of
+the original's alternating ones). Loss per player: the non-saturating adversarial BCE (real
+labels smoothed to 0.9: the stabilisation used) plus the auxiliary regressions, as the
+original: mean absolute percentage error of the primary and the deposited energy, absolute
+error of the incidence angle in radians (a percentage of an angle near 0 is meaningless).
+
+Approximations, named: energy outside the window (and in the HCAL) is not generated (the
+training data record how much); hit times are times of flight; cells of one layer are on the
+grid's lattice only (square cells).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+from torch.func import functional_call
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import Geometry
+from fastshower.geometry.grid import GridSegmentation
+from fastshower.geometry.showers import layer_z, line_at
+from fastshower.models.base import ShowerGenerator, TrainingRanges
+from fastshower.models.files import expand
+from fastshower.models.showers import THRESHOLD_MIP, particle_index, particle_names, to_batch
+from fastshower.simhits import Primaries, ShowerBatch
+
+LAYERS = 25  # the grid's ECAL
+WINDOW = 25  # cells per side of a layer's image (odd: the axis cell in the middle)
+SCALE, POWER = 10.0, 0.5  # cell value = SCALE * (e / E_p) ** POWER
+
+
+class Gan3DConfig(BaseModel):
+    """Sizes of the two networks, showers per step and the auxiliary terms' weight."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    latent: int = Field(64, gt=0)
+    channels: int = Field(16, gt=0)
+    batch: int = Field(32, gt=0)
+    aux_weight: float = Field(0.5, ge=0)
+
+
+def window_cells(geom: Geometry, primaries: Primaries) -> np.ndarray:
+    """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid."""
+    seg = geom.segmentation
+    if not isinstance(seg, GridSegmentation) or len(geom.layers) < LAYERS:
+        raise FastShowerError(f"gan3d needs a grid geometry (square cells, at least {LAYERS} "
+                              "layers: fastshower geometry build --builder grid)")
+    size, nx, ny = (a[:LAYERS] for a in (seg.cell_size, seg.nx, seg.ny))
+    ax, ay = _axis(geom, primaries)
+    off = np.arange(WINDOW) - WINDOW // 2
+    i = np.floor(ax / size + nx / 2)[..., None, None] + off[:, None]
+    j = np.floor(ay / size + ny / 2)[..., None, None] + off[None, :]
+    x = (i - nx[:, None, None] / 2 + 0.5) * size[:, None, None]
+    y = (j - ny[:, None, None] / 2 + 0.5) * size[:, None, None]
+    x, y = np.broadcast_arrays(x, y)
+    layer = np.broadcast_to(np.arange(LAYERS)[:, None, None], x.shape)
+    return geom.lookup(layer.ravel(), x.ravel(), y.ravel()).reshape(x.shape)
+
+
+def _axis(geom: Geometry, primaries: Primaries) -> tuple[np.ndarray, np.ndarray]:
+    """(P, LAYERS) x and y (mm) where the primaries' lines cross the ECAL layers."""
+    p, d = primaries.position_mm, primaries.direction
+    return line_at(layer_z(geom)[None, :LAYERS], p[:, 0:1], p[:, 1:2], p[:, 2:3],
+                   d[:, 0:1], d[:, 1:2], d[:, 2:3])
+
+
+
+def images(batch: ShowerBatch, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """(P, LAYERS, WINDOW, WINDOW) cell energies (MeV) of showers in their windows ``cells``,
+    and (P,) the energy of each shower's hits outside its window (ECAL and beyond)."""
+    event, ids, energy = batch.flat()
+    n = len(batch)
+    flat = cells.reshape(n, -1)
+    key = np.where(flat >= 0, np.arange(n)[:, None] * n_cells + flat, -1).ravel()
+    order = np.argsort(key)
+    hit = event * n_cells + ids
+    pos = np.minimum(np.searchsorted(key[order], hit), len(key) - 1)
+    inside = key[order][pos] == hit  # a window's cells are distinct, and so are a shower's hits
+    image = np.zeros(len(key), np.float32)
+    image[order[pos[inside]]] = energy[inside]
+    return image.reshape(cells.shape), np.bincount(event[~inside], energy[~inside], n)
+
+
+def to_values(e: np.ndarray, energy_mev: np.ndarray) -> np.ndarray:
+    """Cell energies (MeV, (P, ...)) -> image values."""
+    shape = (-1,) + (1,) * (e.ndim - 1)
+    return (SCALE * (e / energy_mev.reshape(shape)) ** POWER).astype(np.float32)
+
+
+def from_values(x, energy):
+    """Image values -> cell energies (MeV); numpy or torch."""
+    return energy.reshape((-1,) + (1,) * (x.ndim - 1)) * (x / SCALE) ** (1 / POWER)
+
+
+class Generator(nn.Module):
+    """(latent noise, conditions) -> image (P, LAYERS, WINDOW, WINDOW): a dense layer to
+    7^3 x 4C, then transposed 3-D convolutions 7 -> 13 -> 25 and a last convolution; ReLU
+    output (empty cells are exact zeros)."""
+
+    def __init__(self, latent: int, conditions: int, channels: int):
+        super().__init__()
+        c = channels
+        self.c = c
+        self.dense = nn.Linear(latent + conditions, 4 * c * 7 ** 3)
+        self.net = nn.Sequential(
+            nn.LeakyReLU(0.2), nn.ConvTranspose3d(4 * c, 2 * c, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1),
+            nn.LeakyReLU(0.2), nn.Conv3d(c, 1, 3, padding=1), nn.ReLU())
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.dense(torch.cat([z, cond], -1)).reshape(-1, 4 * self.c, 7, 7, 7)
+        return self.net(h)[:, 0]
+
+
+class Discriminator(nn.Module):
+    """image -> (real/fake logit, ln E_p, ln E_dep (MeV), incidence angle theta (rad)): strided
+    3-D convolutions 25 -> 13 -> 7 -> 4, then two dense layers; the image's summed energy also
+    enters the dense part, as the original's "ECAL sum" did."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        c = channels
+        self.conv = nn.Sequential(
+            nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv3d(2 * c, 4 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
+        self.head = nn.Sequential(nn.Linear(4 * c * 4 ** 3 + 1, 64), nn.LeakyReLU(0.2),
+                                  nn.Linear(64, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        total = torch.log1p(x.sum((1, 2, 3)))[:, None]
+        return self.head(torch.cat([self.conv(x[:, None]), total], -1))
+
+
+def _theta(direction: np.ndarray) -> np.ndarray:
+    """Polar angle (rad) of unit directions from the z axis (the grid's normal)."""
+    return np.arccos(np.clip(direction[:, 2], -1.0, 1.0))
+
+
+class ImageData:
+    """A split as images: values (N, LAYERS, WINDOW, WINDOW) float32, the primaries, and the
+    regression targets (ln E_p, ln E_dep in the window (MeV), theta)."""
+
+    def __init__(self, batch: ShowerBatch, geom: Geometry):
+        p = batch.primaries
+        e, self.outside_mev = images(batch, window_cells(geom, p), geom.n_cells)
+        self.primaries = p
+        self.values = to_values(e, p.energy_mev)
+        self.targets = np.stack([np.log(p.energy_mev), np.log(e.sum((1, 2, 3)) + 1e-3),
+                                 _theta(p.direction)], -1).astype(np.float32)
+        self.contained = float(e.sum() / max(e.sum() + self.outside_mev.sum(), 1e-12))
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+
+class Gan3D(nn.Module, ShowerGenerator):
+    """The generator, the discriminator and the condition normalisation; see the module
+    docstring."""
+
+    name = "gan3d"
+    training = "steps"
+    config_type = Gan3DConfig
+    questions: ClassVar[dict[str, str]] = {
+        "data_structure": f"the ECAL as a {LAYERS} x {WINDOW} x {WINDOW} image of cells centred "
+                          "on the primary's line in every layer; values 10 sqrt(e / E)",
+        "condition_encoding": "ln E standardised, theta (rad), cos and sin phi, particle one-hot",
+        "tuning": "adversarial (non-saturating BCE, real labels 0.9) plus auxiliary regressions "
+                  "of E, deposited energy and theta by the discriminator",
+        "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
+    loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "g_adv": 1.0,
+                                                "g_aux": 1.0}
+    stages: ClassVar[dict[str, tuple[str, ...]]] = {"generator": ("g_adv", "g_aux"),
+                                                    "discriminator": ("d_adv", "d_aux")}
+
+    def __init__(self, geom: Geometry, particles: list[str], cfg: Gan3DConfig, norms: dict):
+        super().__init__()
+        self.geom, self.particles, self.cfg, self.norms = geom, particles, cfg, norms
+        self.ranges = TrainingRanges.from_dict(norms["ranges"])
+        self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
+                             "g_aux": cfg.aux_weight}
+        self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels)
+        self.discriminator = Discriminator(cfg.channels)
+        window_cells(geom, Primaries(np.zeros(0, np.int32), np.zeros(0), np.zeros((0, 3)),
+                                     np.zeros((0, 3))))  # refuses a geometry it cannot use
+
+    # ---- conditions --------------------------------------------------------------------------
+    def conditions(self, primaries: Primaries) -> torch.Tensor:
+        """(n, 4 + particles): standardised ln E, theta, cos phi, sin phi, particle one-hot."""
+        d = primaries.direction
+        phi = np.arctan2(d[:, 1], d[:, 0])
+        num = np.stack([(np.log(primaries.energy_mev) - self.norms["log_e_mean"])
+                        / self.norms["log_e_std"], _theta(d), np.cos(phi), np.sin(phi)], -1)
+        onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
+        return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
+
+    # ---- training ----------------------------------------------------------------------------
+    @classmethod
+    def training_data(cls, batch: ShowerBatch, geom: Geometry) -> ImageData:
+        return ImageData(batch, geom)
+
+    @classmethod
+    def build(cls, data: ImageData, geom: Geometry, cfg: Gan3DConfig | None, seed: int) -> Gan3D:
+        log_e = np.log(data.primaries.energy_mev)
+        norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
+                 "ranges": TrainingRanges.of(data.primaries).to_dict()}
+        return cls(geom, particle_names(data.primaries.pdg), cfg or Gan3DConfig(), norms)
+
+    def _aux(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per shower: |relative error| of E_p and E_dep, |error| of theta (rad)."""
+        rel = (torch.exp(out[:, 1:3] - target[:, :2]) - 1).abs().sum(-1)
+        return rel + (out[:, 3] - target[:, 2]).abs()
+
+    def forward(self, data: ImageData, rng: np.random.Generator, scale: int = 1,
+                shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
+        """Loss terms as (sum, count) over this rank's share of the step's showers: each
+        player's adversarial BCE and auxiliary regression error (see the module docstring)."""
+        rank, world = shard
+        index = rng.choice(len(data), min(self.cfg.batch * scale, len(data)),
+                           replace=False)[rank::world]
+        real = torch.from_numpy(data.values[index])
+        target = torch.from_numpy(data.targets[index])
+        cond = self.conditions(data.primaries.subset(index))
+        z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
+        fake = self.generator(z, cond)
+        bce = nn.functional.binary_cross_entropy_with_logits
+        d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
+        d_adv = (bce(d_real[:, 0], torch.full_like(d_real[:, 0], 0.9), reduction="sum")
+                 + bce(d_fake[:, 0], torch.zeros_like(d_fake[:, 0]), reduction="sum"))
+        frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
+        g_out = functional_call(self.discriminator, frozen, (fake,))
+        n = float(len(index))
+        return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n),
+                "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
+                "g_aux": (self._aux(g_out, target).sum(), n)}
+
+    # ---- generation --------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
+        if self.training:
+            self.eval()
+        return self.sample_program(primaries, rng)
+
+    def export_module(self) -> nn.Module:
+        if "_program" not in self.__dict__:  # plain attribute: not a registered submodule
+            self.__dict__["_program"] = Gan3DProgram(self).eval()
+        return self.__dict__["_program"]
+
+    def export_side(self) -> dict:
+        return {"layers": LAYERS, "window": WINDOW}
+
+    @classmethod
+    def host(cls, side: dict, geom: Geometry):
+        """Images onto the grid's cells (place_image)."""
+        if (side["layers"], side["window"]) != (LAYERS, WINDOW):
+            raise FastShowerError(f"this gan3d was exported with {side['layers']} layers of "
+                                  f"{side['window']} cells; this version places {LAYERS} x "
+                                  f"{WINDOW}")
+        return lambda out, primaries, rng: place_image(out["image"], primaries, geom)
+
+    # ---- files -------------------------------------------------------------------------------
+    def state(self, stages: dict[str, dict] | None = None) -> dict:
+        weights = self.state_dict() if stages is None else {
+            f"{stage}.{k}": v for stage, sd in stages.items() for k, v in sd.items()}
+        return {"config": self.cfg.model_dump(), "particles": self.particles,
+                "norms": self.norms, "state_dict": weights}
+
+    @classmethod
+    def from_state(cls, d: dict, geom: Geometry) -> Gan3D:
+        model = cls(geom, d["particles"], Gan3DConfig(**d["config"]), d["norms"])
+        model.load_state_dict(expand(d["state_dict"]))
+        return model.eval()
+
+
+class Gan3DProgram(nn.Module):
+    """(energy MeV, position mm, direction, particle index, latent noise) -> cell energies
+    (P, LAYERS, WINDOW, WINDOW) MeV in the primary's window; the host puts them on cells."""
+
+    output_names = ("image",)
+
+    def __init__(self, model: Gan3D):
+        super().__init__()
+        self.generator = model.generator
+        self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
+        self.n_particles = len(model.particles)
+        self.noise = {"z": ("normal", (model.cfg.latent,))}
+
+    def forward(self, energy, position, direction, particle, z):
+        theta = torch.acos(direction[:, 2].clamp(-1.0, 1.0))
+        phi = torch.atan2(direction[:, 1], direction[:, 0])
+        cond = torch.cat([torch.stack([(torch.log(energy) - self.log_e[0]) / self.log_e[1],
+                                       theta, torch.cos(phi), torch.sin(phi)], -1),
+                          nn.functional.one_hot(particle, self.n_particles).float()], -1)
+        return (from_values(self.generator(z, cond), energy),)
+
+
+def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry) -> ShowerBatch:
+    """Showers from window images (MeV): each cell above the readout threshold onto its grid
+    cell (cells off the grid are dropped, as Geant4's energy there would be)."""
+    cells = window_cells(geom, primaries)
+    n = len(primaries)
+    shower = np.broadcast_to(np.arange(n)[:, None], (n, cells[0].size)).ravel()
+    ids, e = cells.ravel(), image.reshape(-1).astype(np.float64)
+    keep = (ids >= 0) & (e >= THRESHOLD_MIP * geom.mip_energy[np.maximum(ids, 0)])
+    return to_batch(primaries, geom, shower[keep], ids[keep], e[keep])

@@ -1,0 +1,95 @@
+"""The 3DGAN of issue 18 on the CLIC-like grid: images in shower coordinates, the training
+step of both players, and generation back onto the grid's cells."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastshower.errors import FastShowerError
+from fastshower.geometry import build_geometry, save
+from fastshower.inference.generate import load_generator
+from fastshower.inference.onnx import OnnxGenerator, export_model
+from fastshower.models.gan3d import LAYERS, WINDOW, Gan3D, images, place_image, window_cells
+from fastshower.simhits import read_sample
+from fastshower.simulation.gun import GunConfig, sample_primaries
+from fastshower.simulation.jobs import simulate
+from fastshower.training.loop import TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def grid_sample(tmp_path_factory):
+    """60 electrons of 10-30 GeV at 0-30 degrees through the centre of the grid's front face."""
+    tmp = tmp_path_factory.mktemp("gan3d")
+    geom = build_geometry("grid")
+    gpath = save(geom, tmp / "grid.h5")
+    gun = GunConfig(particle="e-", energy=[10.0, 30.0], spectrum="uniform", theta_deg=(0.0, 30.0),
+                    phi_deg=(0.0, 360.0), aim_mm=(0.0, 0.0, 1500.0))
+    simulate(gpath, gun, 60, tmp / "e-", jobs=2, seed=3, show_progress=False)
+    return geom, gpath, tmp
+
+
+def test_images_follow_the_shower_and_go_back_onto_the_same_cells(grid_sample):
+    geom, _, tmp = grid_sample
+    batch = read_sample(tmp / "e-")[0]
+    cells = window_cells(geom, batch.primaries)
+    assert cells.shape == (len(batch), LAYERS, WINDOW, WINDOW)
+    e, outside = images(batch, cells, geom.n_cells)
+    event, ids, energy = batch.flat()
+    ecal = geom.cells["layer"][ids] < LAYERS
+    # the window holds almost all of the ECAL's energy at every angle (inclined showers too)
+    assert e.sum() == pytest.approx(energy.sum() - outside.sum())
+    assert e.sum() / energy[ecal].sum() > 0.97
+    # the shower's maximum sits in the middle of the window
+    profile = e.sum((0, 1))
+    assert np.unravel_index(profile.argmax(), profile.shape) == (WINDOW // 2, WINDOW // 2)
+    placed = place_image(e, batch.primaries, geom)
+    again, _ = images(placed, cells, geom.n_cells)
+    above = e >= 0.5 * geom.mip_energy[np.maximum(cells, 0)]
+    np.testing.assert_allclose(again, np.where(above, e, 0.0), rtol=1e-6)
+
+
+def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample):
+    geom, gpath, tmp = grid_sample
+    cfg = TrainConfig(model="gan3d", max_steps=6, val_every=3, val_showers=10, warmup_steps=1,
+                      patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8})
+    record = train(str(tmp / "e-"), gpath, tmp / "run", cfg, show_progress=False)
+    assert record["step"] == 6 and np.isfinite(record["val_loss"])
+    model = load_generator(tmp / "run", geom)
+    assert isinstance(model, Gan3D)
+    # each player's gradient comes from its own terms only
+    data = Gan3D.training_data(read_sample(tmp / "e-")[0], geom)
+    terms = model.train()(data, np.random.default_rng(0))
+    terms["g_adv"][0].backward()
+    assert all(p.grad is None for p in model.discriminator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    model.zero_grad()
+    terms = model(data, np.random.default_rng(0))
+    terms["d_adv"][0].backward()
+    assert all(p.grad is None for p in model.generator.parameters())
+    # generation: cells of the grid's ECAL, above threshold, the same for the same seed
+    gun = GunConfig(particle="e-", energy=[20.0], theta_deg=(10.0, 20.0), phi_deg=(0.0, 360.0),
+                    aim_mm=(0.0, 0.0, 1500.0))
+    primaries = sample_primaries(gun, 5, np.random.default_rng(1))
+    with torch.no_grad():
+        showers = model.sample(primaries, np.random.default_rng(2))
+    event, ids, energy = showers.flat()
+    assert len(showers) == 5 and np.all(geom.cells["layer"][ids] < LAYERS)
+    assert np.all(energy >= 0.5 * geom.mip_energy[ids])
+    again = model.sample(primaries, np.random.default_rng(2)).flat()
+    assert np.array_equal(again[1], ids) and np.array_equal(again[2], energy)
+    # ONNX Runtime: the same showers for the same seed (to float32 rounding)
+    onnx = OnnxGenerator(export_model(model, tmp / "onnx"), geom)
+    o_event, o_ids, o_energy = onnx.sample(primaries, np.random.default_rng(2)).flat()
+    assert abs(len(o_ids) - len(ids)) <= 2
+    np.testing.assert_allclose(np.bincount(o_event, o_energy, 5), np.bincount(event, energy, 5),
+                               rtol=1e-3)
+
+
+def test_gan3d_refuses_a_geometry_without_square_cells():
+    from fastshower.models.gan3d import Gan3DConfig
+
+    with pytest.raises(FastShowerError, match="grid geometry"):
+        Gan3D(build_geometry("hgcal"), ["e-"], Gan3DConfig(),
+              {"log_e_mean": 0.0, "log_e_std": 1.0, "ranges": {"energy_gev": [1, 2]}})

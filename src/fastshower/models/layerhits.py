@@ -57,6 +57,7 @@ from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
 AXIS_MM = 15.0  # mm: the core whose shift is the flow's centre (core_shift)
+WIDE_CORE = 4.0  # core radii of at least this many circumradii: tail drawn from inside it
 HOST_BLOCK = 128  # showers placed together by the host step
 
 
@@ -264,9 +265,10 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     (cells whose centre lies within the pair's core radius, at most ``core_mm``, of the axis
     point; see core_radius) by independent inclusion with probability n x density x cell area,
     scaled so that their expected number is n x P(r < core radius); the sparse tail by points
-    drawn from the mixture beyond the core radius, on cells whose centres lie beyond it
-    (distinct cells in draw order), for the remaining hits. Work per pair: the cells of its core
-    (one at low density) and ~1.3 points per tail hit. Azimuths follow the law of ``anisotropy``
+    drawn from the mixture beyond the core radius (beyond one circumradius inside it for wide
+    cores), kept on cells whose centres lie beyond it (distinct cells in draw order), for the
+    remaining hits. Work per pair: the cells of its core (one at low density) and ~1.3 points
+    per tail hit. Azimuths follow the law of ``anisotropy``
     (tilt: the mixture's fourth part), measured from ``ahead`` (P, 2), the primary's transverse
     unit direction. Returns (pair, cell, u and cos(azimuth) of the cell, central: the cell is
     the one under the axis point)."""
@@ -299,15 +301,22 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     keep = order[_first_k(pair[order], n)]
     core_pair, core_cell, core_u, core_cos = pair[keep], cell[keep], u[keep], cos[keep]
     core_central = central[keep]
-    # tail: points beyond the core radius, on cells whose centres lie beyond it too (the core
-    # decided the others), for the hits the core did not give; distinct cells in draw order
+    # tail: points on cells whose centres lie beyond the core radius (the core decided the
+    # others), for the hits the core did not give; distinct cells in draw order. Where the
+    # core is several cells wide, points are drawn from one circumradius inside its radius:
+    # the inner parts of the cells that straddle it belong to the tail too (drawn beyond it,
+    # those cells were starved and their hits pushed outwards: 0.4 mm too wide above 100 GeV,
+    # measured); where it is a cell or two, the mixture's law of cell-centre distances is
+    # closer to points drawn beyond it (drawn from inside, low-energy photons came out narrow)
     need = n - np.bincount(core_pair, minlength=len(n))
+    circum = np.where(below >= 0, stencil.circumradius[below], 0.0)
+    r_from = np.where(r_core >= WIDE_CORE * circum, r_core - circum, r_core)
     t_pair, t_cell = np.zeros(0, np.int64), np.zeros(0, np.int64)
     for draws in (1.3, 2.0, 3.0):  # rounds with more points per missing hit; rarely a third
         if not need.any():
             break
-        p, cc = _tail_points((log_w, mean, sigma, tilt), need, r_core, axis, ahead, layer, geom,
-                             draws, rng)
+        p, cc = _tail_points((log_w, mean, sigma, tilt), need, r_from, r_core, axis, ahead,
+                             layer, geom, draws, rng)
         _, first = np.unique(np.concatenate([t_pair, p]) * geom.n_cells
                              + np.concatenate([t_cell, cc]), return_index=True)
         new = np.sort(first[first >= len(t_pair)]) - len(t_pair)
@@ -336,14 +345,14 @@ def _cos(geom: Geometry, cell: np.ndarray, xy: np.ndarray, ahead: np.ndarray) ->
     return (dx * ahead[:, 0] + dy * ahead[:, 1]) / np.maximum(np.hypot(dx, dy), 1e-9)
 
 
-def _tail_points(mixture, k: np.ndarray, r_core: np.ndarray, axis, ahead, layer,
-                 geom: Geometry, draws: float, rng: np.random.Generator):
-    """(pair, cell) of ceil(draws x k[p]) + 2 points per pair p drawn from its mixture beyond
-    r_core[p], in draw order (pairs ascending), keeping those on cells whose centres lie beyond
-    r_core too."""
+def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray, axis, ahead,
+                 layer, geom: Geometry, draws: float, rng: np.random.Generator):
+    """(pair, cell) of ceil(draws x k[p]) + 1 points per pair p drawn from its mixture beyond
+    r_from[p], in draw order (pairs ascending), keeping those on cells whose centres lie beyond
+    r_core[p]."""
     log_w, mean, sigma, tilt = mixture
     pair = np.repeat(np.arange(len(k)), np.where(k > 0, np.ceil(draws * k).astype(int) + 1, 0))
-    a = (np.log(r_core + R0_MM)[pair, None] - mean[pair]) / sigma[pair]
+    a = (np.log(r_from + R0_MM)[pair, None] - mean[pair]) / sigma[pair]
     w_tail = np.exp(log_w[pair]) * special.ndtr(-a)
     comp = _component(w_tail, rng)
     a = a[np.arange(len(pair)), comp]

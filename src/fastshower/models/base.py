@@ -30,7 +30,7 @@ from pydantic import BaseModel
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.models.files import load_model_file, save_atomic
+from fastshower.models.files import expand, load_model_file, save_atomic
 from fastshower.models.pretrained import pretrained
 from fastshower.models.showers import particle_index, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
@@ -272,6 +272,31 @@ def torch_call(module: torch.nn.Module) -> Callable[[dict], Sequence]:
             return [t.numpy() for t in module(**{k: torch.from_numpy(v)
                                                  for k, v in part.items()})]
     return call
+
+
+class NetworkGenerator(torch.nn.Module, ShowerGenerator):
+    """A generator made of torch networks, built from (geometry, particles, its config_type,
+    the normalisation constants fitted on its training sample): model files of those and the
+    weights."""
+
+    def __init__(self, geom: Geometry, particles: list[str], cfg: BaseModel, norms: dict):
+        super().__init__()
+        self.cfg, self.particles, self.norms, self.geom = cfg, particles, norms, geom
+        self.ranges = TrainingRanges.from_dict(norms["ranges"])
+
+    def state(self, stages: dict[str, dict] | None = None) -> dict:
+        """Everything generation needs; ``stages`` optionally gives each stage's weights
+        separately (e.g. each at its best validation loss)."""
+        weights = self.state_dict() if stages is None else {
+            f"{stage}.{k}": v for stage, sd in stages.items() for k, v in sd.items()}
+        return {"config": self.cfg.model_dump(), "particles": self.particles,
+                "norms": self.norms, "state_dict": weights}
+
+    @classmethod
+    def from_state(cls, d: dict, geom: Geometry) -> NetworkGenerator:
+        model = cls(geom, d["particles"], cls.config_type(**d["config"]), d["norms"])
+        model.load_state_dict(expand(d["state_dict"]))
+        return model.eval()
 
 
 def generator_class(name: str) -> type[ShowerGenerator]:

@@ -40,8 +40,7 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.geometry.grid import GridSegmentation
 from fastshower.geometry.showers import layer_z, line_at
-from fastshower.models.base import ShowerGenerator, TrainingRanges
-from fastshower.models.files import expand
+from fastshower.models.base import NetworkGenerator, TrainingRanges
 from fastshower.models.showers import THRESHOLD_MIP, particle_index, particle_names, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
@@ -176,7 +175,7 @@ class ImageData:
         return len(self.values)
 
 
-class Gan3D(nn.Module, ShowerGenerator):
+class Gan3D(NetworkGenerator):
     """The generator, the discriminator and the condition normalisation; see the module
     docstring."""
 
@@ -196,9 +195,7 @@ class Gan3D(nn.Module, ShowerGenerator):
                                                     "discriminator": ("d_adv", "d_aux")}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: Gan3DConfig, norms: dict):
-        super().__init__()
-        self.geom, self.particles, self.cfg, self.norms = geom, particles, cfg, norms
-        self.ranges = TrainingRanges.from_dict(norms["ranges"])
+        super().__init__(geom, particles, cfg, norms)
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
                              "g_aux": cfg.aux_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels)
@@ -279,19 +276,6 @@ class Gan3D(nn.Module, ShowerGenerator):
                                   f"{side['window']} cells; this version places {LAYERS} x "
                                   f"{WINDOW}")
         return lambda out, primaries, rng: place_image(out["image"], primaries, geom)
-
-    # ---- files -------------------------------------------------------------------------------
-    def state(self, stages: dict[str, dict] | None = None) -> dict:
-        weights = self.state_dict() if stages is None else {
-            f"{stage}.{k}": v for stage, sd in stages.items() for k, v in sd.items()}
-        return {"config": self.cfg.model_dump(), "particles": self.particles,
-                "norms": self.norms, "state_dict": weights}
-
-    @classmethod
-    def from_state(cls, d: dict, geom: Geometry) -> Gan3D:
-        model = cls(geom, d["particles"], Gan3DConfig(**d["config"]), d["norms"])
-        model.load_state_dict(expand(d["state_dict"]))
-        return model.eval()
 
 
 class Gan3DProgram(nn.Module):

@@ -30,8 +30,7 @@ from torch import nn
 
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import depth_x0
-from fastshower.models.base import ShowerGenerator, TrainingRanges
-from fastshower.models.files import expand
+from fastshower.models.base import NetworkGenerator
 from fastshower.models.flowgnn.data import TrainingData, fit_norms, layer_vector
 from fastshower.models.flowgnn.network import (
     OFFSET_SCALE,
@@ -48,7 +47,7 @@ __all__ = ["FlowGNN", "FlowGNNConfig", "FlowGNNSampler", "LayerFlowGenerator", "
            "fit_norms", "layer_vector"]
 
 
-class LayerFlowGenerator(nn.Module, ShowerGenerator):
+class LayerFlowGenerator(NetworkGenerator):
     """What generators built on the layer-level flow share: the flow and the normalisations
     fitted on the training sample, conditions as the flow's context, model files of (config,
     particles, norms, weights). Subclasses set ``config_type`` and add their second stage."""
@@ -58,12 +57,10 @@ class LayerFlowGenerator(nn.Module, ShowerGenerator):
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
 
     def __init__(self, geom: Geometry, particles: list[str], cfg, norms: dict):
-        super().__init__()
-        self.cfg, self.particles, self.norms, self.geom = cfg, particles, norms, geom
+        super().__init__(geom, particles, cfg, norms)
         self.n_layers = len(geom.layers)
         self.context_dim = 3 + len(particles)
         self.flow = LayerFlow(2 * self.n_layers + 2, self.context_dim, cfg)
-        self.ranges = TrainingRanges.from_dict(norms["ranges"])
         self.layer_sizes = np.bincount(geom.cells["layer"], minlength=self.n_layers)
         self.depth = depth_x0(geom).astype(np.float32)
 
@@ -81,20 +78,6 @@ class LayerFlowGenerator(nn.Module, ShowerGenerator):
         num = (np.stack([np.log(primaries.energy_mev), eta, phi], -1) - m) / s
         onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
         return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
-
-    def state(self, stages: dict[str, dict] | None = None) -> dict:
-        """Everything generation needs; ``stages`` optionally gives each stage's weights
-        separately (e.g. each at its best validation loss)."""
-        weights = self.state_dict() if stages is None else {
-            f"{stage}.{k}": v for stage, sd in stages.items() for k, v in sd.items()}
-        return {"config": self.cfg.model_dump(), "particles": self.particles,
-                "norms": self.norms, "state_dict": weights}
-
-    @classmethod
-    def from_state(cls, d: dict, geom: Geometry) -> LayerFlowGenerator:
-        model = cls(geom, d["particles"], cls.config_type(**d["config"]), d["norms"])
-        model.load_state_dict(expand(d["state_dict"]))
-        return model.eval()
 
 
 class FlowGNN(LayerFlowGenerator):

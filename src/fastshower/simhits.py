@@ -122,7 +122,11 @@ class ShowerBatch:
 
 def eta_phi_direction(eta, phi) -> np.ndarray:
     """(..., 3) unit vectors along pseudorapidity ``eta`` and azimuth ``phi`` (rad)."""
-    theta = 2 * np.arctan(np.exp(-np.asarray(eta, dtype=np.float64)))
+    return theta_phi_direction(2 * np.arctan(np.exp(-np.asarray(eta, dtype=np.float64))), phi)
+
+
+def theta_phi_direction(theta, phi) -> np.ndarray:
+    """(..., 3) unit vectors at polar angle ``theta`` from +z and azimuth ``phi`` (rad)."""
     return np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi), np.cos(theta)], -1)
 
 

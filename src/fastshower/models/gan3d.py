@@ -39,7 +39,7 @@ from torch.func import functional_call
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.geometry.grid import GridSegmentation
-from fastshower.geometry.showers import layer_z, line_at
+from fastshower.geometry.showers import axis_points
 from fastshower.models.base import NetworkGenerator, TrainingRanges
 from fastshower.models.showers import THRESHOLD_MIP, particle_index, particle_names, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
@@ -60,30 +60,28 @@ class Gan3DConfig(BaseModel):
     aux_weight: float = Field(0.5, ge=0)
 
 
-def window_cells(geom: Geometry, primaries: Primaries) -> np.ndarray:
-    """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid."""
+def _require_grid(geom: Geometry) -> GridSegmentation:
+    """The grid segmentation of ``geom``; one clear error for a geometry gan3d cannot use."""
     seg = geom.segmentation
     if not isinstance(seg, GridSegmentation) or len(geom.layers) < LAYERS:
         raise FastShowerError(f"gan3d needs a grid geometry (square cells, at least {LAYERS} "
                               "layers: fastshower geometry build --builder grid)")
+    return seg
+
+
+def window_cells(geom: Geometry, primaries: Primaries) -> np.ndarray:
+    """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid."""
+    seg = _require_grid(geom)
     size, nx, ny = (a[:LAYERS] for a in (seg.cell_size, seg.nx, seg.ny))
-    ax, ay = _axis(geom, primaries)
+    axis = axis_points(primaries, geom)[:, :LAYERS]
     off = np.arange(WINDOW) - WINDOW // 2
-    i = np.floor(ax / size + nx / 2)[..., None, None] + off[:, None]
-    j = np.floor(ay / size + ny / 2)[..., None, None] + off[None, :]
+    i = np.floor(axis[..., 0] / size + nx / 2)[..., None, None] + off[:, None]
+    j = np.floor(axis[..., 1] / size + ny / 2)[..., None, None] + off[None, :]
     x = (i - nx[:, None, None] / 2 + 0.5) * size[:, None, None]
     y = (j - ny[:, None, None] / 2 + 0.5) * size[:, None, None]
     x, y = np.broadcast_arrays(x, y)
     layer = np.broadcast_to(np.arange(LAYERS)[:, None, None], x.shape)
     return geom.lookup(layer.ravel(), x.ravel(), y.ravel()).reshape(x.shape)
-
-
-def _axis(geom: Geometry, primaries: Primaries) -> tuple[np.ndarray, np.ndarray]:
-    """(P, LAYERS) x and y (mm) where the primaries' lines cross the ECAL layers."""
-    p, d = primaries.position_mm, primaries.direction
-    return line_at(layer_z(geom)[None, :LAYERS], p[:, 0:1], p[:, 1:2], p[:, 2:3],
-                   d[:, 0:1], d[:, 1:2], d[:, 2:3])
-
 
 
 def images(batch: ShowerBatch, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -158,6 +156,17 @@ def _theta(direction: np.ndarray) -> np.ndarray:
     return np.arccos(np.clip(direction[:, 2], -1.0, 1.0))
 
 
+def conditions(energy, direction, particle, log_e: tuple[float, float], n_particles: int):
+    """(n, 4 + particles) float32 tensor: standardised ln E, theta (rad), cos phi, sin phi and
+    the particle one-hot, from tensors (energy MeV, unit direction, particle index): the one
+    formula of training and of the generation program."""
+    theta = torch.acos(direction[:, 2].clamp(-1.0, 1.0))
+    phi = torch.atan2(direction[:, 1], direction[:, 0])
+    return torch.cat([torch.stack([(torch.log(energy) - log_e[0]) / log_e[1], theta,
+                                   torch.cos(phi), torch.sin(phi)], -1).float(),
+                      nn.functional.one_hot(particle, n_particles).float()], -1)
+
+
 class ImageData:
     """A split as images: values (N, LAYERS, WINDOW, WINDOW) float32, the primaries, and the
     regression targets (ln E_p, ln E_dep in the window (MeV), theta)."""
@@ -169,7 +178,6 @@ class ImageData:
         self.values = to_values(e, p.energy_mev)
         self.targets = np.stack([np.log(p.energy_mev), np.log(e.sum((1, 2, 3)) + 1e-3),
                                  _theta(p.direction)], -1).astype(np.float32)
-        self.contained = float(e.sum() / max(e.sum() + self.outside_mev.sum(), 1e-12))
 
     def __len__(self) -> int:
         return len(self.values)
@@ -200,18 +208,16 @@ class Gan3D(NetworkGenerator):
                              "g_aux": cfg.aux_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels)
         self.discriminator = Discriminator(cfg.channels)
-        window_cells(geom, Primaries(np.zeros(0, np.int32), np.zeros(0), np.zeros((0, 3)),
-                                     np.zeros((0, 3))))  # refuses a geometry it cannot use
+        _require_grid(geom)
 
     # ---- conditions --------------------------------------------------------------------------
     def conditions(self, primaries: Primaries) -> torch.Tensor:
-        """(n, 4 + particles): standardised ln E, theta, cos phi, sin phi, particle one-hot."""
-        d = primaries.direction
-        phi = np.arctan2(d[:, 1], d[:, 0])
-        num = np.stack([(np.log(primaries.energy_mev) - self.norms["log_e_mean"])
-                        / self.norms["log_e_std"], _theta(d), np.cos(phi), np.sin(phi)], -1)
-        onehot = np.eye(len(self.particles))[particle_index(primaries.pdg, self.particles)]
-        return torch.from_numpy(np.concatenate([num, onehot], -1).astype(np.float32))
+        """(n, 4 + particles) generator conditions of primaries (see ``conditions``)."""
+        return conditions(torch.from_numpy(primaries.energy_mev),
+                          torch.from_numpy(primaries.direction),
+                          torch.from_numpy(particle_index(primaries.pdg, self.particles)),
+                          (self.norms["log_e_mean"], self.norms["log_e_std"]),
+                          len(self.particles))
 
     # ---- training ----------------------------------------------------------------------------
     @classmethod
@@ -292,11 +298,7 @@ class Gan3DProgram(nn.Module):
         self.noise = {"z": ("normal", (model.cfg.latent,))}
 
     def forward(self, energy, position, direction, particle, z):
-        theta = torch.acos(direction[:, 2].clamp(-1.0, 1.0))
-        phi = torch.atan2(direction[:, 1], direction[:, 0])
-        cond = torch.cat([torch.stack([(torch.log(energy) - self.log_e[0]) / self.log_e[1],
-                                       theta, torch.cos(phi), torch.sin(phi)], -1),
-                          nn.functional.one_hot(particle, self.n_particles).float()], -1)
+        cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
         return (from_values(self.generator(z, cond), energy),)
 
 

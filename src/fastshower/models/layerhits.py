@@ -268,10 +268,9 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     drawn from the mixture beyond the core radius (beyond one circumradius inside it for wide
     cores), kept on cells whose centres lie beyond it (distinct cells in draw order), for the
     remaining hits. Work per pair: the cells of its core (one at low density) and ~1.3 points
-    per tail hit. Azimuths follow the law of ``anisotropy``
-    (tilt: the mixture's fourth part), measured from ``ahead`` (P, 2), the primary's transverse
-    unit direction. Returns (pair, cell, u and cos(azimuth) of the cell, central: the cell is
-    the one under the axis point)."""
+    per tail hit. Azimuths follow the law of ``anisotropy`` (tilt: the mixture's fourth part),
+    measured from ``ahead`` (P, 2), the primary's transverse unit direction. Returns (pair,
+    cell, u and cos(azimuth) of the cell, central: the cell is the one under the axis point)."""
     log_w, mean, log_sigma, tilt = mixture[:4]
     sigma = np.exp(log_sigma)
     c = geom.cells

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.simhits import PARTICLES, Primaries, eta_phi_direction
+from fastshower.simhits import PARTICLES, Primaries, eta_phi_direction, theta_phi_direction
 
 AIM_LEAD_MM = 100.0  # with an aim point, vertices sit this far before it along the line
 
@@ -95,8 +95,7 @@ def sample_primaries(cfg: GunConfig, n: int, rng: np.random.Generator) -> Primar
     else:
         theta = np.deg2rad(rng.uniform(*cfg.theta_deg, n))
         phi = np.deg2rad(rng.uniform(*cfg.phi_deg, n))
-        direction = np.stack([np.sin(theta) * np.cos(phi), np.sin(theta) * np.sin(phi),
-                              np.cos(theta)], -1)
+        direction = theta_phi_direction(theta, phi)
     vertex = rng.normal(0.0, 1.0, (n, 3)) * np.asarray(cfg.vertex_sigma)
     if cfg.aim_mm is not None:
         vertex += np.asarray(cfg.aim_mm) - AIM_LEAD_MM * direction

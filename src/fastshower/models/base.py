@@ -292,6 +292,14 @@ class NetworkGenerator(torch.nn.Module, ShowerGenerator):
         return {"config": self.cfg.model_dump(), "particles": self.particles,
                 "norms": self.norms, "state_dict": weights}
 
+    @torch.no_grad()
+    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
+        """Showers for the given primaries, placed on the geometry's cells: the export program
+        and the host step, as the ONNX Runtime back-end runs them (same seed, same showers)."""
+        if self.training:
+            self.eval()
+        return self.sample_program(primaries, rng)
+
     @classmethod
     def from_state(cls, d: dict, geom: Geometry) -> NetworkGenerator:
         model = cls(geom, d["particles"], cls.config_type(**d["config"]), d["norms"])

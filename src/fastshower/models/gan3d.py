@@ -260,12 +260,6 @@ class Gan3D(NetworkGenerator):
                 "g_aux": (self._aux(g_out, target).sum(), n)}
 
     # ---- generation --------------------------------------------------------------------------
-    @torch.no_grad()
-    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
-        if self.training:
-            self.eval()
-        return self.sample_program(primaries, rng)
-
     def export_module(self) -> nn.Module:
         if "_program" not in self.__dict__:  # plain attribute: not a registered submodule
             self.__dict__["_program"] = Gan3DProgram(self).eval()

@@ -514,12 +514,6 @@ class LayerHits(LayerFlowGenerator):
     def host(cls, side: dict, geom: Geometry) -> Placement:
         return Placement(side, geom)
 
-    @torch.no_grad()
-    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
-        if self.training:
-            self.eval()
-        return self.sample_program(primaries, rng)
-
 
 class LayerHitsProgram(nn.Module):
     """(energy MeV (P,), position mm (P, 3), unit direction (P, 3), particle index (P,), flow

@@ -169,13 +169,5 @@ class FlowGNN(LayerFlowGenerator):
             self.__dict__["_sampler"] = FlowGNNSampler(self).eval()
         return self.__dict__["_sampler"]
 
-    @torch.no_grad()
-    def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
-        """Showers for the given primaries, placed on the geometry's cells: the sampler run as
-        the ONNX Runtime back-end runs it (same seed, same showers)."""
-        if self.training:
-            self.eval()
-        return self.sample_program(primaries, rng)
-
     # ---- persistence -------------------------------------------------------------------------
 

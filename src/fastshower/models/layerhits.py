@@ -184,10 +184,11 @@ def _first_k(group: np.ndarray, k: np.ndarray) -> np.ndarray:
     return np.arange(len(group)) - start[group] < k[group]
 
 
-def _radius(geom: Geometry, cell: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """Distances (mm) of cell centres from points ``xy`` (n, 2) in their layer planes."""
+def _offsets(geom: Geometry, cell: np.ndarray, xy: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(dx, dy, r) mm of cell centres from points ``xy`` (n, 2) in their layer planes."""
     c = geom.cells
-    return np.hypot(c["x"][cell] - xy[:, 0], c["y"][cell] - xy[:, 1])
+    dx, dy = c["x"][cell] - xy[:, 0], c["y"][cell] - xy[:, 1]
+    return dx, dy, np.hypot(dx, dy)
 
 
 class Stencil:
@@ -240,10 +241,11 @@ class Stencil:
 def _hit_density(mixture, n: np.ndarray, r: np.ndarray) -> np.ndarray:
     """Hits per mm^2 at radius r (mm) of each pair with n hits and the radial mixture in u
     (r: (P,) or (P, G))."""
-    log_w, mean, sigma = (a[:, None, :] for a in mixture)
+    log_w, mean, sigma = mixture
+    log_w = (log_w - np.log(sigma))[:, None, :]
     r = r.reshape(len(n), -1)
-    z = (np.log(r + R0_MM)[..., None] - mean) / sigma
-    p_u = (np.exp(log_w - 0.5 * z * z) / sigma).sum(-1) / np.sqrt(2 * np.pi)
+    z = (np.log(r + R0_MM)[..., None] - mean[:, None, :]) / sigma[:, None, :]
+    p_u = np.exp(log_w - 0.5 * z * z).sum(-1) / np.sqrt(2 * np.pi)
     return n[:, None] * p_u / (2 * np.pi * r * (r + R0_MM))
 
 
@@ -253,7 +255,8 @@ def core_radius(mixture, n: np.ndarray, cell_area: np.ndarray, max_mm: float,
     expect at least ``hits_per_cell`` hits: on 12 radii from 3 mm to ``max_mm``, the largest
     (the smallest if none); beyond it points rarely share a cell."""
     grid = np.geomspace(3.0, max_mm, 12)
-    dense = _hit_density(mixture, n, np.broadcast_to(grid, (len(n), 12))) * cell_area[:, None]
+    radii = np.broadcast_to(grid.astype(mixture[0].dtype), (len(n), 12))
+    dense = _hit_density(mixture, n, radii) * cell_area[:, None]
     return grid[np.where(dense >= hits_per_cell, np.arange(12), 0).max(-1)]
 
 
@@ -275,16 +278,17 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     sigma = np.exp(log_sigma)
     c = geom.cells
     below = geom.lookup(layer, axis[:, 0], axis[:, 1])
-    r_core = core_radius((log_w, mean, sigma), n, c["area"][below], core_mm, hits_per_cell)
+    single = tuple(a.astype(np.float32) for a in (log_w, mean, sigma))  # densities: 2x faster
+    r_core = core_radius(single, n, c["area"][below], core_mm, hits_per_cell)
     # core: every cell within r_core of the axis point, from the stencil of the cell under it
     pair, cell = stencil.rows(below, r_core)
-    r = _radius(geom, cell, axis[pair])
+    dx, dy, r = _offsets(geom, cell, axis[pair])
     near = r <= r_core[pair]
-    pair, cell, r = pair[near], cell[near], r[near]
+    pair, cell, dx, dy, r = pair[near], cell[near], dx[near], dy[near], r[near]
     central = cell == below[pair]
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
-    u, cos = np.log(r + R0_MM), _cos(geom, cell, axis[pair], ahead[pair])
-    pi = _hit_density((log_w[pair], mean[pair], sigma[pair]), n[pair], r_eff)[:, 0] \
+    u, cos = np.log(r + R0_MM), _cos(dx, dy, r, ahead[pair])
+    pi = _hit_density([a[pair] for a in single], n[pair], r_eff.astype(np.float32))[:, 0] \
         * c["area"][cell] * (1 + 2 * anisotropy(tilt[pair], u) * cos)
     u_core = np.log(r_core + R0_MM)[:, None]
     inside = (np.exp(log_w) * special.ndtr((u_core - mean) / sigma)).sum(-1)  # P(r < core)
@@ -294,10 +298,12 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
         pi = np.minimum(pi, 1.0)
         got = np.bincount(pair[~central], pi[~central], len(n))
         pi = np.where(central, p_c[pair], pi * (want / np.maximum(got, 1e-12))[pair])
-    take = np.flatnonzero(rng.uniform(size=len(pi)) < np.minimum(pi, 1.0))
-    rank = np.where(central[take], 2.0, pi[take])  # the cell under the axis first
-    order = take[np.lexsort((-rank - rng.uniform(0, 1e-9, len(take)), pair[take]))]
-    keep = order[_first_k(pair[order], n)]
+    keep = np.flatnonzero(rng.uniform(size=len(pi)) < np.minimum(pi, 1.0))
+    over = np.flatnonzero((np.bincount(pair[keep], minlength=len(n)) > n)[pair[keep]])
+    if len(over):  # pairs with more core cells than hits keep their n likeliest
+        rank = np.where(central[keep[over]], 2.0, pi[keep[over]])  # the cell under the axis first
+        order = over[np.lexsort((-rank - rng.uniform(0, 1e-9, len(over)), pair[keep[over]]))]
+        keep = np.delete(keep, order[~_first_k(pair[keep[order]], n)])
     core_pair, core_cell, core_u, core_cos = pair[keep], cell[keep], u[keep], cos[keep]
     core_central = central[keep]
     # tail: points on cells whose centres lie beyond the core radius (the core decided the
@@ -322,8 +328,8 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
         new = new[_first_k(p[new], need)]
         t_pair, t_cell = np.concatenate([t_pair, p[new]]), np.concatenate([t_cell, cc[new]])
         need -= np.bincount(p[new], minlength=len(n))
-    t_u = np.log(_radius(geom, t_cell, axis[t_pair]) + R0_MM)
-    t_cos = _cos(geom, t_cell, axis[t_pair], ahead[t_pair])
+    t_r, t_cos = _polar(geom, t_cell, axis[t_pair], ahead[t_pair])
+    t_u = np.log(t_r + R0_MM)
     return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
             np.concatenate([core_u, t_u]), np.concatenate([core_cos, t_cos]),
             np.concatenate([core_central, np.zeros(len(t_pair), bool)]))
@@ -336,12 +342,16 @@ def _ahead(primaries: Primaries) -> np.ndarray:
     return np.where(norm[:, None] > 1e-9, d / np.maximum(norm, 1e-9)[:, None], [0.0, 1.0])
 
 
-def _cos(geom: Geometry, cell: np.ndarray, xy: np.ndarray, ahead: np.ndarray) -> np.ndarray:
-    """cos of the azimuth of cell centres around points ``xy`` (n, 2) from the unit vectors
-    ``ahead`` (n, 2); 0 at the point itself."""
-    c = geom.cells
-    dx, dy = c["x"][cell] - xy[:, 0], c["y"][cell] - xy[:, 1]
-    return (dx * ahead[:, 0] + dy * ahead[:, 1]) / np.maximum(np.hypot(dx, dy), 1e-9)
+def _cos(dx: np.ndarray, dy: np.ndarray, r: np.ndarray, ahead: np.ndarray) -> np.ndarray:
+    """cos of the azimuth of offsets (dx, dy) of length r from the unit vectors ``ahead``
+    (n, 2); 0 at the point itself."""
+    return (dx * ahead[:, 0] + dy * ahead[:, 1]) / np.maximum(r, 1e-9)
+
+
+def _polar(geom: Geometry, cell: np.ndarray, xy: np.ndarray, ahead: np.ndarray):
+    """(r mm, cos of the azimuth from ``ahead``) of cell centres around points ``xy``."""
+    dx, dy, r = _offsets(geom, cell, xy)
+    return r, _cos(dx, dy, r, ahead)
 
 
 def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray, axis, ahead,
@@ -363,7 +373,7 @@ def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray,
     xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
     cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
     ok = cell >= 0
-    ok[ok] = _radius(geom, cell[ok], axis[pair[ok]]) > r_core[pair[ok]]
+    ok[ok] = _offsets(geom, cell[ok], axis[pair[ok]])[2] > r_core[pair[ok]]
     return pair[ok], cell[ok]
 
 
@@ -408,8 +418,7 @@ class HitData(TrainingData):
         c = geom.cells
         layer = c["layer"][self.hit_id]
         axis = self.axis[self.hit_event, layer] + self.centre[self.hit_event]
-        r = _radius(geom, self.hit_id, axis)
-        cos = _cos(geom, self.hit_id, axis, _ahead(batch.primaries)[self.hit_event])
+        r, cos = _polar(geom, self.hit_id, axis, _ahead(batch.primaries)[self.hit_event])
         central = self.hit_id == geom.lookup(layer, axis[:, 0], axis[:, 1])
         mean_e = self.e_layer[self.hit_event, layer] / self.n_layer[self.hit_event, layer]
         n_layers = len(geom.layers)

@@ -1,9 +1,10 @@
 """Training of the generators: `train` fits a registered generator on the train split of a
 Geant4 sample and writes a run folder (see runs.py). Generators fitted in one pass are fitted;
 generators trained by steps own their loss (``forward`` returns its terms) and this loop only
-steps: validation every N steps with the validation suite's metrics, early stopping per
-parameter group ("stage"), best and last checkpoints, and an exact resume after a crash: the
-mini-batches of step k depend only on (seed, k), so a resumed run replays the same steps.
+steps: validation every N steps with the validation suite's metrics, early stopping and
+gradient clipping per parameter group ("stage"), best and last checkpoints, and an exact
+resume after a crash: the mini-batches of step k depend only on (seed, k), so a resumed run
+replays the same steps.
 
 Under torchrun (see distributed.py) models train with DistributedDataParallel: every rank
 draws the same global mini-batch of step k and computes the loss of its own share of it,
@@ -244,7 +245,8 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
             losses = _losses(net, tr, cfg, rng, ranks)
             opt.zero_grad()
             losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            for stage in model.stages:  # each stage its own norm: none throttles another
+                torch.nn.utils.clip_grad_norm_(getattr(model, stage).parameters(), 5.0)
             opt.step()
             sched.step()
             step += 1

@@ -361,14 +361,13 @@ def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray,
     r_core[p]."""
     log_w, mean, sigma, tilt = mixture
     pair = np.repeat(np.arange(len(k)), np.where(k > 0, np.ceil(draws * k).astype(int) + 1, 0))
-    a = (np.log(r_from + R0_MM)[pair, None] - mean[pair]) / sigma[pair]
-    w_tail = np.exp(log_w[pair]) * special.ndtr(-a)
-    comp = _component(w_tail, rng)
-    a = a[np.arange(len(pair)), comp]
-    q = special.ndtr(a) + rng.uniform(size=len(pair)) * special.ndtr(-a)
+    a = (np.log(r_from + R0_MM)[:, None] - mean) / sigma  # (P, K): the cut per component
+    inside, outside = special.ndtr(a), special.ndtr(-a)
+    comp = _component((np.exp(log_w) * outside)[pair], rng)
+    q = inside[pair, comp] + rng.uniform(size=len(pair)) * outside[pair, comp]
     u = mean[pair, comp] + sigma[pair, comp] * special.ndtri(np.minimum(q, 1 - 1e-12))
     phi = _azimuths(anisotropy(tilt[pair], u), rng)
-    phi += np.arctan2(ahead[pair, 1], ahead[pair, 0])
+    phi += np.arctan2(ahead[:, 1], ahead[:, 0])[pair]
     rad = np.exp(u) - R0_MM
     xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
     cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])

@@ -15,16 +15,11 @@ from fastshower.models.showers import layer_summary, shower_centre
 from fastshower.simhits import ShowerBatch
 
 
-def layer_vector(e_layer, n_layer, centre, e_inc, rng: np.random.Generator,
-                 total: bool = False) -> np.ndarray:
-    """(n, 2L + 2) unscaled flow features, dequantised: ln(E_l / E_inc), ln(1 + N_l), centre;
-    with ``total`` (2L + 3): ln(E_l / E_vis) for the layers and ln(E_vis / E_inc) last."""
-    e = e_layer + rng.uniform(0, E_DEQUANT, e_layer.shape)
-    scale = e.sum(-1, keepdims=True) if total else e_inc[:, None]
-    u = np.log(e / scale)
+def layer_vector(e_layer, n_layer, centre, e_inc, rng: np.random.Generator) -> np.ndarray:
+    """(n, 2L + 2) unscaled flow features, dequantised: ln(E_l / E_inc), ln(1 + N_l), centre."""
+    u = np.log((e_layer + rng.uniform(0, E_DEQUANT, e_layer.shape)) / e_inc[:, None])
     v = np.log1p(n_layer + rng.uniform(0, 1, n_layer.shape))
-    last = [np.log(scale / e_inc[:, None])] if total else []
-    return np.concatenate([u, v, centre / CENTRE_SCALE, *last], -1).astype(np.float32)
+    return np.concatenate([u, v, centre / CENTRE_SCALE], -1).astype(np.float32)
 
 
 class TrainingData:
@@ -47,7 +42,7 @@ class TrainingData:
 
     def flow_batch(self, model, index: np.ndarray, rng: np.random.Generator):
         x = layer_vector(self.e_layer[index], self.n_layer[index], self.centre[index],
-                         self.primaries.energy_mev[index], rng, model.cfg.total_energy)
+                         self.primaries.energy_mev[index], rng)
         x = (x - model.norms["flow_mean"]) / model.norms["flow_std"]
         ctx = model.context(self.primaries.subset(index))
         return torch.from_numpy(x.astype(np.float32)), ctx
@@ -77,15 +72,13 @@ class TrainingData:
         return groups
 
 
-def fit_norms(data: TrainingData, particles: list[str], seed: int = 0,
-              total: bool = False) -> dict:
-    """Standardisation constants and the condition ranges of the training split (``total``:
-    the flow's features as layer_vector's)."""
+def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
+    """Standardisation constants and the condition ranges of the training split."""
     p = data.primaries
     eta, phi = p.eta_phi()
     num = np.stack([np.log(p.energy_mev), eta, phi], -1)
     x = layer_vector(data.e_layer, data.n_layer, data.centre, p.energy_mev,
-                     np.random.default_rng(seed), total)
+                     np.random.default_rng(seed))
     return {"context_mean": num.mean(0).tolist(), "context_std": (num.std(0) + 1e-6).tolist(),
             "flow_mean": x.mean(0).tolist(), "flow_std": (x.std(0) + 1e-3).tolist(),
             "flow_min": x.min(0).tolist(), "flow_max": x.max(0).tolist(),

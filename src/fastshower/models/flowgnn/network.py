@@ -32,11 +32,6 @@ class LayerFlowConfig(BaseModel):
     flow_hidden: int = Field(64, gt=0)
     flow_bins: int = Field(8, gt=1)
     flow_batch: int = Field(256, gt=0)
-    # the flow draws the visible energy ln(E_vis / E) as one feature and the layers' shares
-    # ln(E_l / E_vis), renormalised to sum to 1 in generation (as CaloFlow's energy flow):
-    # drawn as ln(E_l / E) each, the layers' sum came out 12-18 % too wide (response spread,
-    # test splits); False: the models before session 9
-    total_energy: bool = False
 
 
 class FlowGNNConfig(LayerFlowConfig):
@@ -235,7 +230,6 @@ class LayerLevel(nn.Module):
         lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
         self.n_layers = len(model.layer_sizes)
         self.flow_dim = len(n["flow_mean"])
-        self.total_energy = model.cfg.total_energy
         register_buffers(self, {
             "sizes": model.layer_sizes,
             "context_mean": n["context_mean"], "context_std": n["context_std"],
@@ -256,10 +250,7 @@ class LayerLevel(nn.Module):
         hits = torch.minimum(hits, self.sizes.float())
         e_layer = torch.exp(x[:, :n_l].clamp(-30, 2)) * energy[:, None]
         e_layer = torch.where(hits > 0, e_layer, torch.zeros_like(e_layer))
-        if self.total_energy:  # shares of the visible energy, drawn as the last feature
-            total = torch.exp(x[:, -1:].clamp(-30, 2)) * energy[:, None]
-            e_layer = e_layer * total / e_layer.sum(-1, keepdim=True).clamp(min=1e-12)
-        return ctx, e_layer, hits, x[:, 2 * n_l:2 * n_l + 2] * CENTRE_SCALE
+        return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
 
 
 def pair_features(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,

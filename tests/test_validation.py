@@ -18,7 +18,9 @@ from fastshower.validation.metrics import (
     classifier_test,
     compare,
     compare_with_floor,
+    fpd,
     frechet_distance,
+    halves,
     kernel_distance,
     roc_auc,
 )
@@ -78,6 +80,13 @@ def test_identical_samples_are_indistinguishable():
     assert all(v == pytest.approx(0.0, abs=1e-12) for o in m["observables"].values()
                for v in o.values())
     assert m["fpd"] == pytest.approx(0.0, abs=1e-6)
+    assert fpd(feats, feats) == pytest.approx(0.0, abs=1e-6)
+    # shifted by half a standard deviation in each of 4 features, covariance unchanged: 4 x 0.25
+    assert fpd(feats, {k: v + 0.5 * v.std() for k, v in feats.items()}) == pytest.approx(1.0,
+                                                                                      abs=1e-6)
+    first, second, pick = halves(600, 500, seed=3)  # compare_with_floor's draw
+    assert sorted(np.concatenate([first, second])) == list(range(600))
+    assert len(pick) == 300 and len(set(pick)) == 300 and pick.max() < 500
     assert abs(m["kpd"]) < 0.05  # unbiased estimate: fluctuates around zero
     shifted = compare(feats, {k: v + 0.5 for k, v in feats.items()})
     assert shifted["kpd"] > 20 * abs(m["kpd"])

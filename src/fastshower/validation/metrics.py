@@ -162,6 +162,21 @@ def compare(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray], seed: int = 
     return out
 
 
+def halves(n_ref: int, n_gen: int, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """(first, second, pick): the reference's two random halves and a random subset of the
+    generated sample of the second half's size, as compare_with_floor draws them."""
+    rng = np.random.default_rng(seed)
+    perm = rng.permutation(n_ref)
+    first, second = perm[: n_ref // 2], perm[n_ref // 2:]
+    return first, second, rng.permutation(n_gen)[: len(second)]
+
+
+def fpd(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray]) -> float:
+    """FPD of gen against ref over their shared observables, standardised by ref."""
+    xr, xg = (np.stack([d[k] for k in ref], axis=1) for d in (ref, gen))
+    return frechet_distance(*standardise(xr, xg))
+
+
 def compare_with_floor(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
                        seed: int = 0, low_ref: np.ndarray | None = None,
                        low_gen: np.ndarray | None = None, joint: bool = True) -> dict:
@@ -171,11 +186,8 @@ def compare_with_floor(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
     ``low_ref`` / ``low_gen``: optional (n, d) low-level features (e.g. voxel energies) for a
     second classifier test.
     """
-    rng = np.random.default_rng(seed)
-    n = len(next(iter(ref.values())))
-    perm = rng.permutation(n)
-    first, second = perm[: n // 2], perm[n // 2:]
-    pick = rng.permutation(len(next(iter(gen.values()))))[: len(second)]
+    first, second, pick = halves(len(next(iter(ref.values()))),
+                                 len(next(iter(gen.values()))), seed)
     half = {k: v[first] for k, v in ref.items()}
     out = {"generated": compare(half, {k: v[pick] for k, v in gen.items()}, seed, joint),
            "floor": compare(half, {k: v[second] for k, v in ref.items()}, seed, joint),

@@ -38,8 +38,16 @@ def rows(fidelity: list[dict], speed: list[dict]) -> list[dict]:
         name = model if run == model else f"{model} ({run})"
         out.append({"name": name, "auc": m["auc"], "auc_std": m["auc_std"],
                     "auc_low": m["auc_low_level"], "fpd": m["fpd"], "fpd_floor": m["fpd_floor"],
+                    "fpd_seeds": (m.get("fpd_seeds_mean"), m.get("fpd_seeds_std")),
                     "parameters": t["parameters"], "timings": t})
     return out
+
+
+def _fpd(r: dict) -> str:
+    """The FPD (floor); over more generator seeds (mean ± spread) where the run has them."""
+    mean, std = r["fpd_seeds"]
+    value = f"{r['fpd']:.2f}" if std is None else f"{mean:.2f} ± {std:.2f}"
+    return f"{value} ({r['fpd_floor']:.2f})"
 
 
 def table(rows_: list[dict], energies: list[float], batches: list[int]) -> str:
@@ -57,7 +65,7 @@ def table(rows_: list[dict], energies: list[float], batches: list[int]) -> str:
         rss = max(b["peak_rss_mb"] for k, b in t.items() if isinstance(k, tuple))
         lines.append("| " + " | ".join(
             [r["name"], f"{r['auc']:.3f} ± {r['auc_std']:.3f}", f"{r['auc_low']:.3f}",
-             f"{r['fpd']:.2f} ({r['fpd_floor']:.2f})", *times, speedup, f"{rss:.0f}",
+             _fpd(r), *times, speedup, f"{rss:.0f}",
              f"{r['parameters'] or 0:,}"]) + " |")
     return "\n".join(lines)
 

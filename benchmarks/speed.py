@@ -32,19 +32,18 @@ import numpy as np
 GEOMETRY = Path("data/geometry/hgcal_roi.h5")
 
 
-def geant4_seconds(geometry: str, particle: str, energy: float, n: int) -> float:
+def geant4_seconds(geometry: str, gun: dict, n: int) -> float:
     from fastshower.simulation.runner import JobSpec, run_job
 
     with tempfile.TemporaryDirectory() as tmp:
-        spec = JobSpec(geometry=geometry, gun={"particle": particle, "energy": [energy]}, n=n,
-                       seed=7, out=str(Path(tmp) / "g4.root"))
+        spec = JobSpec(geometry=geometry, gun=gun, n=n, seed=7, out=str(Path(tmp) / "g4.root"))
         with mp.get_context("spawn").Pool(1) as pool:
             result = pool.apply(run_job, (spec,))
     return result["cpu_seconds"] / result["n"]
 
 
-def model_timings(run: str, geometry: str, particle: str, energy: float, batches: list[int],
-                  seconds: float, threads: int) -> dict:
+def model_timings(run: str, geometry: str, gun: dict, batches: list[int], seconds: float,
+                  threads: int) -> dict:
     """In a fresh process: warm-up and steady time per shower at each batch size."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -63,7 +62,7 @@ def model_timings(run: str, geometry: str, particle: str, energy: float, batches
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for b in batches:
-        primaries = sample_primaries(GunConfig(particle=particle, energy=[energy]), b,
+        primaries = sample_primaries(GunConfig(**gun), b,
                                      np.random.default_rng(b))
         start = time.perf_counter()
         generator.sample(primaries, np.random.default_rng(0))
@@ -99,19 +98,22 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="timing per batch size")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts")
     ap.add_argument("--geometry", default=str(GEOMETRY))
+    ap.add_argument("--gun", default="{}", help='more gun settings as JSON, e.g. for the grid: '
+                    '\'{"theta_deg": [0, 30], "phi_deg": [0, 360], "aim_mm": [0, 0, 1500]}\'')
     ap.add_argument("--out", default="benchmarks/results/speed.json")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     results = []
     for energy in (float(e) for e in args.energies.split(",")):
-        g4 = geant4_seconds(args.geometry, args.particle, energy, args.g4_n)
+        gun = {**json.loads(args.gun), "particle": args.particle, "energy": [energy]}
+        g4 = geant4_seconds(args.geometry, gun, args.g4_n)
         print(f"{args.particle} {energy:g} GeV: Geant4 {1e3 * g4:.1f} ms/shower (CPU, n="
               f"{args.g4_n})")
         for run in args.runs.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
                 with mp.get_context("spawn").Pool(1) as pool:
-                    m = pool.apply(model_timings, (run, args.geometry, args.particle, energy,
-                                                   batches, args.seconds, threads))
+                    m = pool.apply(model_timings, (run, args.geometry, gun, batches,
+                                                   args.seconds, threads))
                 label = f"{m['model']}/{m['backend']}/{threads}t"
                 for row in m["batches"]:
                     row["speedup_vs_geant4_per_core"] = g4 / (row["s_per_shower"] * threads)
@@ -121,7 +123,7 @@ def main() -> None:
                           f"core; peak RSS {row['peak_rss_mb']:.0f} MB; model "
                           f"{m['model_bytes'] / 1e6:.1f} MB, {m['parameters'] or 0:,} parameters, "
                           f"{(row['flops_per_shower'] or 0) / 1e6:.2f} MFLOP/shower")
-                results.append({"particle": args.particle, "energy_gev": energy,
+                results.append({"particle": args.particle, "energy_gev": energy, "gun": gun,
                                 "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"results": results}, indent=2))

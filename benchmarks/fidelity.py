@@ -91,14 +91,15 @@ def main() -> None:
                        test.primaries.energy_mev, test.primaries.energy_mev, seed=0,
                        edges=DECADES_MEV)]
         fpds = seed_fpds(generator, test, hl_test, geom, range(101, 101 + args.fpd_seeds))
+        fpd_mean = float(np.mean(fpds)) if fpds else None
+        fpd_std = float(np.std(fpds, ddof=1)) if len(fpds) > 1 else None
         summary["models"][name] = {
             "run": run, "auc": g["classifier"]["auc"], "auc_std": g["classifier"]["auc_std"],
             "auc_floor": f["classifier"]["auc"], "auc_low_level": g["classifier_low_level"]["auc"],
             "auc_low_level_floor": f["classifier_low_level"]["auc"], "fpd": g["fpd"],
             "fpd_floor": f["fpd"], "cpu_s_per_shower_generate": cpu, "energy_bins": bins,
             "decades": decades, "fpd_seeds": fpds,
-            "fpd_seeds_mean": float(np.mean(fpds)) if fpds else None,
-            "fpd_seeds_std": float(np.std(fpds, ddof=1)) if len(fpds) > 1 else None,
+            "fpd_seeds_mean": fpd_mean, "fpd_seeds_std": fpd_std,
             "separation_power": {k: v["separation_power"] for k, v in g["observables"].items()},
         }
         print(f"{name:10s}: AUC {g['classifier']['auc']:.3f} ± "
@@ -110,9 +111,9 @@ def main() -> None:
         print("            per decade: " + ", ".join(
             f"{b['e_gev'][0]:.3g}-{b['e_gev'][1]:.3g} GeV {b['auc']:.3f} ± {b['auc_std']:.3f} "
             f"(floor {b['auc_floor']:.3f}, {b['n']} showers)" for b in decades))
-        if len(fpds) > 1:
-            print(f"            FPD over {len(fpds)} more generator seeds: {np.mean(fpds):.3f} ± "
-                  f"{np.std(fpds, ddof=1):.3f} (spread of one; values "
+        if fpd_std is not None:
+            print(f"            FPD over {len(fpds)} more generator seeds: {fpd_mean:.3f} ± "
+                  f"{fpd_std:.3f} (spread of one; values "
                   + ", ".join(f"{v:.3f}" for v in fpds) + ")")
         worst = sorted(summary["models"][name]["separation_power"].items(),
                        key=lambda kv: -kv[1])[:3]

@@ -62,8 +62,7 @@ def model_timings(run: str, geometry: str, gun: dict, batches: list[int], second
     rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     rows = []
     for b in batches:
-        primaries = sample_primaries(GunConfig(**gun), b,
-                                     np.random.default_rng(b))
+        primaries = sample_primaries(GunConfig(**gun), b, np.random.default_rng(b))
         start = time.perf_counter()
         generator.sample(primaries, np.random.default_rng(0))
         warmup = time.perf_counter() - start

@@ -210,6 +210,26 @@ def test_calochallenge_export_round_trip(geant4_sample):
     assert again["scale"] == info["scale"]
 
 
+def test_an_export_imports_as_a_sample_and_exports_back_unchanged(geant4_sample):
+    import h5py
+
+    from fastshower.geometry import load
+    from fastshower.simhits import read_sample
+    from fastshower.validation.export import export_calochallenge
+
+    geom, _, batch, _, _, tmp = geant4_sample
+    export_calochallenge(batch, geom, tmp / "first.h5")
+    voxels = load(tmp / "first.xml")  # the export's binning XML as a geometry
+    imported, _ = read_sample(f"calochallenge:{tmp / 'first.h5'}", voxels)
+    assert len(imported) == len(batch)
+    np.testing.assert_array_equal(imported.primaries.pdg, batch.primaries.pdg)
+    export_calochallenge(imported, voxels, tmp / "again.h5")
+    with h5py.File(tmp / "first.h5") as a, h5py.File(tmp / "again.h5") as b:
+        for name in ("incident_energies", "showers"):
+            np.testing.assert_array_equal(a[name][...], b[name][...])
+    assert (tmp / "again.xml").read_text() == (tmp / "first.xml").read_text()
+
+
 def test_energy_bins():
     from fastshower.validation.metrics import energy_bins
 

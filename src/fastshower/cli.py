@@ -72,7 +72,8 @@ def _parse_set(values: list[str]) -> dict:
 
 @geometry_app.command("build")
 def geometry_build(
-    builder: Annotated[str, typer.Option(help="Geometry builder: hgcal or grid.")] = "hgcal",
+    builder: Annotated[str, typer.Option(
+        help="Geometry builder: hgcal, grid or calochallenge.")] = "hgcal",
     config: Annotated[Path | None, typer.Option(help="YAML file with builder settings.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value.")] = [],  # noqa: B006
     out: Annotated[Path, typer.Option(help="Output geometry file (.h5).")] = DEFAULT_GEOMETRY,
@@ -89,6 +90,31 @@ def geometry_build(
     out.parent.mkdir(parents=True, exist_ok=True)
     save(geom, out)
     console.print(f"wrote {out}: {geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
+                  f"hash {geom.short_hash}")
+
+
+@geometry_app.command("import")
+def geometry_import(
+    source: Annotated[Path, typer.Argument(help="CaloChallenge binning XML.")],
+    out: Annotated[Path, typer.Option(help="Output geometry file (.h5).")],
+    config: Annotated[Path | None, typer.Option(
+        help="YAML with the material of the layers: absorbers [[material, mm]], "
+             "sensor_thickness (mm), z_front (mm).")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value.")] = [],  # noqa: B006
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Import a geometry described elsewhere (its voxels or cells become the geometry's cells)
+    and save it with its neighbour graph as one hashed file."""
+    from fastshower.geometry import import_geometry, save
+
+    if out.exists() and not force:
+        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
+    with console.status(f"importing {source}"):
+        geom = import_geometry(source, {**_load_yaml(config), **_parse_set(set_)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(geom, out)
+    console.print(f"wrote {out}: {geom.builder} geometry, {len(geom.layers)} layers, "
+                  f"{geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
                   f"hash {geom.short_hash}")
 
 
@@ -382,8 +408,8 @@ def export(
 
     if format_ != "calochallenge":
         raise FastShowerError(f"unknown export format {format_!r}; available: calochallenge")
-    batch, meta = read_sample(input_)
     geom = load(geometry)
+    batch, meta = read_sample(input_, geom)
     geom.require_same(meta.get("geometry_hash"), str(input_))
     info = export_calochallenge(batch, geom, out, like=like)
     console.print(f"wrote {out} ({info['n_showers']} showers x {info['n_voxels']} voxels), "
@@ -523,8 +549,9 @@ def generate(
         help="Generate outside the training range (logged, and flagged in the file).")] = False,
     geometry: ModelGeometry = DEFAULT_GEOMETRY,
     primaries_from: Annotated[str | None, typer.Option(
-        help="Generate exactly the primaries of this sim-hit sample (file, folder or glob), in "
-             "order, instead of drawing them from the gun options.")] = None,
+        help="Generate exactly the primaries of this sample (sim-hit file, folder or glob, or "
+             "CaloChallenge HDF5), in order, instead of drawing them from the gun "
+             "options.")] = None,
 ) -> None:
     """Generate showers with a trained model into a sim-hit ROOT file (same schema as Geant4)."""
     from fastshower.geometry import load
@@ -532,12 +559,12 @@ def generate(
     from fastshower.simhits import read_primaries
     from fastshower.simulation.gun import require_on_detector, sample_primaries
 
+    geom = load(default_geometry(geometry))
     if primaries_from is None:
         gun = make_gun(particle, energy, spectrum, eta, phi, None, "0,0,0", theta, aim)
         primaries = sample_primaries(gun, n, np.random.default_rng(seed))
     else:
-        primaries = read_primaries(primaries_from)
-    geom = load(default_geometry(geometry))
+        primaries = read_primaries(primaries_from, geom)
     generator = load_generator(run, geom, backend)
     require_on_detector(geom, primaries)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""The sim-hit ROOT file: written by Geant4 simulation and by generators alike.
+"""Shower files. The sim-hit ROOT file: written by Geant4 simulation and by generators alike.
 
 One TTree ``showers``, one entry per shower: the primary particle (PDG id, energy in MeV,
 vertex in mm, unit direction); jagged per-cell branches ``cell.id``, ``cell.energy`` (MeV) and
@@ -6,6 +6,12 @@ vertex in mm, unit direction); jagged per-cell branches ``cell.id``, ``cell.ener
 in sensors outside every cell). A TObjString ``metadata`` holds JSON: geometry hash, physics
 mode and list, Geant4 version, seed, generator. Files are written under a temporary name and
 renamed when complete.
+
+The readers also read the CaloChallenge 2022 HDF5 files (``.h5``/``.hdf5``, optionally
+prefixed ``calochallenge:``) as showers on the geometry of their binning XML (geometry builder
+``calochallenge``: cell id = voxel index): they need that geometry, for the voxel count and the
+particle; primaries start at the origin along +z (the challenge's convention), no times, no
+lost energy; rows are read in chunks of ``CHUNK_ROWS`` and kept sparse.
 """
 
 from __future__ import annotations
@@ -16,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import awkward as ak
+import h5py
 import numpy as np
 import uproot
 
 from fastshower.errors import FastShowerError
 
 TREE = "showers"
+CALOCHALLENGE = "calochallenge:"
+CHUNK_ROWS = 1000
 SCHEMA_VERSION = 1
 PRIMARY_FIELDS = ("primary_pdg", "primary_energy", "primary_x", "primary_y", "primary_z",
                   "primary_dx", "primary_dy", "primary_dz")
@@ -193,19 +202,84 @@ def _read(path: str | Path, read):
                               ) from None
 
 
-def read_metadata(path: str | Path) -> dict:
+def is_calochallenge(path: str | Path) -> bool:
+    """Whether a sample file is a CaloChallenge HDF5 file (by its name)."""
+    return Path(path).suffix.lower() in (".h5", ".hdf5")
+
+
+def _challenge(path: str | Path, geom, read):
+    """``read(showers, incident_energies)`` on an open CaloChallenge file, after checking that
+    ``geom`` is the geometry of its voxels; one clear line for anything wrong."""
+    if geom is None or geom.builder != "calochallenge":
+        raise FastShowerError(f"{path} is a CaloChallenge file: give the geometry of its voxels "
+                              "(--geometry BINNING.xml, or a geometry imported from it)")
+    try:
+        with h5py.File(path, "r") as f:
+            showers, energies = f["showers"], f["incident_energies"]
+            if showers.ndim != 2 or len(energies) != len(showers):
+                raise ValueError("showers must be (N, voxels) with N incident energies")
+            if showers.shape[1] != geom.n_cells:
+                raise FastShowerError(
+                    f"{path} has {showers.shape[1]} voxels per shower, its geometry "
+                    f"{geom.n_cells}: not the binning XML of this dataset")
+            return read(showers, energies)
+    except FastShowerError:
+        raise
+    except Exception as err:  # noqa: BLE001 - h5py raises many kinds for a bad file
+        raise FastShowerError(f"{path} is not a readable CaloChallenge HDF5 file "
+                              f"(datasets showers, incident_energies): {err}") from None
+
+
+def _challenge_rows(showers, energies, lo: int, hi: int, pdg: int) -> ShowerBatch:
+    """Rows [lo, hi) as a sparse ShowerBatch, read CHUNK_ROWS at a time."""
+    ids, values, counts = [], [], []
+    for start in range(lo, hi, CHUNK_ROWS):
+        dense = np.asarray(showers[start:min(start + CHUNK_ROWS, hi)], dtype=np.float64)
+        if not np.isfinite(dense).all() or (dense < 0).any():
+            raise FastShowerError(f"showers {start}..{start + len(dense)} have NaN, inf or "
+                                  "negative voxel energies")
+        row, col = np.nonzero(dense)
+        ids.append(col.astype(np.int32))
+        values.append(dense[row, col])
+        counts.append(np.bincount(row, minlength=len(dense)))
+    n = hi - lo
+    counts = np.concatenate(counts) if counts else np.zeros(0, np.int64)
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
+    energy = np.concatenate(values) if values else np.zeros(0)
+    primaries = _challenge_primaries(energies[lo:hi], pdg)
+    return ShowerBatch(primaries, ak.unflatten(flat, counts), ak.unflatten(energy, counts),
+                       ak.unflatten(np.zeros(len(flat), np.float32), counts), np.zeros(n))
+
+
+def _challenge_primaries(incident_mev, pdg: int) -> Primaries:
+    """The challenge's primaries: ``pdg`` at the origin along +z with the incident energies."""
+    e = np.asarray(incident_mev, dtype=np.float64).reshape(-1)
+    n = len(e)
+    return Primaries(np.full(n, pdg), e, np.zeros((n, 3)), np.tile([0.0, 0.0, 1.0], (n, 1)))
+
+
+def read_metadata(path: str | Path, geom=None) -> dict:
     """The JSON metadata of a sim-hit file; a clear error for anything else."""
-    return _read(path, lambda f: json.loads(str(f["metadata"])))
+    return read_header(path, geom)[0]
 
 
-def read_header(path: str | Path) -> tuple[dict, int]:
-    """The JSON metadata and the number of showers of a sim-hit file, in one opening."""
+def read_header(path: str | Path, geom=None) -> tuple[dict, int]:
+    """The JSON metadata and the number of showers of a sample file, in one opening; for a
+    CaloChallenge file (which has none) the metadata of its geometry (see the module
+    docstring)."""
+    if is_calochallenge(path):
+        return _challenge(path, geom, lambda s, _: (
+            {"format": "calochallenge", "geometry_hash": geom.hash}, len(s)))
     return _read(path, lambda f: (json.loads(str(f["metadata"])), int(f[TREE].num_entries)))
 
 
 def read_showers(path: str | Path, entry_start: int | None = None,
-                 entry_stop: int | None = None) -> ShowerBatch:
-    """Read showers [entry_start, entry_stop) of one sim-hit file."""
+                 entry_stop: int | None = None, geom=None) -> ShowerBatch:
+    """Read showers [entry_start, entry_stop) of one sample file (``geom``: needed for a
+    CaloChallenge file)."""
+    if is_calochallenge(path):
+        return _challenge(path, geom, lambda s, e: _challenge_rows(
+            s, e, *slice(entry_start, entry_stop).indices(len(s))[:2], geom.config["pid"]))
     arr = _read(path, lambda f: f[TREE].arrays(entry_start=entry_start, entry_stop=entry_stop))
     return ShowerBatch(
         primaries=Primaries.from_branches({k: ak.to_numpy(arr[k]) for k in PRIMARY_FIELDS}),
@@ -214,10 +288,12 @@ def read_showers(path: str | Path, entry_start: int | None = None,
     )
 
 
-def read_primaries(spec: str | Path) -> Primaries:
+def read_primaries(spec: str | Path, geom=None) -> Primaries:
     """The primaries of every shower of a sample (file, folder or glob), in order, without
-    reading the hits."""
+    reading the hits (``geom``: needed for CaloChallenge files)."""
     return Primaries.concatenate([
+        _challenge(f, geom, lambda _, e: _challenge_primaries(e[:], geom.config["pid"]))
+        if is_calochallenge(f) else
         Primaries.from_branches(_read(f, lambda h: h[TREE].arrays(list(PRIMARY_FIELDS),
                                                                   library="np")))
         for f in sample_files(spec)])
@@ -235,7 +311,9 @@ def concatenate(batches: list[ShowerBatch]) -> ShowerBatch:
 
 
 def sample_files(spec: str | Path) -> list[Path]:
-    """The sim-hit files of a sample: a file, a production folder (its job_*.root) or a glob."""
+    """The files of a sample: a file, a production folder (its job_*.root) or a glob; a
+    CaloChallenge file may be prefixed ``calochallenge:``."""
+    spec = str(spec).removeprefix(CALOCHALLENGE)
     path = Path(spec)
     if path.is_dir():
         files = sorted(path.glob("*.root"))
@@ -248,11 +326,12 @@ def sample_files(spec: str | Path) -> list[Path]:
     return files
 
 
-def read_sample(spec: str | Path) -> tuple[ShowerBatch, dict]:
-    """All showers of a sample and the metadata of its first file; files must share a geometry."""
+def read_sample(spec: str | Path, geom=None) -> tuple[ShowerBatch, dict]:
+    """All showers of a sample and the metadata of its first file; files must share a geometry
+    (``geom``: needed for CaloChallenge files)."""
     files = sample_files(spec)
-    metas = [read_metadata(f) for f in files]
+    metas = [read_metadata(f, geom) for f in files]
     hashes = {m.get("geometry_hash") for m in metas}
     if len(hashes) != 1:
         raise FastShowerError(f"the files of {spec} were made with different geometries")
-    return concatenate([read_showers(f) for f in files]), metas[0]
+    return concatenate([read_showers(f, geom=geom) for f in files]), metas[0]

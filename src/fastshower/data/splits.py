@@ -25,7 +25,7 @@ def file_sizes(files, geom: Geometry) -> list[int]:
     """Showers per file, after checking every file's geometry hash against ``geom``."""
     sizes = []
     for f in files:
-        meta, n = read_header(f)
+        meta, n = read_header(f, geom)
         geom.require_same(meta.get("geometry_hash"), str(f))
         sizes.append(n)
     return sizes
@@ -41,7 +41,7 @@ def read_split(spec, geom: Geometry, split: str, fractions=FRACTIONS) -> ShowerB
     for f, n in zip(files, file_sizes(files, geom), strict=True):
         lo, hi = split_bounds(n, fractions)[k:k + 2]
         if hi > lo:
-            parts.append(read_showers(f, int(lo), int(hi)))
+            parts.append(read_showers(f, int(lo), int(hi), geom))
     if not parts:
         raise FastShowerError(f"the {split} split of {spec} is empty")
     return concatenate(parts)

@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from fastshower.errors import GeometryError
-from fastshower.geometry import grid, hgcal, identity
+from fastshower.geometry import calochallenge, grid, hgcal, identity
 from fastshower.geometry.layers import Layer, next_layer
 from fastshower.geometry.materials import material
 from fastshower.geometry.neighbours import (
@@ -32,7 +32,8 @@ from fastshower.geometry.showers import line_at
 
 FORMAT = "fastshower-geometry"
 FORMAT_VERSION = 2  # 2: identity scheme 2 (quantised content, CPU-independent)
-BUILDERS = {"hgcal": (hgcal.HGCalConfig, hgcal.build), "grid": (grid.GridConfig, grid.build)}
+BUILDERS = {"hgcal": (hgcal.HGCalConfig, hgcal.build), "grid": (grid.GridConfig, grid.build),
+            "calochallenge": (calochallenge.CaloChallengeConfig, calochallenge.build)}
 CELL_COLUMNS = ("key", "layer", "x", "y", "z", "type", "area", "thickness", "corners",
                 "n_corners")
 
@@ -138,13 +139,15 @@ class Geometry:
     def build_neighbours(self, eps: float = 1.0) -> None:
         """Fill ``edges`` and ``edge_kind`` (in-layer touching cells and longitudinal links)."""
         c = self.cells
-        order = np.argsort(c["layer"], kind="stable")
-        bounds = np.searchsorted(c["layer"][order], np.arange(len(self.layers) + 1))
-        pairs = [in_layer_pairs(self.lookup, lay, c["corners"][order[bounds[lay]:bounds[lay + 1]]],
-                                eps=eps)
-                 for lay in range(len(self.layers))]
+        pairs = [self.segmentation.in_layer_pairs(c["key"])]
+        if pairs[0] is None:
+            order = np.argsort(c["layer"], kind="stable")
+            bounds = np.searchsorted(c["layer"][order], np.arange(len(self.layers) + 1))
+            pairs = [in_layer_pairs(self.lookup, lay,
+                                    c["corners"][order[bounds[lay]:bounds[lay + 1]]], eps=eps)
+                     for lay in range(len(self.layers))]
         pairs.append(longitudinal_pairs(c["x"], c["y"], self.cell_size, c["layer"],
-                                        next_layer(self.layers)))
+                                        next_layer(self.layers, with_cells=c["layer"])))
         self.edges, self.edge_kind = symmetric_edges(
             unique(np.concatenate(pairs)), c["type"], c["layer"])
         self.__dict__.pop("hash", None)
@@ -195,9 +198,24 @@ def save(geom: Geometry, path: str | Path) -> Path:
     return path
 
 
+def import_geometry(source: str | Path, settings: dict | None = None) -> Geometry:
+    """A geometry from another description: a CaloChallenge binning XML (.xml; ``settings``:
+    the calochallenge builder's material options)."""
+    source = Path(source)
+    if source.suffix.lower() == ".xml":
+        binning = calochallenge.Binning.read(source)
+        return build_geometry("calochallenge", {
+            **calochallenge.CaloChallengeConfig.of(binning).model_dump(), **(settings or {})})
+    raise GeometryError(f"cannot import {source}: fastshower imports CaloChallenge binning "
+                        "XML files (.xml)")
+
+
 def load(path: str | Path) -> Geometry:
-    """Read a geometry file, checking format, version and content hash."""
+    """Read a geometry file, checking format, version and content hash; a CaloChallenge binning
+    XML is imported with the default materials."""
     path = Path(path)
+    if path.suffix.lower() == ".xml":
+        return import_geometry(path)
     if not path.is_file():
         raise GeometryError(f"geometry file {path} does not exist")
     try:

@@ -94,9 +94,13 @@ def mirror(layers: list[Layer]) -> list[Layer]:
     ]
 
 
-def next_layer(layers: list[Layer]) -> np.ndarray:
-    """Index of the next layer deeper in the same endcap, -1 for the last one."""
+def next_layer(layers: list[Layer], with_cells: np.ndarray | None = None) -> np.ndarray:
+    """Index of the next layer deeper in the same endcap, -1 for the last one; with the cells'
+    layer indices ``with_cells``, the next layer that has cells (layers without are skipped)."""
     out = np.full(len(layers), -1, dtype=np.int64)
+    if with_cells is not None:
+        have = set(np.unique(with_cells).tolist())
+        layers = [lay for lay in layers if lay.index in have]
     for a, b in zip(layers[:-1], layers[1:], strict=True):
         if a.zside == b.zside:
             out[a.index] = b.index

@@ -49,6 +49,12 @@ class Segmentation(ABC):
     @abstractmethod
     def to_dict(self) -> dict: ...
 
+    def in_layer_pairs(self, keys: np.ndarray) -> np.ndarray | None:
+        """Pair codes (neighbours.pair_codes of cell ids) of touching cells in the layers, given
+        the geometry's sorted cell keys, where index arithmetic knows them; None: probe the
+        cells' corners through the lookup (neighbours.in_layer_pairs)."""
+        return None
+
     @classmethod
     def from_dict(cls, d: dict) -> Segmentation:
         d = dict(d)

@@ -284,6 +284,14 @@ class NetworkGenerator(torch.nn.Module, ShowerGenerator):
         self.cfg, self.particles, self.norms, self.geom = cfg, particles, norms, geom
         self.ranges = TrainingRanges.from_dict(norms["ranges"])
 
+    # Adam's (beta1, beta2); adversarial models use a shorter momentum (0.5)
+    adam_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
+
+    def selection_loss(self, stage: str, record: dict) -> float:
+        """What picks a stage's best weights (and stops it early) from a validation record:
+        by default the stage's weighted validation loss terms."""
+        return sum(self.loss_weights[k] * record[f"val_{k}"] for k in self.stages[stage])
+
     def state(self, stages: dict[str, dict] | None = None) -> dict:
         """Everything generation needs; ``stages`` optionally gives each stage's weights
         separately (e.g. each at its best validation loss)."""

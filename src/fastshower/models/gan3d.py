@@ -16,10 +16,13 @@ Training (the model owns its loss): both players step together in the trainer's 
 step. The discriminator's terms use real images and detached fakes; the generator's terms run
 the fakes through the discriminator with its parameters detached (torch.func.functional_call),
 so each player's gradient comes from its own terms only (simultaneous gradient steps instead of
-the original's alternating ones). Loss per player: the non-saturating adversarial BCE (real
-labels smoothed to 0.9: the stabilisation used) plus the auxiliary regressions, as the
-original: mean absolute percentage error of the primary and the deposited energy, absolute
-error of the incidence angle in radians (a percentage of an angle near 0 is meaningless).
+the original's alternating ones). Loss per player: the non-saturating adversarial BCE plus the
+auxiliary regressions, as the original: mean absolute percentage error of the primary and the
+deposited energy, absolute error of the incidence angle in radians (a percentage of an angle
+near 0 is meaningless). Stabilisation (the first runs without it: the discriminator won within
+a few hundred steps and the generator never learnt): real labels smoothed to 0.9, an R1
+gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's weights
+chosen by the FPD of its validation showers, not by its loss.
 
 Approximations, named: energy outside the window (and in the HCAL) is not generated (the
 training data record how much); hit times are times of flight; cells of one layer are on the
@@ -58,6 +61,7 @@ class Gan3DConfig(BaseModel):
     channels: int = Field(16, gt=0)
     batch: int = Field(32, gt=0)
     aux_weight: float = Field(0.5, ge=0)
+    r1: float = Field(2.0, ge=0)  # gradient penalty on real images, gamma/2 |grad D|^2
 
 
 def _require_grid(geom: Geometry) -> GridSegmentation:
@@ -197,10 +201,17 @@ class Gan3D(NetworkGenerator):
         "tuning": "adversarial (non-saturating BCE, real labels 0.9) plus auxiliary regressions "
                   "of E, deposited energy and theta by the discriminator",
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
-    loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "g_adv": 1.0,
-                                                "g_aux": 1.0}
+    loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "d_r1": 1.0,
+                                                "g_adv": 1.0, "g_aux": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"generator": ("g_adv", "g_aux"),
-                                                    "discriminator": ("d_adv", "d_aux")}
+                                                    "discriminator": ("d_adv", "d_aux", "d_r1")}
+    adam_betas: ClassVar[tuple[float, float]] = (0.5, 0.999)
+
+    def selection_loss(self, stage: str, record: dict) -> float:
+        """The generator's best weights are those whose validation showers are closest to
+        Geant4's (the FPD of the high-level observables): adversarial losses do not fall as
+        the generator improves."""
+        return record["fpd"] if stage == "generator" else super().selection_loss(stage, record)
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: Gan3DConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
@@ -239,11 +250,14 @@ class Gan3D(NetworkGenerator):
     def forward(self, data: ImageData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
         """Loss terms as (sum, count) over this rank's share of the step's showers: each
-        player's adversarial BCE and auxiliary regression error (see the module docstring)."""
+        player's adversarial BCE and auxiliary regression error, and the discriminator's
+        gradient penalty (training only; see the module docstring)."""
         rank, world = shard
         index = rng.choice(len(data), min(self.cfg.batch * scale, len(data)),
                            replace=False)[rank::world]
         real = torch.from_numpy(data.values[index])
+        penalise = self.cfg.r1 > 0 and torch.is_grad_enabled()
+        real.requires_grad_(penalise)
         target = torch.from_numpy(data.targets[index])
         cond = self.conditions(data.primaries.subset(index))
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
@@ -252,10 +266,14 @@ class Gan3D(NetworkGenerator):
         d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
         d_adv = (bce(d_real[:, 0], torch.full_like(d_real[:, 0], 0.9), reduction="sum")
                  + bce(d_fake[:, 0], torch.zeros_like(d_fake[:, 0]), reduction="sum"))
+        r1 = torch.zeros(())
+        if penalise:  # R1 (Mescheder et al. 2018): flat discriminator around the real data
+            grad, = torch.autograd.grad(d_real[:, 0].sum(), real, create_graph=True)
+            r1 = 0.5 * self.cfg.r1 * grad.pow(2).sum()
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         g_out = functional_call(self.discriminator, frozen, (fake,))
         n = float(len(index))
-        return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n),
+        return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n)}
 

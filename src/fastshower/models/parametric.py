@@ -151,13 +151,17 @@ class ParametricShower(ShowerGenerator):
                                        float(batch.primaries.energy_mev.max())],
                   "spot_mev": 0.1}
         model = cls(params, geom)
-        model.params["spot_mev"] = model._fit_spot(batch, geom, n_layer.sum(), seed)
+        model.params["spot_mev"] = model._fit_spot(batch, geom, n_layer.sum(),
+                                                   energy.sum() / max(len(energy), 1), seed)
         model.params["centre"] = model._fit_centre(batch, geom, seed)
         return model
 
-    def _fit_spot(self, batch: ShowerBatch, geom: Geometry, n_hits: float, seed: int) -> float:
-        """Spot energy (MeV) that reproduces the total hit count of ``batch`` (bisection)."""
-        lo, hi = np.log(0.005), np.log(5.0)
+    def _fit_spot(self, batch: ShowerBatch, geom: Geometry, n_hits: float, hit_mev: float,
+                  seed: int) -> float:
+        """Spot energy (MeV) that reproduces the total hit count of ``batch`` (bisection
+        between 1/50 and 15 times the mean hit energy ``hit_mev``: the data's own scale, e.g.
+        a sensor's visible MeV or a CaloChallenge voxel's)."""
+        lo, hi = np.log(hit_mev / 50), np.log(hit_mev * 15)
         for _ in range(12):
             mid = 0.5 * (lo + hi)
             self.params["spot_mev"] = float(np.exp(mid))

@@ -176,10 +176,6 @@ def _losses(net, data: Any, cfg: TrainConfig, rng, ranks: Dist = SINGLE) -> dict
     return {"loss": sum(model.loss_weights[k] * v for k, v in out.items()), **out}
 
 
-def _stage_loss(model, record: dict, stage: str) -> float:
-    return sum(model.loss_weights[k] * record[f"val_{k}"] for k in model.stages[stage])
-
-
 @torch.no_grad()
 def _validate(model, val, val_set: ShowerBatch, geom: Geometry, cfg: TrainConfig) -> dict:
     model.eval()
@@ -216,7 +212,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
     if ranks.world > 1:
         net = DistributedDataParallel(model)  # broadcasts rank 0's weights, averages gradients
     opt = torch.optim.AdamW(model.parameters(), lr=_learning_rate(cfg, ranks.world),
-                            weight_decay=1e-5)
+                            weight_decay=1e-5, betas=model.adam_betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     # stages have disjoint parameters and losses: each keeps its own best state
     step, elapsed = 0, 0.0
@@ -268,7 +264,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
                 if isinstance(v, float):
                     writer.add_scalar(f"val/{k}", v, step)
             improved = []
-            for stage, loss in ((s, _stage_loss(model, record, s)) for s in model.stages):
+            for stage, loss in ((s, model.selection_loss(s, record)) for s in model.stages):
                 if loss < best[stage] - 1e-4:
                     best[stage], bad[stage] = loss, 0
                     best_state[stage] = {k: v.clone() for k, v in

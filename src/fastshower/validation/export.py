@@ -6,13 +6,14 @@ centre (an approximation where a cell straddles a voxel edge). Energies are visi
 times the HGCAL dE/dx layer weights times one global factor, so that a shower's voxels sum to
 about its incident energy; the factor and the scheme go into a JSON file beside the export, and
 a generated sample is exported with the reference's binning and factor (``like=``).
+
+Showers on a geometry imported from a binning XML (builder ``calochallenge``) are already
+voxels: they are written as they are (cell id = voxel index, factor 1), in that XML's binning.
 """
 
 from __future__ import annotations
 
 import json
-import xml.etree.ElementTree as ET
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
@@ -20,55 +21,12 @@ import numpy as np
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
+from fastshower.geometry.calochallenge import Binning, CaloChallengeConfig
 from fastshower.geometry.showers import axis_offsets, dedx_weights
 from fastshower.simhits import ShowerBatch
 
-PARTICLE_NAMES = {11: "electron", -11: "electron", 22: "photon", 211: "pion", -211: "pion"}
 DEFAULT_R_EDGES = (0.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 110.0, 150.0)  # mm
 DEFAULT_N_ALPHA = 8
-
-
-@dataclass
-class Binning:
-    """Per layer: radial edges (mm; an empty tuple for an empty layer) and angular bin count."""
-
-    r_edges: list[tuple[float, ...]]
-    n_alpha: list[int]
-    pid: int = 11
-
-    @property
-    def sizes(self) -> np.ndarray:
-        return np.array([max(len(r) - 1, 0) * a for r, a in zip(self.r_edges, self.n_alpha,
-                                                                 strict=True)])
-
-    @property
-    def offsets(self) -> np.ndarray:
-        return np.concatenate([[0], np.cumsum(self.sizes)[:-1]])
-
-    @property
-    def n_voxels(self) -> int:
-        return int(self.sizes.sum())
-
-    def to_xml(self) -> str:
-        root = ET.Element("Bins")
-        b = ET.SubElement(root, "Bin", pid=str(self.pid),
-                          name=PARTICLE_NAMES.get(self.pid, "electron"))
-        for i, (r, a) in enumerate(zip(self.r_edges, self.n_alpha, strict=True)):
-            ET.SubElement(b, "Layer", id=str(i),
-                          r_edges=",".join(f"{v:g}" for v in r) if r else "0",
-                          n_bin_alpha=str(a))
-        ET.indent(root)
-        return ET.tostring(root, encoding="unicode") + "\n"
-
-    @staticmethod
-    def from_xml(text: str) -> Binning:
-        b = ET.fromstring(text).find("Bin")
-        r_edges, n_alpha = [], []
-        for layer in b.findall("Layer"):
-            edges = tuple(float(v) for v in layer.get("r_edges").split(","))
-            r_edges.append(edges if len(edges) > 1 else ())
-            n_alpha.append(int(layer.get("n_bin_alpha")))
-        return Binning(r_edges, n_alpha, int(b.get("pid")))
 
 
 def default_binning(geom: Geometry, batch: ShowerBatch) -> Binning:
@@ -120,6 +78,12 @@ def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
             raise FastShowerError(f"cannot reuse the binning of {like}: {err}") from None
         geom.require_same(info["geometry_hash"], str(like))
         scale = info["scale"]
+    elif geom.builder == "calochallenge":
+        binning = CaloChallengeConfig.model_validate(geom.config).binning
+        scale = 1.0
+        info = {"scale": scale, "geometry_hash": geom.hash,
+                "scheme": "the geometry's cells are the voxels (imported from a binning XML)",
+                "cell_to_voxel": "identity"}
     else:
         binning = default_binning(geom, batch)
         raw = voxelise(batch, geom, binning, 1.0).sum(axis=1)
@@ -129,7 +93,12 @@ def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
                           "scale; scale makes the mean voxel sum equal the mean incident "
                           "energy of the reference sample",
                 "cell_to_voxel": "by cell centre"}
-    showers = voxelise(batch, geom, binning, scale)
+    if geom.builder == "calochallenge":
+        event, ids, energy = batch.flat()
+        showers = np.zeros((len(batch), geom.n_cells))
+        np.add.at(showers, (event, ids), energy)
+    else:
+        showers = voxelise(batch, geom, binning, scale)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:

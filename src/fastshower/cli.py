@@ -95,11 +95,14 @@ def geometry_build(
 
 @geometry_app.command("import")
 def geometry_import(
-    source: Annotated[Path, typer.Argument(help="CaloChallenge binning XML.")],
+    source: Annotated[Path, typer.Argument(
+        help="A cell table (.csv, .parquet, .h5, .root: columns in docs/your-data.md) or a "
+             "CaloChallenge binning XML.")],
     out: Annotated[Path, typer.Option(help="Output geometry file (.h5).")],
     config: Annotated[Path | None, typer.Option(
-        help="YAML with the material of the layers: absorbers [[material, mm]], "
-             "sensor_thickness (mm), z_front (mm).")] = None,
+        help="YAML with the material of the layers: absorbers [[material, mm]] and "
+             "sensor_thickness (mm), or layers: [{absorbers, sensor_thickness}, ...] for a "
+             "table; z_front (mm) for an XML.")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="Override a setting: key=value.")] = [],  # noqa: B006
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
@@ -116,6 +119,20 @@ def geometry_import(
     console.print(f"wrote {out}: {geom.builder} geometry, {len(geom.layers)} layers, "
                   f"{geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
                   f"hash {geom.short_hash}")
+
+
+@geometry_app.command("export")
+def geometry_export(
+    path: Annotated[Path, typer.Argument(help="Geometry file.")],
+    out: Annotated[Path, typer.Option(help="Cell table to write: .csv, .parquet, .h5 or .root.")],
+) -> None:
+    """Write a geometry's cells as a table (the columns `geometry import` reads)."""
+    from fastshower.geometry import load
+    from fastshower.geometry.table import cell_table, write_table
+
+    geom = load(path)
+    write_table(cell_table(geom, type_names=out.suffix.lower() != ".root"), out)
+    console.print(f"wrote {out}: {geom.n_cells} cells")
 
 
 @geometry_app.command("info")

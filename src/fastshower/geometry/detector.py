@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from fastshower.errors import GeometryError
-from fastshower.geometry import calochallenge, grid, hgcal, identity
+from fastshower.geometry import calochallenge, grid, hgcal, identity, table
 from fastshower.geometry.layers import Layer, next_layer
 from fastshower.geometry.materials import material
 from fastshower.geometry.neighbours import (
@@ -54,6 +54,9 @@ class Geometry:
     cells: dict[str, np.ndarray]
     edges: np.ndarray = field(default_factory=lambda: np.zeros((2, 0), np.int32))
     edge_kind: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+
+    def __post_init__(self):
+        self.segmentation.attach(self.cells)
 
     @property
     def n_cells(self) -> int:
@@ -200,14 +203,19 @@ def save(geom: Geometry, path: str | Path) -> Path:
 
 def import_geometry(source: str | Path, settings: dict | None = None) -> Geometry:
     """A geometry from another description: a CaloChallenge binning XML (.xml; ``settings``:
-    the calochallenge builder's material options)."""
+    the calochallenge builder's material options) or a cell table (.csv, .parquet, .h5,
+    .root; ``settings``: the layer YAML of geometry.table)."""
     source = Path(source)
     if source.suffix.lower() == ".xml":
         binning = calochallenge.Binning.read(source)
         return build_geometry("calochallenge", {
             **calochallenge.CaloChallengeConfig.of(binning).model_dump(), **(settings or {})})
-    raise GeometryError(f"cannot import {source}: fastshower imports CaloChallenge binning "
-                        "XML files (.xml)")
+    layers, seg, cells, config = table.from_table(table.read_table(source), settings,
+                                                  str(source))
+    order = np.argsort(cells["key"], kind="stable")
+    geom = Geometry("table", config, layers, seg, {k: v[order] for k, v in cells.items()})
+    geom.build_neighbours()
+    return geom
 
 
 def load(path: str | Path) -> Geometry:

@@ -49,6 +49,11 @@ class Segmentation(ABC):
     @abstractmethod
     def to_dict(self) -> dict: ...
 
+    def attach(self, cells: dict[str, np.ndarray]) -> None:
+        """Called with the geometry's cells once it exists: a segmentation that looks points up
+        among the cells themselves (a table's) indexes them here; others need nothing."""
+        return None
+
     def in_layer_pairs(self, keys: np.ndarray) -> np.ndarray | None:
         """Pair codes (neighbours.pair_codes of cell ids) of touching cells in the layers, given
         the geometry's sorted cell keys, where index arithmetic knows them; None: probe the

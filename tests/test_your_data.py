@@ -100,3 +100,105 @@ def test_bad_tables_give_one_clear_line(tmp_path, change, message):
     write_table(cols, tmp_path / "bad.csv")
     with pytest.raises(GeometryError, match=message):
         import_geometry(tmp_path / "bad.csv")
+
+
+def fastshower(*args, cwd=None):
+    """The command line, as a user runs it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-m", "fastshower", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
+    assert "Traceback" not in proc.stdout + proc.stderr, proc.stderr
+    return proc
+
+
+def external_ntuple(path, batch, geom, unknown_ids):
+    """The project's Geant4 showers as an experiment's ntuple would hold them: tree "events",
+    detids, hit energies in GeV, each cell's energy split over two hits, primaries as
+    energy (GeV), PDG id, eta and phi; three hits of event 0 on unknown detids."""
+    import awkward as ak
+    import uproot
+
+    event, ids, energy = batch.flat()
+    time = ak.to_numpy(ak.flatten(batch.cell_time)).astype(np.float64)
+    detid = np.repeat(geom.cells["key"][ids], 2)
+    e = np.repeat(energy, 2) * np.tile([0.25, 0.75], len(energy)) / 1e3
+    t = np.repeat(time, 2) + np.tile([0.0, 0.5], len(time))
+    counts = 2 * np.bincount(event, minlength=len(batch))
+    detid = np.concatenate([unknown_ids, detid])
+    e = np.concatenate([np.full(3, 0.002), e])
+    t = np.concatenate([np.zeros(3), t])
+    counts[0] += 3
+    eta, phi = batch.primaries.eta_phi()
+    with uproot.recreate(path) as f:
+        f.mktree("events", {"simhit_detid": "var * uint64", "simhit_e": "var * float64",
+                            "simhit_t": "var * float64", "gen_e": "float64",
+                            "gen_pdg": "int32", "gen_eta": "float64", "gen_phi": "float64"})
+        f["events"].extend({"simhit_detid": ak.unflatten(detid.astype(np.uint64), counts),
+                            "simhit_e": ak.unflatten(e, counts),
+                            "simhit_t": ak.unflatten(t, counts),
+                            "gen_e": batch.primaries.energy_mev / 1e3,
+                            "gen_pdg": batch.primaries.pdg, "gen_eta": eta, "gen_phi": phi})
+
+
+def test_walk_through_my_cell_table_and_my_geant4_ntuples(tmp_path):
+    """docs/your-data.md, part 1, as a user runs it: cell table -> geometry, ntuple -> sim-hit
+    file (unknown detids reported), training, generation, the validation report, ONNX."""
+    import yaml
+
+    from fastshower.simhits import read_sample
+    from fastshower.simulation.gun import GunConfig
+    from fastshower.simulation.jobs import simulate
+
+    hgcal = build_geometry("hgcal")
+    gpath = save(hgcal, tmp_path / "hgcal.h5")
+    simulate(gpath, GunConfig(particle="gamma", energy=[5.0, 20.0], spectrum="uniform"), 60,
+             tmp_path / "g4", jobs=2, seed=11, show_progress=False)
+    batch, _ = read_sample(tmp_path / "g4")
+    write_table(cell_table(hgcal), tmp_path / "cells.csv")
+    (tmp_path / "layers.yaml").write_text(yaml.safe_dump(materials(hgcal)))
+    unknown = np.array([7, 8, 9]) + hgcal.cells["key"].max()
+    external_ntuple(tmp_path / "ntuple.root", batch, hgcal, unknown)
+    (tmp_path / "branches.yaml").write_text(yaml.safe_dump({
+        "tree": "events", "detid": "simhit_detid", "energy": "simhit_e", "time": "simhit_t",
+        "energy_unit": "GeV", "primary_energy": "gen_e", "primary_energy_unit": "GeV",
+        "primary_pdg": "gen_pdg", "primary_eta": "gen_eta", "primary_phi": "gen_phi"}))
+
+    proc = fastshower("geometry", "import", "cells.csv", "--config", "layers.yaml", "--out",
+                      "mine.h5", cwd=tmp_path)
+    assert proc.returncode == 0 and "table geometry" in proc.stdout, proc.stdout
+    proc = fastshower("import-hits", "ntuple.root", "--geometry", "mine.h5", "--branches",
+                      "branches.yaml", "--set", "step=25", "--out", "mine/hits.root",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert "60 showers" in proc.stdout and "3 hits with detids not in mine.h5" in proc.stdout
+    mine = load(tmp_path / "mine.h5")
+    imported, meta = read_sample(tmp_path / "mine" / "hits.root")
+    assert meta["geometry_hash"] == mine.hash and meta["import"]["unknown_detid_hits"] == 3
+    # the same showers: cells (the table kept the keys and their order), energies, times
+    for a, b in zip(imported.flat(), batch.flat(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(imported.cell_time[0]),
+                               np.asarray(batch.cell_time[0]), atol=1e-6)  # earliest hit
+    np.testing.assert_allclose(imported.primaries.direction, batch.primaries.direction,
+                               atol=1e-9)
+    assert imported.lost_energy[0] == pytest.approx(6.0) and np.all(imported.lost_energy[1:] == 0)
+
+    proc = fastshower("train", "--model", "layerhits", "--data", "mine", "--geometry",
+                      "mine.h5", "--out", "run", "--set", "max_steps=12", "--set",
+                      "val_every=6", "--set", "val_showers=10", "--set",
+                      "layerhits.flow_hidden=16", "--set", "layerhits.flow_transforms=1",
+                      "--set", "layerhits.hidden=8", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    proc = fastshower("generate", "--run", "run", "--geometry", "mine.h5", "--primaries-from",
+                      "mine", "--out", "gen/showers.root", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    proc = fastshower("validate", "--reference", "mine", "--generated", "gen", "--geometry",
+                      "mine.h5", "--out", "report", cwd=tmp_path)
+    assert proc.returncode == 0 and "classifier AUC" in proc.stdout, proc.stdout
+    assert (tmp_path / "report" / "report.html").stat().st_size > 10_000
+    proc = fastshower("export-model", "--run", "run", "--geometry", "mine.h5", "--out", "onnx",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout
+    assert (tmp_path / "onnx" / "model.onnx").is_file()

@@ -408,6 +408,39 @@ def validate(
                       f"{g['resolution']:.4f}")
 
 
+@app.command("import-hits")
+def import_hits(
+    source: Annotated[Path, typer.Argument(help="ROOT file with a tree of events.")],
+    out: Annotated[Path, typer.Option(help="Sim-hit file to write (.root).")],
+    geometry: Annotated[Path, typer.Option(
+        help="Geometry whose cell keys are the source's detids (geometry import).")],
+    branches: Annotated[Path | None, typer.Option(
+        help="YAML naming the branches (detid, energy, time, primary_energy, primary_pdg or "
+             "particle, primary_dx/dy/dz or primary_eta/phi, units: docs/your-data.md).")] = None,
+    set_: Annotated[list[str], typer.Option(
+        "--set", help="A branch setting: detid=simhit_detid, energy_unit=GeV.")] = [],  # noqa: B006
+    force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
+) -> None:
+    """Map an external sim-hit ntuple onto a geometry's cells and write fastshower's sim-hit
+    file (unknown detids counted and reported)."""
+    from fastshower.data.imports import HitBranches, import_hits
+    from fastshower.geometry import load
+    from fastshower.progress import Tracker
+
+    if out.exists() and not force:
+        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
+    b = _valid(HitBranches, "branch settings", **{**_load_yaml(branches), **_parse_set(set_)})
+    geom = load(geometry)
+    with Tracker(f"importing {source.name}", 0, unit="events", console=console) as bar:
+        summary = import_hits(source, geom, out, b, on_chunk=lambda done, total: bar.update(
+            completed=done, total=total))
+    console.print(f"wrote {out}: {summary['showers']} showers, {summary['hits']} cell hits")
+    if summary["unknown_detid_hits"]:
+        console.print(f"[yellow]{summary['unknown_detid_hits']} hits with detids not in "
+                      f"{geometry} ({summary['unknown_detid_energy_mev']:.1f} MeV): recorded as "
+                      "the showers' lost_energy[/]")
+
+
 @app.command()
 def export(
     input_: Annotated[str, typer.Option("--input", help="Sample: file, folder or glob.")],

@@ -65,11 +65,13 @@ class Tracker:
         """Items per second since this tracker started (resumed items not counted)."""
         return (self.completed - self.start) / max(time.monotonic() - self.t0, 1e-9)
 
-    def update(self, completed: int | None = None, advance: int = 0, **fields) -> None:
+    def update(self, completed: int | None = None, advance: int = 0, total: int | None = None,
+               **fields) -> None:
         self.completed = int(completed) if completed is not None else self.completed + advance
+        self.total = self.total if total is None else int(total)
         self.fields.update({k: str(v) for k, v in fields.items()})
         if self._bar is not None:
-            self._bar.update(self._task, completed=self.completed,
+            self._bar.update(self._task, completed=self.completed, total=self.total,
                              rate=f"{self.rate():.3g} {self.unit}/s", **self.fields)
         elif self.enabled and time.monotonic() - self.last >= self.every:
             self._line()

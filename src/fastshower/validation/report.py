@@ -66,9 +66,9 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     physics-level test: a generator should give the regression Geant4's response and
     resolution)."""
     out = Path(out)
-    ref, meta_r = read_sample(reference)
-    gen, meta_g = read_sample(generated)
     geom = load(geometry)
+    ref, meta_r = read_sample(reference, geom)
+    gen, meta_g = read_sample(generated, geom)
     for name, meta in (("reference", meta_r), ("generated", meta_g)):
         geom.require_same(meta.get("geometry_hash"), f"the {name} sample")
     if len(ref) < 20 or len(gen) < 10:

@@ -106,10 +106,11 @@ def synthetic_file(path, geom, n: int, seed: int = 0) -> tuple[np.ndarray, np.nd
     """n showers in the official layout: (n, 1) incident energies, (n, voxels) float64 MeV."""
     rng = np.random.default_rng(seed)
     e_inc = 10 ** rng.uniform(3, 5, n)
-    r = np.hypot(geom.cells["x"], geom.cells["y"]).astype(np.float64)
-    depth = geom.cells["layer"].astype(np.float64)
-    mean = np.exp(-r / 6.0 - ((depth - 12.0) / 8.0) ** 2)
-    counts = rng.poisson(mean[None] * (e_inc[:, None] / 1e3))
+    shift = rng.normal(0.0, 2.0, (n, 2, 1))  # mm: showers not all on the axis
+    r = np.hypot(geom.cells["x"] - shift[:, 0], geom.cells["y"] - shift[:, 1])
+    depth = geom.cells["layer"].astype(np.float64) - rng.normal(12.0, 2.0, (n, 1))
+    mean = np.exp(-r / 6.0 - (depth / 8.0) ** 2)
+    counts = rng.poisson(mean * (e_inc[:, None] / 1e3))
     showers = counts * (e_inc / np.maximum(counts.sum(1), 1))[:, None]
     with h5py.File(path, "w") as f:
         f["incident_energies"] = e_inc.reshape(-1, 1)
@@ -151,3 +152,41 @@ def test_challenge_files_are_samples_read_in_chunks_and_written_back_unchanged(t
     (tmp_path / "broken.h5").write_bytes(b"not hdf5")
     with pytest.raises(FastShowerError, match="not a readable CaloChallenge HDF5 file"):
         read_sample(tmp_path / "broken.h5", geom)
+
+
+def test_walk_through_calochallenge_dataset_2(tmp_path):
+    """docs/your-data.md, part 2, as a user runs it on a file of dataset 2's shape: train on
+    the HDF5 file with the binning XML as the geometry, generate on its incident energies,
+    write the same format and voxel order back, compare in the validation report, export to
+    ONNX."""
+    import subprocess
+    import sys
+
+    def fastshower(*args):
+        proc = subprocess.run([sys.executable, "-m", "fastshower", *map(str, args)],
+                              cwd=tmp_path, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=600)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stdout + proc.stderr
+        return proc.stdout
+
+    xml = write_xml(tmp_path / "binning_dataset_2.xml", DS2)
+    e_inc, _ = synthetic_file(tmp_path / "dataset_2.hdf5", load(xml), 100, seed=4)
+    out = fastshower("geometry", "import", xml.name, "--out", "ds2.h5")
+    assert "6480 cells" in out
+    fastshower("train", "--model", "layerhits", "--data", "calochallenge:dataset_2.hdf5",
+               "--geometry", xml.name, "--out", "run", "--set", "max_steps=12", "--set",
+               "val_every=6", "--set", "val_showers=10", "--set", "layerhits.flow_hidden=16",
+               "--set", "layerhits.flow_transforms=1", "--set", "layerhits.hidden=8")
+    fastshower("generate", "--run", "run", "--geometry", "ds2.h5", "--primaries-from",
+               "calochallenge:dataset_2.hdf5", "--out", "gen/showers.root")
+    fastshower("export", "--input", "gen", "--geometry", "ds2.h5", "--out", "gen.hdf5")
+    with h5py.File(tmp_path / "gen.hdf5") as f:
+        assert f["showers"].shape == (100, 6480) and f["showers"].dtype == np.float64
+        np.testing.assert_array_equal(f["incident_energies"][:, 0], e_inc)
+        assert f["showers"][...].sum(1).min() > 0
+    assert (tmp_path / "gen.xml").read_text() == xml.read_text()
+    out = fastshower("validate", "--reference", "calochallenge:dataset_2.hdf5", "--generated",
+                     "gen", "--geometry", xml.name, "--out", "report")
+    assert "classifier AUC" in out and (tmp_path / "report" / "report.html").is_file()
+    fastshower("export-model", "--run", "run", "--geometry", "ds2.h5", "--out", "onnx")
+    assert (tmp_path / "onnx" / "model.onnx").is_file()

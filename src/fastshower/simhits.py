@@ -34,6 +34,7 @@ CHUNK_ROWS = 1000
 SCHEMA_VERSION = 1
 PRIMARY_FIELDS = ("primary_pdg", "primary_energy", "primary_x", "primary_y", "primary_z",
                   "primary_dx", "primary_dy", "primary_dz")
+THETA_MIN = 1e-6  # rad: directions closer to the z axis count as this far (|eta| <= ~14.5)
 PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -211, "pi+": 211}
 
 
@@ -68,9 +69,10 @@ class Primaries:
                          self.direction[index])
 
     def eta_phi(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pseudorapidity and azimuth (rad) of the directions."""
+        """Pseudorapidity and azimuth (rad) of the directions; |eta| at most ETA_MAX (a
+        direction along the z axis, as the CaloChallenge's, has an infinite eta)."""
         dx, dy, dz = self.direction.T
-        theta = np.arctan2(np.hypot(dx, dy), dz)
+        theta = np.clip(np.arctan2(np.hypot(dx, dy), dz), THETA_MIN, np.pi - THETA_MIN)
         return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)
 
     def to_branches(self) -> dict[str, np.ndarray]:

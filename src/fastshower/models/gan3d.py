@@ -17,9 +17,10 @@ step. The discriminator's terms use real images and detached fakes; the generato
 the fakes through the discriminator with its parameters detached (torch.func.functional_call),
 so each player's gradient comes from its own terms only (simultaneous gradient steps instead of
 the original's alternating ones). Loss per player: the non-saturating adversarial BCE plus the
-auxiliary regressions, as the original: mean absolute percentage error of the primary and the
-deposited energy, absolute error of the incidence angle in radians (a percentage of an angle
-near 0 is meaningless). Stabilisation (the first runs without it: the discriminator won within
+auxiliary regressions, as the original: mean absolute percentage error of the primary energy
+and of the deposited energy (here as the response E_dep / E_p: the images are in units of
+E_p, so the response is what they hold), absolute error of the incidence angle in radians (a
+percentage of an angle near 0 is meaningless). Stabilisation (the first runs without it: the discriminator won within
 a few hundred steps and the generator never learnt): real labels smoothed to 0.9, an R1
 gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's weights
 chosen by the FPD of its validation showers, not by its loss.
@@ -138,7 +139,8 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """image -> (real/fake logit, ln E_p, ln E_dep (MeV), incidence angle theta (rad)): strided
     3-D convolutions 25 -> 13 -> 7 -> 4, then two dense layers; the image's summed energy also
-    enters the dense part, as the original's "ECAL sum" did."""
+    enters the dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the exact
+    response of an image of values SCALE (e / E_p) ** POWER."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -151,8 +153,8 @@ class Discriminator(nn.Module):
                                   nn.Linear(64, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        total = torch.log1p(x.sum((1, 2, 3)))[:, None]
-        return self.head(torch.cat([self.conv(x[:, None]), total], -1))
+        response = torch.log(((x / SCALE) ** (1 / POWER)).sum((1, 2, 3)) + 1e-6)[:, None]
+        return self.head(torch.cat([self.conv(x[:, None]), response], -1))
 
 
 def _theta(direction: np.ndarray) -> np.ndarray:
@@ -173,14 +175,15 @@ def conditions(energy, direction, particle, log_e: tuple[float, float], n_partic
 
 class ImageData:
     """A split as images: values (N, LAYERS, WINDOW, WINDOW) float32, the primaries, and the
-    regression targets (ln E_p, ln E_dep in the window (MeV), theta)."""
+    regression targets (ln E_p (MeV), ln E_dep / E_p (E_dep: the window's energy), theta)."""
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         p = batch.primaries
         e, self.outside_mev = images(batch, window_cells(geom, p), geom.n_cells)
         self.primaries = p
         self.values = to_values(e, p.energy_mev)
-        self.targets = np.stack([np.log(p.energy_mev), np.log(e.sum((1, 2, 3)) + 1e-3),
+        self.targets = np.stack([np.log(p.energy_mev),
+                                 np.log(e.sum((1, 2, 3)) / p.energy_mev + 1e-9),
                                  _theta(p.direction)], -1).astype(np.float32)
 
     def __len__(self) -> int:
@@ -198,8 +201,9 @@ class Gan3D(NetworkGenerator):
         "data_structure": f"the ECAL as a {LAYERS} x {WINDOW} x {WINDOW} image of cells centred "
                           "on the primary's line in every layer; values 10 sqrt(e / E)",
         "condition_encoding": "ln E standardised, theta (rad), cos and sin phi, particle one-hot",
-        "tuning": "adversarial (non-saturating BCE, real labels 0.9) plus auxiliary regressions "
-                  "of E, deposited energy and theta by the discriminator",
+        "tuning": "adversarial (non-saturating BCE, real labels 0.9, R1 penalty, Adam beta1 "
+                  "0.5) plus auxiliary regressions of E, the response E_dep / E and theta by "
+                  "the discriminator; generator weights chosen by the validation FPD",
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
     loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "d_r1": 1.0,
                                                 "g_adv": 1.0, "g_aux": 1.0}
@@ -239,13 +243,16 @@ class Gan3D(NetworkGenerator):
     def build(cls, data: ImageData, geom: Geometry, cfg: Gan3DConfig | None, seed: int) -> Gan3D:
         log_e = np.log(data.primaries.energy_mev)
         norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
+                 "aux_mean": data.targets.mean(0).tolist(),
                  "ranges": TrainingRanges.of(data.primaries).to_dict()}
         return cls(geom, particle_names(data.primaries.pdg), cfg or Gan3DConfig(), norms)
 
     def _aux(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Per shower: |relative error| of E_p and E_dep, |error| of theta (rad)."""
-        rel = (torch.exp(out[:, 1:3] - target[:, :2]) - 1).abs().sum(-1)
-        return rel + (out[:, 3] - target[:, 2]).abs()
+        """Per shower: |relative error| of E_p and of the response E_dep / E_p, |error| of
+        theta (rad); the heads regress offsets from the training sample's means."""
+        out = out[:, 1:] + torch.tensor(self.norms.get("aux_mean", [0.0, 0.0, 0.0]))
+        rel = (torch.exp(out[:, :2] - target[:, :2]) - 1).abs().sum(-1)
+        return rel + (out[:, 2] - target[:, 2]).abs()
 
     def forward(self, data: ImageData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:

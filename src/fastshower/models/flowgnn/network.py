@@ -16,6 +16,7 @@ from torch_geometric.nn import MessagePassing
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.models.showers import THRESHOLD_MIP
+from fastshower.simhits import THETA_MIN
 
 CENTRE_SCALE = 5.0  # mm
 OFFSET_SCALE = 30.0  # mm
@@ -239,7 +240,9 @@ class LayerLevel(nn.Module):
 
     def forward(self, energy, direction, particle, z):
         dx, dy, dz = direction.unbind(-1)
-        eta = -torch.log(torch.tan(0.5 * torch.atan2(torch.sqrt(dx * dx + dy * dy), dz)))
+        theta = torch.atan2(torch.sqrt(dx * dx + dy * dy), dz).clamp(THETA_MIN,
+                                                                      math.pi - THETA_MIN)
+        eta = -torch.log(torch.tan(0.5 * theta))
         num = torch.stack([torch.log(energy), eta, torch.atan2(dy, dx)], -1)
         num = (num - self.context_mean) / self.context_std
         ctx = torch.cat([num, self.onehot[particle]], -1)

@@ -20,10 +20,10 @@ the original's alternating ones). Loss per player: the non-saturating adversaria
 auxiliary regressions, as the original: mean absolute percentage error of the primary energy
 and of the deposited energy (here as the response E_dep / E_p: the images are in units of
 E_p, so the response is what they hold), absolute error of the incidence angle in radians (a
-percentage of an angle near 0 is meaningless). Stabilisation (the first runs without it: the discriminator won within
-a few hundred steps and the generator never learnt): real labels smoothed to 0.9, an R1
-gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's weights
-chosen by the FPD of its validation showers, not by its loss.
+percentage of an angle near 0 is meaningless). Stabilisation (without it, the discriminator
+won within a few hundred steps and the generator never learnt): real labels smoothed to 0.9,
+an R1 gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's
+weights chosen by the FPD of its validation showers, not by its loss.
 
 Approximations, named: energy outside the window (and in the HCAL) is not generated (the
 training data record how much); hit times are times of flight; cells of one layer are on the

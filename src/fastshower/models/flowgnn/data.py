@@ -72,6 +72,9 @@ class TrainingData:
         return groups
 
 
+CONSTANT_STD = 1e-4  # a condition with less spread (ln E, eta, rad) is constant: scaled by 1
+
+
 def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
     """Standardisation constants and the condition ranges of the training split."""
     p = data.primaries
@@ -79,7 +82,9 @@ def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
     num = np.stack([np.log(p.energy_mev), eta, phi], -1)
     x = layer_vector(data.e_layer, data.n_layer, data.centre, p.energy_mev,
                      np.random.default_rng(seed))
-    return {"context_mean": num.mean(0).tolist(), "context_std": (num.std(0) + 1e-6).tolist(),
+    std = num.std(0)
+    std = np.where(std > CONSTANT_STD, std + 1e-6, 1.0)  # a condition that does not vary
+    return {"context_mean": num.mean(0).tolist(), "context_std": std.tolist(),
             "flow_mean": x.mean(0).tolist(), "flow_std": (x.std(0) + 1e-3).tolist(),
             "flow_min": x.min(0).tolist(), "flow_max": x.max(0).tolist(),
             "particles": particles,

@@ -243,7 +243,9 @@ class LayerLevel(nn.Module):
         theta = torch.atan2(torch.sqrt(dx * dx + dy * dy), dz).clamp(THETA_MIN,
                                                                       math.pi - THETA_MIN)
         eta = -torch.log(torch.tan(0.5 * theta))
-        num = torch.stack([torch.log(energy), eta, torch.atan2(dy, dx)], -1)
+        # phi 0 along z, as numpy's arctan2(0, 0) (ONNX's atan2 of 0 / 0 is NaN)
+        phi = torch.where(dx * dx + dy * dy > 0, torch.atan2(dy, dx), torch.zeros_like(dx))
+        num = torch.stack([torch.log(energy), eta, phi], -1)
         num = (num - self.context_mean) / self.context_std
         ctx = torch.cat([num, self.onehot[particle]], -1)
         x = self.inverse(z, ctx) * self.flow_std + self.flow_mean

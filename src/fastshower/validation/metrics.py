@@ -38,7 +38,7 @@ def ks(ref: np.ndarray, gen: np.ndarray) -> float:
 def standardise(ref: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Both (n, d) samples scaled by the reference's mean and spread."""
     mu, sd = ref.mean(axis=0), ref.std(axis=0)
-    sd = np.where(sd > 0, sd, 1.0)
+    sd = np.where(sd > 1e-9 * np.abs(mu), sd, 1.0)  # constant up to rounding: not scaled
     return (ref - mu) / sd, (gen - mu) / sd
 
 

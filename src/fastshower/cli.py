@@ -450,6 +450,9 @@ def export(
         DEFAULT_GEOMETRY),
     like: Annotated[Path | None, typer.Option(
         help="A reference export whose binning and energy scale to reuse.")] = None,
+    scale: Annotated[str | None, typer.Option(
+        help="Energy factor: 'auto' (mean voxel sum = mean incident energy; the default, "
+             "except for a geometry imported from a binning XML: 1) or a number.")] = None,
 ) -> None:
     """Export showers in the CaloChallenge 2022 HDF5 format (+ binning XML, scale JSON)."""
     from fastshower.geometry import load
@@ -461,7 +464,9 @@ def export(
     geom = load(geometry)
     batch, meta = read_sample(input_, geom)
     geom.require_same(meta.get("geometry_hash"), str(input_))
-    info = export_calochallenge(batch, geom, out, like=like)
+    if scale not in (None, "auto"):
+        scale = _numbers(scale, ",", "scale", "auto or a number above 0", sizes=(1,))[0]
+    info = export_calochallenge(batch, geom, out, like=like, scale=scale)
     console.print(f"wrote {out} ({info['n_showers']} showers x {info['n_voxels']} voxels), "
                   f"{out.with_suffix('.xml')} and {out.with_suffix('.json')} "
                   f"(energy scale {info['scale']:.2f})")

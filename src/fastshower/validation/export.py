@@ -63,12 +63,17 @@ def voxelise(batch: ShowerBatch, geom: Geometry, binning: Binning, scale: float)
 
 
 def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
-                         like: str | Path | None = None) -> dict:
+                         like: str | Path | None = None, scale: float | str | None = None
+                         ) -> dict:
     """Write OUT (.h5), its binning XML and a JSON of the energy scale; returns that JSON.
 
     ``like``: a previous export whose binning and scale to reuse (the reference's).
+    ``scale``: the energy factor; "auto" makes the mean voxel sum equal the mean incident
+    energy (the default, except on a geometry imported from a binning XML, whose showers are
+    taken to be in the challenge's scale already: factor 1 unless told otherwise).
     """
     out = Path(out)
+    voxels = geom.builder == "calochallenge"
     if like is not None:
         like = Path(like)
         try:
@@ -78,27 +83,33 @@ def export_calochallenge(batch: ShowerBatch, geom: Geometry, out: str | Path,
             raise FastShowerError(f"cannot reuse the binning of {like}: {err}") from None
         geom.require_same(info["geometry_hash"], str(like))
         scale = info["scale"]
-    elif geom.builder == "calochallenge":
+    elif voxels:
         binning = CaloChallengeConfig.model_validate(geom.config).binning
-        scale = 1.0
-        info = {"scale": scale, "geometry_hash": geom.hash,
-                "scheme": "the geometry's cells are the voxels (imported from a binning XML)",
-                "cell_to_voxel": "identity"}
+        info = {"geometry_hash": geom.hash, "cell_to_voxel": "identity",
+                "scheme": "the geometry's cells are the voxels (imported from a binning XML); "
+                          "voxel energy = cell energy x scale"}
     else:
         binning = default_binning(geom, batch)
-        raw = voxelise(batch, geom, binning, 1.0).sum(axis=1)
-        scale = float(np.mean(batch.primaries.energy_mev) / max(raw.mean(), 1e-12))
-        info = {"scale": scale, "geometry_hash": geom.hash,
+        info = {"geometry_hash": geom.hash, "cell_to_voxel": "by cell centre",
                 "scheme": "voxel energy = visible cell energy x HGCAL dE/dx layer weight x "
-                          "scale; scale makes the mean voxel sum equal the mean incident "
-                          "energy of the reference sample",
-                "cell_to_voxel": "by cell centre"}
-    if geom.builder == "calochallenge":
+                          "scale"}
+    if voxels:
         event, ids, energy = batch.flat()
         showers = np.zeros((len(batch), geom.n_cells))
         np.add.at(showers, (event, ids), energy)
     else:
-        showers = voxelise(batch, geom, binning, scale)
+        showers = voxelise(batch, geom, binning, 1.0)
+    if scale is None:
+        scale = 1.0 if voxels else "auto"
+    if scale == "auto":
+        scale = float(np.mean(batch.primaries.energy_mev) / max(showers.sum(1).mean(), 1e-12))
+        info["scale_rule"] = ("makes the mean voxel sum equal the mean incident energy of the "
+                              "reference sample")
+    if not (isinstance(scale, float | int) and np.isfinite(scale) and scale > 0):
+        raise FastShowerError(f"the energy scale must be 'auto' or a number above 0, not {scale!r}")
+    scale = float(scale)
+    info["scale"] = scale
+    showers *= scale
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     with h5py.File(tmp, "w") as f:

@@ -140,6 +140,8 @@ class Detector(g4.G4VUserDetectorConstruction):
                 continue
             if self.geom.builder == "grid":
                 out += self._grid_plane(lay, idx, mat)
+            elif self.geom.builder != "hgcal":  # imported: a plane under the cells
+                out += self._plane(lay, idx, mat)
             elif cell_type == SILICON:
                 out += self._silicon(lay, idx)
             else:
@@ -193,6 +195,11 @@ class Detector(g4.G4VUserDetectorConstruction):
     def _grid_plane(self, lay, idx, mat):
         if self.scoring == "cells":
             return self._grid_replicas(lay, mat, float(self.geom.cells["thickness"][idx][0]))
+        return self._plane(lay, idx, mat)
+
+    def _plane(self, lay, idx, mat):
+        """One sensor plane over the cells' bounding box (with 'cells' scoring, the cells as
+        its daughters); where no cell is, deposits are lost energy."""
         corners = self.geom.cells["corners"][idx]
         box = shapely.box(np.nanmin(corners[..., 0]), np.nanmin(corners[..., 1]),
                           np.nanmax(corners[..., 0]), np.nanmax(corners[..., 1]))

@@ -13,15 +13,23 @@ from fastshower.errors import GeometryError
 from fastshower.geometry import build_geometry, identity
 
 PROBE = """
-import hashlib, json
-from fastshower.geometry import build_geometry
+import hashlib, json, sys, tempfile
+from pathlib import Path
+from fastshower.geometry import build_geometry, import_geometry
+from fastshower.geometry.calochallenge import Binning, CaloChallengeConfig
+from fastshower.geometry.table import cell_table, write_table
+ds3 = Binning([tuple(round(2.325 * i, 3) for i in range(19))] * 45, [50] * 45)
+geoms = {b: build_geometry(b) for b in ("hgcal", "grid")}
+geoms["calochallenge ds3"] = build_geometry("calochallenge", CaloChallengeConfig.of(ds3).model_dump())
+with tempfile.TemporaryDirectory() as tmp:
+    geoms["table"] = import_geometry(write_table(cell_table(geoms["hgcal"]), Path(tmp) / "c.csv"),
+                                     {"sensor_thickness": 0.3})
 out = {}
-for builder in ("hgcal", "grid"):
-    g = build_geometry(builder)
-    out[builder] = {"identity": g.hash,
-                    "keys": hashlib.sha256(g.cells["key"].tobytes()).hexdigest(),
-                    "edges": hashlib.sha256(g.edges.tobytes()).hexdigest(),
-                    "n_cells": g.n_cells, "n_edges": int(g.edges.shape[1])}
+for name, g in geoms.items():
+    out[name] = {"identity": g.hash,
+                 "keys": hashlib.sha256(g.cells["key"].tobytes()).hexdigest(),
+                 "edges": hashlib.sha256(g.edges.tobytes()).hexdigest(),
+                 "n_cells": g.n_cells, "n_edges": int(g.edges.shape[1])}
 print(json.dumps(out))
 """
 
@@ -51,6 +59,8 @@ def test_identity_ids_and_edges_are_the_same_under_every_simd_setting():
     for name, got in results.items():
         assert got == first, f"SIMD setting {name!r} changes the geometry"
     assert first["hgcal"]["n_cells"] == 25_932 and first["grid"]["n_cells"] == 72_285
+    assert first["calochallenge ds3"]["n_cells"] == 40_500
+    assert first["table"]["edges"] == first["hgcal"]["edges"]
 
 
 def test_quantisation_absorbs_last_bit_noise_but_not_real_changes():

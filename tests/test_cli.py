@@ -16,7 +16,9 @@ def fastshower(*args, cwd=None):
 
 
 @pytest.mark.parametrize("cmd", [[], ["geometry"], ["geometry", "build"], ["geometry", "info"],
-                                 ["geometry", "plot"], ["simulate"], ["preprocess"],
+                                 ["geometry", "plot"], ["geometry", "import"],
+                                 ["geometry", "export"], ["import-hits"], ["simulate"],
+                                 ["preprocess"],
                                  ["validate"], ["export"], ["train"], ["generate"], ["demo"]])
 def test_every_command_has_help(cmd):
     proc = fastshower(*cmd, "--help")

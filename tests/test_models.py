@@ -236,12 +236,15 @@ def test_two_data_parallel_processes_train_like_one_on_the_same_global_batch(sam
     args = ["-m", "fastshower", "train", "--data", data, "--geometry", str(gpath)]
     for item in TINY:
         args += ["--set", item]
+    # one thread per process: a multi-threaded reduction's rounding depends on the load, and
+    # Adam turns a rounding-level gradient into a learning-rate-sized step
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args, "--out", str(tmp / "one")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stdout + one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc_per_node", "2", *args, "--out", str(tmp / "two")],
-                         capture_output=True, text=True, timeout=600)  # a hang fails, not waits
+                         capture_output=True, text=True, timeout=600, env=env)  # a hang fails
     assert two.returncode == 0, two.stdout + two.stderr
     a, b = (torch.load(tmp / run / "checkpoints" / "last.pt", weights_only=True)
             for run in ("one", "two"))

@@ -233,7 +233,8 @@ def _valid(config, what: str, /, **values):
         return config(**values)
     except ValidationError as err:
         raise FastShowerError(f"{what}: " + "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())) from None
+            ": ".join([*(["/".join(map(str, e["loc"]))] if e["loc"] else []),
+                       e["msg"].removeprefix("Value error, ")]) for e in err.errors())) from None
 
 
 def make_gun(particle: str, energy: str, spectrum: str | None, eta: str, phi: str,

@@ -94,7 +94,8 @@ def _tree(path: Path, name: str | None):
         f = uproot.open(path)
     except Exception as err:  # noqa: BLE001 - uproot raises many kinds for a bad file
         raise FastShowerError(f"{path} is not a readable ROOT file: {err}") from None
-    trees = sorted({k.split(";")[0] for k, c in f.classnames().items() if c == "TTree"})
+    trees = sorted({k.split(";")[0] for k, c in f.classnames().items()
+                    if c in ("TTree", "ROOT::RNTuple")})
     if name is None:
         if len(trees) != 1:
             raise FastShowerError(f"{path} has {len(trees)} trees ({', '.join(trees)}): name "
@@ -103,6 +104,13 @@ def _tree(path: Path, name: str | None):
     if name not in trees:
         raise FastShowerError(f"{path} has no tree {name!r}; it has {', '.join(trees)}")
     return f[name]
+
+
+def _field(arrays: ak.Array, name: str) -> ak.Array:
+    """A branch of the chunk; an RNTuple's sub-field "a.b" is the record field a, b."""
+    if name in arrays.fields:
+        return arrays[name]
+    return arrays[tuple(name.split("."))]
 
 
 def to_showers(arrays: dict, b: HitBranches, geom: Geometry) -> tuple[ShowerBatch, int, float]:
@@ -173,7 +181,8 @@ def import_hits(source: str | Path, geom: Geometry, out: str | Path, b: HitBranc
     writer = SimHitWriter(out, meta)
     try:
         for arrays in tree.iterate(b.names(), step_size=b.step, library="ak"):
-            batch, unknown, e_unknown = to_showers({k: arrays[k] for k in b.names()}, b, geom)
+            batch, unknown, e_unknown = to_showers({k: _field(arrays, k) for k in b.names()},
+                                                   b, geom)
             writer.write(batch)
             summary["showers"] += len(batch)
             summary["hits"] += int(ak.sum(ak.num(batch.cell_id)))

@@ -20,7 +20,8 @@ from fastshower.geometry.calochallenge import Binning, CaloChallengeConfig
 from fastshower.geometry.table import cell_table, write_table
 ds3 = Binning([tuple(round(2.325 * i, 3) for i in range(19))] * 45, [50] * 45)
 geoms = {b: build_geometry(b) for b in ("hgcal", "grid")}
-geoms["calochallenge ds3"] = build_geometry("calochallenge", CaloChallengeConfig.of(ds3).model_dump())
+geoms["calochallenge ds3"] = build_geometry("calochallenge",
+                                           CaloChallengeConfig.of(ds3).model_dump())
 with tempfile.TemporaryDirectory() as tmp:
     geoms["table"] = import_geometry(write_table(cell_table(geoms["hgcal"]), Path(tmp) / "c.csv"),
                                      {"sensor_thickness": 0.3})

@@ -91,6 +91,20 @@ def test_every_challenge_binning_is_a_geometry_whose_cell_ids_are_voxel_indices(
     assert load(again).hash == geom.hash == import_geometry(xml).hash
 
 
+@pytest.mark.parametrize("layers_pid", [DS1_PHOTONS, DS1_PIONS, DS3])
+def test_files_of_every_official_shape_go_back_unchanged(tmp_path, layers_pid):
+    xml = write_xml(tmp_path / "binning.xml", layers_pid)
+    geom = load(xml)
+    e_inc, showers = synthetic_file(tmp_path / "in.hdf5", geom, 12)
+    batch, _ = read_sample(tmp_path / "in.hdf5", geom)
+    assert np.all(batch.primaries.pdg == layers_pid[1])
+    export_calochallenge(batch, geom, tmp_path / "out.hdf5")
+    with h5py.File(tmp_path / "out.hdf5") as f:
+        np.testing.assert_array_equal(f["showers"][...], showers)
+        np.testing.assert_array_equal(f["incident_energies"][...], e_inc.reshape(-1, 1))
+    assert (tmp_path / "out.xml").read_text() == xml.read_text()
+
+
 def test_bad_binning_xml_gives_one_clear_line(tmp_path):
     bad = tmp_path / "bad.xml"
     bad.write_text("<Bins><Bin pid='11'><Layer id='0' r_edges='0,5,3' n_bin_alpha='4'/></Bin>"

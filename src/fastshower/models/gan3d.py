@@ -141,12 +141,10 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """image -> (real/fake logit, ln E_p, ln E_dep / E_p, incidence angle theta (rad)): strided
-    3-D convolutions 25 -> 13 -> 7 -> 4, then two dense layers. The dense part also sees the
-    image's summary features (``summary``): its response (as the original's "ECAL sum"), the
-    number of lit cells, the transverse width and the core fraction, each differentiable, so
-    that a generated image unlike Geant4's in those is seen at once and the generator gets a
-    gradient towards them."""
+    """image -> (real/fake logit, ln E_p, ln E_dep (MeV), incidence angle theta (rad)): strided
+    3-D convolutions 25 -> 13 -> 7 -> 4, then two dense layers; the image's summed energy also
+    enters the dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the exact
+    response of an image of values SCALE (e / E_p) ** POWER."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -155,30 +153,12 @@ class Discriminator(nn.Module):
             nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(2 * c, 4 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(4 * c * 4 ** 3 + N_SUMMARY, 64), nn.LeakyReLU(0.2),
+        self.head = nn.Sequential(nn.Linear(4 * c * 4 ** 3 + 1, 64), nn.LeakyReLU(0.2),
                                   nn.Linear(64, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.conv(x[:, None]), summary(x)], -1))
-
-
-N_SUMMARY = 4
-LIT_VALUE = 2e-3  # an image value above this is a lit cell (the half-MIP threshold of a
-# 0.5 mm silicon cell is 1.2e-3 to 8.7e-3 for 510 to 10 GeV primaries)
-_R2 = torch.from_numpy(((np.arange(WINDOW) - WINDOW // 2)[:, None] ** 2
-                        + (np.arange(WINDOW) - WINDOW // 2)[None] ** 2).astype(np.float32))
-
-
-def summary(x: torch.Tensor) -> torch.Tensor:
-    """(P, 4) differentiable summaries of images (P, LAYERS, WINDOW, WINDOW): ln response,
-    ln number of lit cells (a soft count), ln energy-weighted RMS distance from the window's
-    axis (cells), and the fraction of the energy within one cell of the axis."""
-    e = (x / SCALE) ** (1 / POWER)
-    total = e.flatten(1).sum(1) + 1e-9
-    lit = torch.sigmoid((x - LIT_VALUE) / (0.25 * LIT_VALUE)).flatten(1).sum(1)
-    width = torch.sqrt((e * _R2).flatten(1).sum(1) / total + 1e-6)
-    core = (e * (_R2 <= 2)).flatten(1).sum(1) / total
-    return torch.stack([torch.log(total), torch.log(lit + 1.0), torch.log(width), core], -1)
+        return self.head(torch.cat([self.conv(x[:, None]),
+                                    torch.log(response(x) + 1e-6)[:, None]], -1))
 
 
 def response(x: torch.Tensor) -> torch.Tensor:

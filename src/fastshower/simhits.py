@@ -69,8 +69,8 @@ class Primaries:
                          self.direction[index])
 
     def eta_phi(self) -> tuple[np.ndarray, np.ndarray]:
-        """Pseudorapidity and azimuth (rad) of the directions; |eta| at most ETA_MAX (a
-        direction along the z axis, as the CaloChallenge's, has an infinite eta)."""
+        """Pseudorapidity and azimuth (rad) of the directions; theta at least THETA_MIN from
+        the z axis (a direction along it, as the CaloChallenge's, has an infinite eta)."""
         dx, dy, dz = self.direction.T
         theta = np.clip(np.arctan2(np.hypot(dx, dy), dz), THETA_MIN, np.pi - THETA_MIN)
         return -np.log(np.tan(theta / 2)), np.arctan2(dy, dx)

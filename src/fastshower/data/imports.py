@@ -31,6 +31,7 @@ from fastshower.simhits import (
     SimHitWriter,
     eta_phi_direction,
 )
+from fastshower.simulation.scoring import merge_hits
 
 UNITS = {"keV": 1e-3, "MeV": 1.0, "GeV": 1e3}
 LENGTH_UNITS = {"mm": 1.0, "cm": 10.0, "m": 1000.0}
@@ -133,13 +134,8 @@ def to_showers(arrays: dict, b: HitBranches, geom: Geometry) -> tuple[ShowerBatc
     pos = np.clip(np.searchsorted(keys, detid), 0, len(keys) - 1)
     known = keys[pos] == detid
     lost = np.bincount(event[~known], energy[~known], minlength=n)
-    # one hit per (event, cell): energies summed, the earliest time
-    code = event[known] * geom.n_cells + pos[known]
-    cells, inverse = np.unique(code, return_inverse=True)
-    e_cell = np.bincount(inverse, energy[known], minlength=len(cells))
-    t_cell = np.full(len(cells), np.inf)
-    np.minimum.at(t_cell, inverse, time[known])
-    per_event = np.bincount(cells // geom.n_cells, minlength=n)
+    per_event, cells, e_cell, t_cell = merge_hits(event[known], pos[known], energy[known],
+                                                  time[known], n)
     p_energy = np.asarray(arrays[b.primary_energy], np.float64) * UNITS[b.primary_energy_unit]
     pdg = (np.asarray(arrays[b.primary_pdg]) if b.primary_pdg
            else np.full(n, PARTICLES[b.particle]))
@@ -157,7 +153,7 @@ def to_showers(arrays: dict, b: HitBranches, geom: Geometry) -> tuple[ShowerBatc
                         (b.primary_x, b.primary_y, b.primary_z)], -1)
               * LENGTH_UNITS[b.length_unit] if b.primary_x else np.zeros((n, 3)))
     batch = ShowerBatch(Primaries(pdg, p_energy, vertex, d),
-                        ak.unflatten((cells % geom.n_cells).astype(np.int32), per_event),
+                        ak.unflatten(cells.astype(np.int32), per_event),
                         ak.unflatten(e_cell, per_event),
                         ak.unflatten(t_cell.astype(np.float32), per_event), lost)
     return batch, int((~known).sum()), float(energy[~known].sum())

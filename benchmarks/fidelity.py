@@ -54,6 +54,10 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/fidelity")
     ap.add_argument("--fpd-seeds", type=int, default=5,
                     help="more generator seeds for the FPD's spread (0: none)")
+    ap.add_argument("--allow-extrapolation", action="store_true",
+                    help="generate held-out primaries outside the training ranges too (e.g. "
+                         "directions nearer the axis than any training one: eta is no "
+                         "condition of gan3d)")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +69,8 @@ def main() -> None:
                                       "split": args.split, "source": args.data})
     writer.write(test)
     writer.close()
-    summary = {"data": args.data, "split": args.split, "n_test": len(test), "models": {}}
+    summary = {"data": args.data, "split": args.split, "n_test": len(test), "models": {},
+               "allow_extrapolation": args.allow_extrapolation}
     hl_test = high_level(test, geom)
     for run in args.runs.split(","):
         generator = load_generator(run, geom)
@@ -74,7 +79,8 @@ def main() -> None:
             name = f"{generator.name}-{Path(run).name}"
         path = out / f"{name}_test.root"
         start = time.process_time()
-        generate_file(generator, test.primaries, path, seed=11, show_progress=False)
+        generate_file(generator, test.primaries, path, seed=11, show_progress=False,
+                      allow_extrapolation=args.allow_extrapolation)
         cpu = (time.process_time() - start) / len(test)
         m = validate(reference, path, args.geometry, out / name)
         g, f = m["generated"], m["floor"]

@@ -256,7 +256,10 @@ class Gan3D(NetworkGenerator):
         log_e = np.log(data.primaries.energy_mev)
         norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
                  "aux_mean": data.targets.mean(0).tolist(),
-                 "ranges": TrainingRanges.of(data.primaries).to_dict()}
+                 # eta is no condition (theta is): no eta range, which near the axis would
+                 # refuse directions only a little closer to it than the training sample's
+                 "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()
+                            if k != "eta"}}
         return cls(geom, particle_names(data.primaries.pdg), cfg or Gan3DConfig(), norms)
 
     def _aux(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -70,6 +70,25 @@ def _parse_set(values: list[str]) -> dict:
     return out
 
 
+def _refuse_overwrite(out: Path, force: bool) -> None:
+    if out.exists() and not force:
+        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
+
+
+def _save_geometry(out: Path, force: bool, doing: str, make) -> None:
+    """``make()`` a geometry (under a status line ``doing``) and save it to ``out``."""
+    from fastshower.geometry import save
+
+    _refuse_overwrite(out, force)
+    with console.status(doing):
+        geom = make()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save(geom, out)
+    console.print(f"wrote {out}: {geom.builder} geometry, {len(geom.layers)} layers, "
+                  f"{geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
+                  f"hash {geom.short_hash}")
+
+
 @geometry_app.command("build")
 def geometry_build(
     builder: Annotated[str, typer.Option(
@@ -80,17 +99,11 @@ def geometry_build(
     force: Annotated[bool, typer.Option(help="Overwrite an existing file.")] = False,
 ) -> None:
     """Build a geometry with its neighbour graph and save it as one hashed file."""
-    from fastshower.geometry import build_geometry, save
+    from fastshower.geometry import build_geometry
 
-    if out.exists() and not force:
-        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
     settings = {**_load_yaml(config), **_parse_set(set_)}
-    with console.status(f"building {builder} geometry"):
-        geom = build_geometry(builder, settings)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save(geom, out)
-    console.print(f"wrote {out}: {geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
-                  f"hash {geom.short_hash}")
+    _save_geometry(out, force, f"building {builder} geometry",
+                   lambda: build_geometry(builder, settings))
 
 
 @geometry_app.command("import")
@@ -108,17 +121,11 @@ def geometry_import(
 ) -> None:
     """Import a geometry described elsewhere (its voxels or cells become the geometry's cells)
     and save it with its neighbour graph as one hashed file."""
-    from fastshower.geometry import import_geometry, save
+    from fastshower.geometry import import_geometry
 
-    if out.exists() and not force:
-        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
-    with console.status(f"importing {source}"):
-        geom = import_geometry(source, {**_load_yaml(config), **_parse_set(set_)})
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save(geom, out)
-    console.print(f"wrote {out}: {geom.builder} geometry, {len(geom.layers)} layers, "
-                  f"{geom.n_cells} cells, {geom.edges.shape[1]} directed edges, "
-                  f"hash {geom.short_hash}")
+    settings = {**_load_yaml(config), **_parse_set(set_)}
+    _save_geometry(out, force, f"importing {source}",
+                   lambda: import_geometry(source, settings))
 
 
 @geometry_app.command("export")
@@ -428,8 +435,7 @@ def import_hits(
     from fastshower.geometry import load
     from fastshower.progress import Tracker
 
-    if out.exists() and not force:
-        raise FastShowerError(f"{out} exists; pass --force to overwrite it")
+    _refuse_overwrite(out, force)
     b = _valid(HitBranches, "branch settings", **{**_load_yaml(branches), **_parse_set(set_)})
     geom = load(geometry)
     with Tracker(f"importing {source.name}", 0, unit="events", console=console) as bar:

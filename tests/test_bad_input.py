@@ -52,7 +52,6 @@ CASES = [
     (["geometry", "plot", "G", "--layer", "999", "--out", "p.png"], "out of range"),
     # simulate: the gun, counts, seeds, options
     (SIM + ["--energy", "nan"], "--energy"),
-    (SIM + ["--particle", "pi-", "--physics", "offline"], "need hadronic physics"),
     (SIM + ["--energy", "inf"], "--energy"),
     (SIM + ["--energy", ""], "--energy"),
     (SIM + ["--energy", "-5"], "positive"),

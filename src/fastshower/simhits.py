@@ -35,7 +35,9 @@ SCHEMA_VERSION = 1
 PRIMARY_FIELDS = ("primary_pdg", "primary_energy", "primary_x", "primary_y", "primary_z",
                   "primary_dx", "primary_dy", "primary_dz")
 THETA_MIN = 1e-6  # rad: directions closer to the z axis count as this far (|eta| <= ~14.5)
-PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -211, "pi+": 211}
+PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -211, "pi+": 211,
+             "proton": 2212}
+HADRONS = ("pi-", "pi+", "proton")  # they shower through hadronic physics (FTFP_BERT)
 
 
 @dataclass

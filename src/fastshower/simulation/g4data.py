@@ -110,8 +110,14 @@ def describe_mode(mode: str = "auto", em_option: int = 0) -> str:
     em = "opt0" if em_option == 0 else f"opt{em_option}"
     if full:
         return f"Geant4 physics: FULL mode, FTFP_BERT with EM {em} (datasets in {user_dir})"
-    return (f"Geant4 physics: OFFLINE EM mode, G4EmStandardPhysics {em} + decays on synthetic EM "
-            "tables; no hadronic interactions (see docs/physics.md)")
+    return (f"Geant4 physics: OFFLINE mode, G4EmStandardPhysics {em} + decays on synthetic EM "
+            "tables; for pions and protons FTFP_BERT's hadronic constructors on synthetic neutron "
+            "data (see docs/physics.md)")
+
+
+def particlexs_dir(setup: DataSetup) -> Path:
+    """The G4PARTICLEXS folder of this setup (where offline mode writes neutron data)."""
+    return next(setup.data_dir.glob("G4PARTICLEXS*"))
 
 
 def cleanup(setup: DataSetup) -> None:

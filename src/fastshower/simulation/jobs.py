@@ -24,12 +24,11 @@ import numpy as np
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.progress import Tracker
-from fastshower.simulation.g4data import resolved_mode
+from fastshower.simhits import HADRONS
 from fastshower.simulation.gun import GunConfig, require_on_detector, sample_primaries
 from fastshower.simulation.runner import JobSpec, fast_hook, job_seed, run_job
 
 TIMING_KEYS = ("n", "cpu_seconds", "fast_showers", "fast_energy_mev")
-HADRONS = ("pi-", "pi+")  # they shower only with hadronic physics: full mode (issue 20)
 
 
 def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out: str | Path,
@@ -46,7 +45,7 @@ def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out
     return [JobSpec(geometry=str(geometry), gun=gun.model_dump(mode="json"), n=size,
                     seed=job_seed(seed, i), out=str(out / f"job_{i:03d}.root"), physics=physics,
                     em_option=em_option, upstream_x0=upstream_x0, fast=fast, scoring=scoring,
-                    meta={"job": i, "production_seed": seed})
+                    hadronic=gun.particle in HADRONS, meta={"job": i, "production_seed": seed})
             for i, size in enumerate(sizes)]
 
 
@@ -99,11 +98,6 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     ``announce`` is called once every input has been checked, before anything is written."""
     if scoring not in ("cells", "steps"):
         raise FastShowerError(f"--scoring must be cells or steps, not {scoring!r}")
-    if gun.particle in HADRONS and resolved_mode(physics) == "offline":
-        raise FastShowerError(
-            f"{gun.particle} showers need hadronic physics, which the offline mode does not have "
-            "(EM and decays only, no Geant4 datasets here; docs/physics.md): run with --physics "
-            "full and GEANT4_DATA_DIR set to the Geant4 datasets")
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
     require_on_detector(geom, sample_primaries(gun, 1000, np.random.default_rng(seed)))
     workers = min(jobs, os.cpu_count() or 1) if workers is None else workers

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -21,12 +22,16 @@ from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.simhits import ShowerBatch, SimHitWriter
-from fastshower.simulation.g4data import cleanup, setup_data, write_em_tables
+from fastshower.simulation.g4data import cleanup, particlexs_dir, setup_data, write_em_tables
 from fastshower.simulation.gun import GunConfig, sample_primaries
+from fastshower.simulation.neutron_xs import RECIPE
 from fastshower.simulation.scoring import merge_hits
 
 OFFLINE_NOTE = ("offline EM mode: synthetic bremsstrahlung (<1 GeV), photoelectric and Rayleigh "
                 "tables from analytic theory; see docs/physics.md")
+OFFLINE_HADRONIC_NOTE = ("offline hadronic mode: FTFP_BERT's constructors on synthetic neutron "
+                         "cross sections (" + RECIPE + "), no discrete nuclear levels; "
+                         "see docs/physics.md")
 
 
 @dataclass
@@ -45,6 +50,8 @@ class JobSpec:
     leakage: bool = False
     upstream_x0: float = 0.0  # silicon in front of the calorimeter (radiation lengths)
     fast: dict | None = None  # hybrid mode: see fast_hook
+    hadronic: bool = False  # offline mode: FTFP_BERT's hadronic constructors (pions, protons)
+    xs_scale: dict | None = None  # offline hadronic systematics: see neutron_xs.write_neutron_files
     meta: dict = field(default_factory=dict)
 
 
@@ -84,8 +91,9 @@ def _start(spec: JobSpec) -> SimpleNamespace:
     detector = g4app.Detector(geom, scoring=spec.scoring, upstream_x0=spec.upstream_x0,
                               entry=entry)
     run.SetUserInitialization(detector)
-    physics = (g4app.EmPhysics(spec.em_option) if data.mode == "offline"
-               else g4app.full_physics(spec.em_option))
+    physics = (g4app.full_physics(spec.em_option) if data.mode == "full" else
+               g4app.OfflinePhysics(spec.em_option, spec.hadronic, particlexs_dir(data),
+                                    spec.xs_scale))
     run.SetUserInitialization(physics)
     g4app.quiet()  # after the physics constructors, which set their own verbosity
     gun_action = g4app.Gun(primaries, gun.particle)
@@ -116,6 +124,19 @@ def em_dedx(geometry: str, particle: str, process: str, materials: list[str],
         cleanup(s.data)
 
 
+def neutron_data(geometry: str, out: str | Path, xs_scale: dict | None = None) -> Path:
+    """Write the offline hadronic mode's synthetic neutron files (G4PARTICLEXS layout:
+    ``{el,inel,cap}{Z}``, MeV and mm^2) to the folder ``out``, for inspection and plots."""
+    s = _start(JobSpec(geometry=geometry, gun={"particle": "pi-"}, n=1, seed=1, out="",
+                       physics="offline", scoring="none", hadronic=True, xs_scale=xs_scale))
+    try:
+        s.run.Initialize()  # the first physics constructor writes the files
+        shutil.copytree(particlexs_dir(s.data) / "neutron", out, dirs_exist_ok=True)
+    finally:
+        cleanup(s.data)
+    return Path(out)
+
+
 def run_job(spec: JobSpec, report=None) -> dict:
     """Run one job in this process; ``report(n_done)`` is called as events finish.
 
@@ -127,17 +148,19 @@ def run_job(spec: JobSpec, report=None) -> dict:
 
     writer = None
     if detector.scoring != "none":
-        physics_list = (f"G4EmStandardPhysics{'' if spec.em_option == 0 else '_option1'}"
-                        "+G4DecayPhysics" if data.mode == "offline"
-                        else "FTFP_BERT" + ("" if spec.em_option == 0 else "_EMV"))
+        offline_hadronic = data.mode == "offline" and spec.hadronic
         writer = SimHitWriter(spec.out, {
             "generator": "geant4", "geant4_version": str(g4.G4VERSION_NUMBER),
-            "physics_mode": data.mode, "physics_list": physics_list,
+            "physics_mode": data.mode,
+            "physics_list": g4app.physics_list_name(data.mode, spec.em_option, spec.hadronic),
+            "hadronic_data": RECIPE if offline_hadronic else "",
+            "xs_scale": spec.xs_scale or {},
             "em_option": spec.em_option, "geometry_hash": geom.hash, "seed": spec.seed,
             "gun": gun.model_dump(mode="json"), "n_events": spec.n,
             "fastshower_version": __version__, "scoring": detector.scoring,
             "scoring_note": g4app.SCORING[detector.scoring],
-            "notes": OFFLINE_NOTE if data.mode == "offline" else "",
+            "notes": (OFFLINE_NOTE + "; " + OFFLINE_HADRONIC_NOTE if offline_hadronic
+                      else OFFLINE_NOTE if data.mode == "offline" else ""),
             "upstream_x0": spec.upstream_x0,
             "fast_simulation": None if s.hook is None else {**spec.fast,
                                                             "what": s.hook.describe()},

@@ -13,9 +13,10 @@ import geant4_pybind as g4
 from fastshower.simulation.g4app.actions import EventAction, Gun, LeakageAction, quiet
 from fastshower.simulation.g4app.detector import Detector
 from fastshower.simulation.g4app.materials import g4_material
-from fastshower.simulation.g4app.physics import EmPhysics, full_physics
+from fastshower.simulation.g4app.physics import OfflinePhysics, full_physics, physics_list_name
 from fastshower.simulation.g4app.scorers import ShowerEntry, StepRecorder
 from fastshower.simulation.scoring import SCORING
 
-__all__ = ["SCORING", "Detector", "EmPhysics", "EventAction", "Gun", "LeakageAction",
-           "ShowerEntry", "StepRecorder", "full_physics", "g4", "g4_material", "quiet"]
+__all__ = ["SCORING", "Detector", "EventAction", "Gun", "LeakageAction", "OfflinePhysics",
+           "ShowerEntry", "StepRecorder", "full_physics", "g4", "g4_material",
+           "physics_list_name", "quiet"]

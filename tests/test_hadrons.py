@@ -1,0 +1,81 @@
+"""Hadron showers offline: FTFP_BERT's constructors on the synthetic neutron data (issue 20)."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+
+import numpy as np
+import pytest
+
+from fastshower.geometry import build_geometry, save
+from fastshower.simhits import read_metadata, read_sample
+from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.jobs import simulate
+from fastshower.simulation.neutron_xs import ENERGIES_MEV, RECIPE, THERMAL_MEV
+from fastshower.simulation.runner import neutron_data
+from fastshower.validation.observables import layer_energies, start_layer, visible_energy
+
+BARN = 1e-22  # mm^2
+
+
+@pytest.fixture(scope="module")
+def geometry(tmp_path_factory):
+    geom = build_geometry("hgcal")
+    return geom, save(geom, tmp_path_factory.mktemp("geo") / "hgcal.h5")
+
+
+def _table(folder, name):
+    lines = (folder / name).read_text().split("\n")
+    return np.loadtxt(lines[2:])
+
+
+def test_neutron_data_follows_its_sources_and_scales_for_systematics(geometry, tmp_path):
+    """CHIPS/Glauber-Gribov values near the evaluated data, capture exactly 1/v from Sears."""
+    _, path = geometry
+    with mp.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:  # one Geant4 per process
+        nominal = pool.apply(neutron_data, (str(path), tmp_path / "nominal"))
+        scaled = pool.apply(neutron_data, (str(path), tmp_path / "scaled",
+                                           {"cap": 3.0, "inel": 0.7}))
+    assert len(list(nominal.iterdir())) == 3 * 92
+    fe_inel, fe_cap = _table(nominal, "inel26"), _table(nominal, "cap26")
+    h_el = _table(nominal, "el1")
+    assert np.allclose(fe_inel[:, 0], ENERGIES_MEV, rtol=1e-9)  # Geant4 reads a log vector
+    assert np.allclose(np.diff(np.log(fe_inel[:, 0])), np.log(ENERGIES_MEV[1] / ENERGIES_MEV[0]))
+
+    def at(table, mev):
+        return np.interp(np.log(mev), np.log(table[:, 0]), table[:, 1]) / BARN
+
+    assert at(fe_inel, 14.0) == pytest.approx(1.40, rel=0.1)  # ENDF/B: 1.4 b
+    assert at(h_el, 1.0) == pytest.approx(4.26, rel=0.05)  # n-p elastic at 1 MeV
+    assert at(fe_cap, THERMAL_MEV) == pytest.approx(2.56, rel=1e-3)  # Sears 1992
+    assert at(fe_cap, 100 * THERMAL_MEV) == pytest.approx(0.256, rel=1e-3)  # 1/v
+    assert np.all(fe_inel[:, 1] >= 0) and np.all(np.isfinite(fe_inel[:, 1]))
+    assert np.allclose(_table(scaled, "cap26")[:, 1], 3 * fe_cap[:, 1], rtol=1e-6)
+    low = ENERGIES_MEV < 10.0  # the scale acts on the synthetic part, not on Glauber-Gribov
+    assert np.allclose(_table(scaled, "inel26")[low, 1], 0.7 * fe_inel[low, 1], rtol=1e-6)
+    assert _table(scaled, "inel26")[-1, 1] == pytest.approx(fe_inel[-1, 1], rel=1e-6)
+
+
+def test_pions_and_protons_shower_offline(geometry, tmp_path):
+    """With hadronic physics a 10 GeV pion leaves a sizeable fraction of an electron's visible
+    energy (EM physics alone: 1/15) and starts its shower deeper; no Geant4 exception."""
+    geom, path = geometry
+    result = {}
+    for particle in ("e-", "pi-", "pi+", "proton"):
+        gun = GunConfig(particle=particle, energy=[10.0], eta=(2.0, 2.0))
+        simulate(path, gun, 8, tmp_path / particle, jobs=1, seed=5, physics="offline",
+                 show_progress=False)
+        batch, meta = read_sample(tmp_path / particle)
+        log = (tmp_path / particle / "logs" / "job_000.log").read_text()
+        assert "G4Exception" not in log
+        result[particle] = (visible_energy(batch).mean(),
+                            start_layer(layer_energies(batch, geom)).mean(), meta)
+    electron = result["e-"][0]
+    assert result["e-"][2]["physics_list"] == "G4EmStandardPhysics+G4DecayPhysics"
+    for hadron in ("pi-", "pi+", "proton"):
+        visible, start, meta = result[hadron]
+        assert 0.25 < visible / electron < 0.95, hadron
+        assert start > result["e-"][1] + 2, hadron
+        assert meta["physics_list"] == "FTFP_BERT (offline data)"
+        assert meta["hadronic_data"] == RECIPE
+    assert read_metadata(next((tmp_path / "pi-").glob("*.root")))["physics_mode"] == "offline"

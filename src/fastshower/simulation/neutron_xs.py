@@ -6,7 +6,8 @@ Offline mode writes them from (approximations, named again in docs/physics.md):
 - inelastic and elastic: Geant4's own compiled-in CHIPS neutron parametrisations (not bound in
   geant4_pybind; reached through the wheel's exported C++ symbols with ctypes, hence the pinned
   wheel), averaged over the natural isotopes, blended linearly into Glauber-Gribov between 10
-  and 20 MeV so that Geant4's scale factor above 20 MeV is 1;
+  and 20 MeV so that Geant4's scale factor above 20 MeV is 1; isotopes CHIPS lacks take the
+  nearest element's (see _isotope_inelastic);
 - radiative capture: the 1/v law from the thermal (2200 m/s) absorption cross section of
   Sears (1992) as tabulated by the ``periodictable`` package; no resonances, no fast-neutron
   capture tail, and absorption by (n,p)/(n,alpha) counted as capture (matters for B, Li, N).
@@ -19,8 +20,10 @@ build ions), i.e. from a physics constructor's ``ConstructProcess``: see g4app.p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
+import io
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +86,32 @@ class _Geant4Symbols:
         self.neutron = neutron()
 
 
+def _chips(g4sym: _Geant4Symbols, kind: str, z: int, a: int, momentum: np.ndarray
+           ) -> np.ndarray:
+    f, obj = {"el": (g4sym.chips_el, g4sym.el), "inel": (g4sym.chips_inel, g4sym.inel)}[kind]
+    return np.array([f(obj, p, z, a - z, NEUTRON_PDG) for p in momentum])
+
+
+def _isotope_inelastic(g4sym: _Geant4Symbols, nist, z: int, a: int, momentum: np.ndarray
+                       ) -> np.ndarray:
+    """CHIPS inelastic cross section of isotope (Z, A). CHIPS lacks some isotopes (Tc, Pm,
+    159Tb, 180Ta, Z >= 84; it then returns ~1e-3 of Glauber-Gribov at 10 MeV, where every
+    parametrised nucleus but 4He is within 0.5-1.7 of it): those get the nearest element's most
+    abundant isotope, scaled to their own Glauber-Gribov value at 10 MeV."""
+    i10 = int(np.searchsorted(ENERGIES_MEV, BLEND_MEV[0]))
+    t10 = float(ENERGIES_MEV[i10])
+    for z2 in sorted(range(max(z - 6, 3), min(z + 7, Z_MAX + 1)), key=lambda v: abs(v - z)):
+        first, count = nist.GetNistFirstIsotopeN(z2), nist.GetNumberOfNistIsotopes(z2)
+        a2 = a if z2 == z else max(range(first, first + count),
+                                   key=lambda n: nist.GetIsotopeAbundance(z2, n))
+        xs = _chips(g4sym, "inel", z2, a2, momentum)
+        glauber = g4sym.gg_inel(g4sym.gg, g4sym.neutron, t10, z2, float(a2))
+        if z < 3 or xs[i10] > 0.05 * glauber:
+            return xs * (g4sym.gg_inel(g4sym.gg, g4sym.neutron, t10, z, float(a)) / glauber
+                         if z2 != z else 1.0)
+    raise RuntimeError(f"no CHIPS inelastic parametrisation near Z={z}")
+
+
 def _element_xs(g4sym: _Geant4Symbols, nist, z: int, scale: dict[str, float]
                 ) -> dict[str, np.ndarray]:
     """Elastic, inelastic and capture cross sections (mm^2) of natural element Z on the grid;
@@ -92,19 +121,17 @@ def _element_xs(g4sym: _Geant4Symbols, nist, z: int, scale: dict[str, float]
     first, count = nist.GetNistFirstIsotopeN(z), nist.GetNumberOfNistIsotopes(z)
     isotopes = [(a, nist.GetIsotopeAbundance(z, a)) for a in range(first, first + count)]
     isotopes = [(a, w) for a, w in isotopes if w > 0] or [(round(nist.GetAtomicMassAmu(z)), 1.0)]
-    chips = {"el": np.zeros_like(t), "inel": np.zeros_like(t)}
-    for a, w in isotopes:
-        for kind, f, obj in (("el", g4sym.chips_el, g4sym.el),
-                             ("inel", g4sym.chips_inel, g4sym.inel)):
-            chips[kind] += w * np.array([f(obj, p, z, a - z, NEUTRON_PDG) for p in momentum])
     total = sum(w for _, w in isotopes)
+    chips = {"el": sum(w * _chips(g4sym, "el", z, a, momentum) for a, w in isotopes) / total,
+             "inel": sum(w * _isotope_inelastic(g4sym, nist, z, a, momentum)
+                         for a, w in isotopes) / total}
     mass = nist.GetAtomicMassAmu(z)
     w_gg = np.clip((t - BLEND_MEV[0]) / (BLEND_MEV[1] - BLEND_MEV[0]), 0.0, 1.0)
     out = {}
     for kind, gg in (("el", g4sym.gg_el), ("inel", g4sym.gg_inel)):
         glauber = np.array([gg(g4sym.gg, g4sym.neutron, e, z, mass) if w > 0 else 0.0
                             for e, w in zip(t, w_gg, strict=True)])
-        out[kind] = (1 - w_gg) * scale.get(kind, 1.0) * chips[kind] / total + w_gg * glauber
+        out[kind] = (1 - w_gg) * scale.get(kind, 1.0) * chips[kind] + w_gg * glauber
     out["cap"] = scale.get("cap", 1.0) * capture_barn(z, t) * BARN_MM2
     return out
 
@@ -127,7 +154,9 @@ def write_neutron_files(g4, folder: Path, scale: dict[str, float] | None = None)
     g4sym = _Geant4Symbols()
     nist = g4.G4NistManager.Instance()
     for z in range(1, Z_MAX + 1):
-        for kind, xs in _element_xs(g4sym, nist, z, scale).items():
+        with contextlib.redirect_stdout(io.StringIO()):  # CHIPS warns of isotopes it lacks
+            element = _element_xs(g4sym, nist, z, scale)
+        for kind, xs in element.items():
             if not np.all(np.isfinite(xs)) or np.any(xs < 0):
                 raise RuntimeError(f"neutron {kind} cross section of Z={z} is not finite/positive")
             (target / f"{kind}{z}").write_text(_vector_text(ENERGIES_MEV, xs))

@@ -1,8 +1,9 @@
 """ML showers inside a Geant4 run: the hybrid mode of `fastshower simulate --fast-model`.
 
-Geant4 tracks every particle from the interaction point through the upstream material; e+-
-and photons that reach the calorimeter's front face inside the model's range (energy above
-``min_energy``, direction and particle the model knows) are stopped there by the ShowerEntry
+Geant4 tracks every particle from the interaction point through the upstream material; the
+particles the model knows (e+- and photons for the shipped models, pions for one trained on
+them) that reach the calorimeter's front face inside the model's range (energy above
+``min_energy``, direction inside its range) are stopped there by the ShowerEntry
 scorer (simulation.g4app), and the model generates their showers, batched over many events,
 into the same hit collection: the output file has Geant4's schema and primaries.
 
@@ -48,10 +49,13 @@ class FastShowerHook:
     def __init__(self, generator, min_energy_mev: float):
         self.generator, self.min_energy = generator, min_energy_mev
         self.particles = {PARTICLES[p] for p in generator.particles}
+        # what Geant4's C++ filter lets through to ``accept`` (positrons go as electrons)
+        self.particle_names = tuple(generator.particles) + (
+            ("e+",) if "e-" in generator.particles and "e+" not in generator.particles else ())
         self.handed, self.handed_energy = 0, 0.0
 
     def accept(self, pdg: int, energy: float, dx: float, dy: float, dz: float) -> bool:
-        """Called by Geant4 for every e+-/gamma entering the calorimeter."""
+        """Called by Geant4 for every particle of ``particle_names`` entering the calorimeter."""
         pdg = ELECTRON if pdg == POSITRON else pdg
         if energy < self.min_energy or pdg not in self.particles:
             return False

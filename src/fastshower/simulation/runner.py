@@ -87,7 +87,7 @@ def _start(spec: JobSpec) -> SimpleNamespace:
     hook = entry = None
     if spec.fast is not None:  # hybrid run: the caller named the factory of its ML hook
         hook = fast_hook(spec.fast, geom)
-        entry = g4app.ShowerEntry("entry", hook.accept)
+        entry = g4app.ShowerEntry("entry", hook.accept, hook.particle_names)
     detector = g4app.Detector(geom, scoring=spec.scoring, upstream_x0=spec.upstream_x0,
                               entry=entry)
     run.SetUserInitialization(detector)

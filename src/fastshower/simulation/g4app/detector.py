@@ -281,8 +281,9 @@ class Detector(g4.G4VUserDetectorConstruction):
         sdm = g4.G4SDManager.GetSDMpointer()
         if self.entry is not None:
             self.entry_sd = g4.G4MultiFunctionalDetector("entry")
-            self.entry_filter = g4.G4SDParticleFilter("em", "e-")
-            for name in ("e+", "gamma"):
+            first, *rest = self.entry.particles
+            self.entry_filter = g4.G4SDParticleFilter("fast", first)
+            for name in rest:
                 self.entry_filter.add(name)
             self.entry.SetFilter(self.entry_filter)
             self.entry_sd.RegisterPrimitive(self.entry)

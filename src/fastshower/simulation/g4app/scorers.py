@@ -36,18 +36,19 @@ class StepRecorder(g4.G4VPrimitiveScorer):
 
 
 class ShowerEntry(g4.G4VPrimitiveScorer):
-    """The fast-simulation hook: e+-/gamma entering the calorimeter that ``accept(pdg, MeV,
-    dx, dy, dz)`` hands to the model are recorded at the calorimeter's front and stopped.
+    """The fast-simulation hook: particles (Geant4 names ``particles``) entering the calorimeter
+    that ``accept(pdg, MeV, dx, dy, dz)`` hands to the model are recorded at the calorimeter's
+    front and stopped.
 
     Geant4's G4VFastSimulationModel is not bound in Python; a primitive scorer on a thin vacuum
     slab in front of the calorimeter is: a C++ particle filter spares Python every other
-    particle, and Python runs once per e+-/gamma crossing the slab, not per step in the
+    particle, and Python runs once per such particle crossing the slab, not per step in the
     calorimeter. Records (pdg, kinetic MeV, x, y, z mm, dx, dy, dz, global time ns).
     """
 
-    def __init__(self, name: str, accept):
+    def __init__(self, name: str, accept, particles: tuple[str, ...] = ("e-", "e+", "gamma")):
         super().__init__(name, 0)
-        self.accept = accept
+        self.accept, self.particles = accept, particles
         self.zside = 1
         self.entries: list[tuple] = []
 

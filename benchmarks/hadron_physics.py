@@ -64,6 +64,11 @@ def measure(batches, escaped, cpu, geom, weights, depth_lambda, energy_gev) -> d
     e_mev = energy_gev * 1e3
     weighted = np.concatenate([weighted_energy(b, weights) for b in batches])
     profile = np.concatenate([layer_energies(b, geom) for b in batches])
+    calibrated = np.zeros(len(geom.layers))  # dE/dx-weighted energy per layer, all showers
+    for b in batches:
+        _, ids, energy = b.flat()
+        calibrated += np.bincount(geom.cells["layer"][ids], energy * weights[ids],
+                                  len(geom.layers))
     rings = np.concatenate([radial_profile(b, geom, RADII_MM) for b in batches])
     median = np.median(weighted)
     q16, q84 = np.percentile(weighted, [16, 84])
@@ -77,7 +82,7 @@ def measure(batches, escaped, cpu, geom, weights, depth_lambda, energy_gev) -> d
             "visible_within_mm": {f"{r:.0f}": float(f) for r, f in
                                   zip(RADII_MM[1:-1], within.mean(0)[:-1], strict=True)},
             "centroid_lambda": float(centroid.mean()),
-            "profile_mev": profile.mean(0).tolist(),
+            "profile_weighted_mev": (calibrated / len(weighted)).tolist(),
             "cpu_s_per_shower": cpu}
 
 
@@ -157,6 +162,7 @@ def plot(result: dict, out: Path) -> None:
     pions = [r for r in rows if r["particle"] == "pi-"]
     e = np.array([r["energy_gev"] for r in pions])
     depth = np.array(result["layer_depth_lambda"])
+    step = np.gradient(depth)  # lambda_I per layer
     fig, axes = plt.subplots(1, 4, figsize=(32, 7))
     axes[0].errorbar(e, [r["e_over_pi"] for r in pions],
                      [r["response_em_scale_err"] * r["e_over_pi"] ** 2 for r in pions], fmt="o")
@@ -176,11 +182,11 @@ def plot(result: dict, out: Path) -> None:
                 f"{result['region_radius_mm']:.0f} mm)")
     for r in rows:
         if r["energy_gev"] in (20.0, 100.0):
-            p = np.array(r["profile_mev"])
-            axes[3].step(depth, p / p.sum(), where="mid",
+            p = np.array(r["profile_weighted_mev"])
+            axes[3].step(depth, p / step / p.sum(), where="mid",
                          label=f"{r['particle']} {r['energy_gev']:.0f} GeV")
-    axes[3].set(xlabel="depth [λ_I]", ylabel="visible energy per layer (normalised)",
-                yscale="log")
+    axes[3].set(xlabel=r"depth [$\lambda_I$]", ylabel=r"$dE/d\lambda_I$, dE/dx-weighted "
+                "(normalised)", yscale="log")
     for ax in axes[1:]:
         ax.legend(fontsize=14)
     fig.savefig(out / "hadron_physics.png", dpi=70, bbox_inches="tight")

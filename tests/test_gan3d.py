@@ -50,13 +50,16 @@ def test_images_follow_the_shower_and_go_back_onto_the_same_cells(grid_sample):
     np.testing.assert_allclose(again, np.where(above, e, 0.0), rtol=1e-6)
 
 
-def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample):
+@pytest.mark.parametrize("response_law", [False, True])
+def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, response_law):
     geom, gpath, tmp = grid_sample
     cfg = TrainConfig(model="gan3d", max_steps=6, val_every=3, val_showers=10, warmup_steps=1,
-                      patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8})
-    record = train(str(tmp / "e-"), gpath, tmp / "run", cfg, show_progress=False)
+                      patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8,
+                                           "response_law": response_law})
+    run = tmp / f"run_{response_law}"
+    record = train(str(tmp / "e-"), gpath, run, cfg, show_progress=False)
     assert record["step"] == 6 and np.isfinite(record["val_loss"])
-    model = load_generator(tmp / "run", geom)
+    model = load_generator(run, geom)
     assert isinstance(model, Gan3D)
     # each player's gradient comes from its own terms only
     data = Gan3D.training_data(read_sample(tmp / "e-")[0], geom)
@@ -79,8 +82,19 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample):
     assert np.all(energy >= 0.5 * geom.mip_energy[ids])
     again = model.sample(primaries, np.random.default_rng(2)).flat()
     assert np.array_equal(again[1], ids) and np.array_equal(again[2], energy)
+    if response_law:  # the image holds exactly the response drawn from the law
+        program = model.export_module()
+        e_p = torch.from_numpy(primaries.energy_mev)
+        args = (e_p, torch.zeros(5, 3), torch.from_numpy(primaries.direction),
+                torch.zeros(5, dtype=torch.int64), torch.randn(5, 8), torch.randn(5, 1))
+        with torch.no_grad():
+            image, = program(*args)
+            mean, log_sigma = model.generator.law(model.conditions(primaries))
+        np.testing.assert_allclose(image.sum((1, 2, 3)) / e_p,
+                                   torch.exp(mean + log_sigma.exp() * args[-1][:, 0]), rtol=1e-4)
+        assert terms["response_nll"][0] != 0
     # ONNX Runtime: the same showers for the same seed (to float32 rounding)
-    onnx = OnnxGenerator(export_model(model, tmp / "onnx"), geom)
+    onnx = OnnxGenerator(export_model(model, run / "onnx"), geom)
     o_event, o_ids, o_energy = onnx.sample(primaries, np.random.default_rng(2)).flat()
     assert abs(len(o_ids) - len(ids)) <= 2
     np.testing.assert_allclose(np.bincount(o_event, o_energy, 5), np.bincount(event, energy, 5),

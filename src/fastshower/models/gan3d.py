@@ -24,7 +24,11 @@ percentage of an angle near 0 is meaningless). An option adds to the generator's
 exact response of each generated image against that of the real shower drawn with the same
 conditions (mean absolute percentage error, ``response_weight``; off by default: see
 docs/models.md), where the original relied on the discriminator's regression of the energy
-sum. Stabilisation (without it, the discriminator won within a few hundred steps and the
+sum. Another option (``response_law``) separates the response from the shape, as the graph
+generators do: a small network gives a Gaussian law of ln(E_dep / E_p) given the conditions
+(fitted by likelihood, part of the generator's stage), the generator's image is rescaled to
+the real shower's response in training and to a response drawn from the law in generation, so
+the adversarial game is about the shape alone. Stabilisation (without it, the discriminator won within a few hundred steps and the
 generator never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images
 (``r1``), Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation
 showers, not by its loss.
@@ -69,6 +73,9 @@ class Gan3DConfig(BaseModel):
     response_weight: float = Field(0.0, ge=0)  # the generator's exact response term (off:
     # with weight 2-5 the generator spread its energy over the whole window, docs/models.md)
     r1: float = Field(2.0, ge=0)  # gradient penalty on real images, gamma/2 |grad D|^2
+    # the response E_dep / E_p from a learned Gaussian law in ln, the generator's image as a
+    # shape rescaled to it (False: the generator's own sum, as the original; docs/models.md)
+    response_law: bool = False
 
 
 def _require_grid(geom: Geometry) -> GridSegmentation:
@@ -168,6 +175,26 @@ def response(x: torch.Tensor) -> torch.Tensor:
     return ((x / SCALE) ** (1 / POWER)).flatten(1).sum(1)
 
 
+def with_response(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,): the shape
+    kept, every cell's energy multiplied by the same factor."""
+    factor = (r / response(x).clamp(min=1e-12)) ** POWER
+    return x * factor.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+class ResponseLaw(nn.Module):
+    """conditions -> (mean, log sigma) of ln(E_dep / E_p): a Gaussian, fitted by likelihood."""
+
+    def __init__(self, conditions: int, hidden: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(conditions, hidden), nn.SiLU(),
+                                 nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_sigma = self.net(cond).unbind(-1)
+        return mean, log_sigma.clamp(-8.0, 2.0)
+
+
 def _theta(direction: np.ndarray) -> np.ndarray:
     """Polar angle (rad) of unit directions from the z axis (the grid's normal)."""
     return np.arccos(np.clip(direction[:, 2], -1.0, 1.0))
@@ -217,9 +244,10 @@ class Gan3D(NetworkGenerator):
                   "the discriminator; generator weights chosen by the validation FPD",
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
     loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "d_r1": 1.0,
-                                                "g_adv": 1.0, "g_aux": 1.0, "g_response": 1.0}
+                                                "g_adv": 1.0, "g_aux": 1.0, "g_response": 1.0,
+                                                "response_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"generator": ("g_adv", "g_aux",
-                                                                  "g_response"),
+                                                                  "g_response", "response_nll"),
                                                     "discriminator": ("d_adv", "d_aux", "d_r1")}
     adam_betas: ClassVar[tuple[float, float]] = (0.5, 0.999)
 
@@ -235,6 +263,8 @@ class Gan3D(NetworkGenerator):
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels)
         self.discriminator = Discriminator(cfg.channels)
+        if cfg.response_law:  # part of the generator's stage: selected with its weights
+            self.generator.law = ResponseLaw(4 + len(particles))
         _require_grid(geom)
 
     # ---- conditions --------------------------------------------------------------------------
@@ -284,6 +314,11 @@ class Gan3D(NetworkGenerator):
         cond = self.conditions(data.primaries.subset(index))
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
         fake = self.generator(z, cond)
+        law = torch.zeros(())
+        if self.cfg.response_law:  # the shape at the real shower's response; the law by NLL
+            fake = with_response(fake, torch.exp(target[:, 1]))
+            mean, log_sigma = self.generator.law(cond)
+            law = (log_sigma + 0.5 * ((target[:, 1] - mean) / log_sigma.exp()) ** 2).sum()
         bce = nn.functional.binary_cross_entropy_with_logits
         d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
         d_adv = (bce(d_real[:, 0], torch.full_like(d_real[:, 0], 0.9), reduction="sum")
@@ -298,7 +333,8 @@ class Gan3D(NetworkGenerator):
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),
-                "g_response": ((response(fake) / torch.exp(target[:, 1]) - 1).abs().sum(), n)}
+                "g_response": ((response(fake) / torch.exp(target[:, 1]) - 1).abs().sum(), n),
+                "response_nll": (law, n)}
 
     # ---- generation --------------------------------------------------------------------------
     def export_module(self) -> nn.Module:
@@ -328,13 +364,20 @@ class Gan3DProgram(nn.Module):
     def __init__(self, model: Gan3D):
         super().__init__()
         self.generator = model.generator
+        self.law = model.generator.law if model.cfg.response_law else None
         self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
         self.n_particles = len(model.particles)
         self.noise = {"z": ("normal", (model.cfg.latent,))}
+        if self.law is not None:
+            self.noise["z_response"] = ("normal", (1,))
 
-    def forward(self, energy, position, direction, particle, z):
+    def forward(self, energy, position, direction, particle, z, z_response=None):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
-        return (from_values(self.generator(z, cond), energy),)
+        image = self.generator(z, cond)
+        if self.law is not None:
+            mean, log_sigma = self.law(cond)
+            image = with_response(image, torch.exp(mean + log_sigma.exp() * z_response[:, 0]))
+        return (from_values(image, energy),)
 
 
 def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry) -> ShowerBatch:

@@ -28,10 +28,10 @@ sum. Another option (``response_law``) separates the response from the shape, as
 generators do: a small network gives a Gaussian law of ln(E_dep / E_p) given the conditions
 (fitted by likelihood, part of the generator's stage), the generator's image is rescaled to
 the real shower's response in training and to a response drawn from the law in generation, so
-the adversarial game is about the shape alone. Stabilisation (without it, the discriminator won within a few hundred steps and the
-generator never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images
-(``r1``), Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation
-showers, not by its loss.
+the adversarial game is about the shape alone. Stabilisation (without it, the discriminator
+won within a few hundred steps and the generator never learnt): real labels smoothed to 0.9,
+an R1 gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's
+weights chosen by the FPD of its validation showers, not by its loss.
 
 Approximations, named: energy outside the window (and in the HCAL) is not generated (the
 training data record how much); hit times are times of flight; cells of one layer are on the

@@ -183,16 +183,19 @@ def with_response(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 class ResponseLaw(nn.Module):
-    """conditions -> (mean, log sigma) of ln(E_dep / E_p): a Gaussian, fitted by likelihood."""
+    """conditions -> (mean, log sigma) of ln(E_dep / E_p): a Gaussian, fitted by likelihood;
+    the network gives offsets from the training sample's mean and spread (``mean``, ``std``)."""
 
-    def __init__(self, conditions: int, hidden: int = 32):
+    def __init__(self, conditions: int, mean: float, std: float, hidden: int = 32):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(conditions, hidden), nn.SiLU(),
                                  nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
+        self.mean, self.log_std = float(mean), float(np.log(std))
 
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_sigma = self.net(cond).unbind(-1)
-        return mean, log_sigma.clamp(-8.0, 2.0)
+        return (self.mean + mean * float(np.exp(self.log_std)),
+                (self.log_std + log_sigma).clamp(-8.0, 2.0))
 
 
 def _theta(direction: np.ndarray) -> np.ndarray:
@@ -264,7 +267,8 @@ class Gan3D(NetworkGenerator):
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels)
         self.discriminator = Discriminator(cfg.channels)
         if cfg.response_law:  # part of the generator's stage: selected with its weights
-            self.generator.law = ResponseLaw(4 + len(particles))
+            self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
+                                             norms["response_std"])
         _require_grid(geom)
 
     # ---- conditions --------------------------------------------------------------------------
@@ -286,6 +290,7 @@ class Gan3D(NetworkGenerator):
         log_e = np.log(data.primaries.energy_mev)
         norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
                  "aux_mean": data.targets.mean(0).tolist(),
+                 "response_std": float(data.targets[:, 1].std() + 1e-6),  # of ln(E_dep / E_p)
                  # eta is no condition (theta is): no eta range, which near the axis would
                  # refuse directions only a little closer to it than the training sample's
                  "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()

@@ -55,7 +55,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     geom, gpath, tmp = grid_sample
     cfg = TrainConfig(model="gan3d", max_steps=6, val_every=3, val_showers=10, warmup_steps=1,
                       patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8,
-                                           "response_law": response_law})
+                                           "response_law": response_law, "sparse": response_law})
     run = tmp / f"run_{response_law}"
     record = train(str(tmp / "e-"), gpath, run, cfg, show_progress=False)
     assert record["step"] == 6 and np.isfinite(record["val_loss"])

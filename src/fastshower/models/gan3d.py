@@ -76,6 +76,9 @@ class Gan3DConfig(BaseModel):
     # the response E_dep / E_p from a learned Gaussian law in ln, the generator's image as a
     # shape rescaled to it (False: the generator's own sum, as the original; docs/models.md)
     response_law: bool = False
+    # cells below half a MIP cut out of real and generated images (the generator's smoothly),
+    # so the discriminator sees, and the response law fills, the cells that become hits
+    sparse: bool = False
 
 
 def _require_grid(geom: Geometry) -> GridSegmentation:
@@ -180,6 +183,18 @@ def with_response(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     kept, every cell's energy multiplied by the same factor."""
     factor = (r / response(x).clamp(min=1e-12)) ** POWER
     return x * factor.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
+def below_threshold(x: torch.Tensor, energy: torch.Tensor, mip_mev: float) -> torch.Tensor:
+    """Image values (P, ...) of a cell at the readout threshold (half a MIP) for primaries of
+    ``energy`` (P,) MeV, shaped to broadcast against ``x``."""
+    return (SCALE * (THRESHOLD_MIP * mip_mev / energy) ** POWER).reshape(
+        (-1,) + (1,) * (x.ndim - 1))
+
+
+def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``x`` with values below ``threshold`` smoothly cut to zero (a sigmoid step 10 % wide)."""
+    return x * torch.sigmoid((x - threshold) / (0.05 * threshold))
 
 
 class ResponseLaw(nn.Module):
@@ -291,6 +306,7 @@ class Gan3D(NetworkGenerator):
         norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
                  "aux_mean": data.targets.mean(0).tolist(),
                  "response_std": float(data.targets[:, 1].std() + 1e-6),  # of ln(E_dep / E_p)
+                 "mip_mev": float(np.median(geom.mip_energy[geom.cells["layer"] < LAYERS])),
                  # eta is no condition (theta is): no eta range, which near the axis would
                  # refuse directions only a little closer to it than the training sample's
                  "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()
@@ -313,12 +329,20 @@ class Gan3D(NetworkGenerator):
         index = rng.choice(len(data), min(self.cfg.batch * scale, len(data)),
                            replace=False)[rank::world]
         real = torch.from_numpy(data.values[index])
+        target = torch.from_numpy(data.targets[index])
+        if self.cfg.sparse:  # the cells that become hits; the response is theirs
+            threshold = below_threshold(real, torch.from_numpy(data.primaries.energy_mev[index]),
+                                        self.norms["mip_mev"])
+            real = real * (real >= threshold)
+            target = torch.cat([target[:, :1], torch.log(response(real) + 1e-9)[:, None],
+                                target[:, 2:]], -1)
         penalise = self.cfg.r1 > 0 and torch.is_grad_enabled()
         real.requires_grad_(penalise)
-        target = torch.from_numpy(data.targets[index])
         cond = self.conditions(data.primaries.subset(index))
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
         fake = self.generator(z, cond)
+        if self.cfg.sparse:
+            fake = soft_cut(fake, threshold)
         law = torch.zeros(())
         if self.cfg.response_law:  # the shape at the real shower's response; the law by NLL
             fake = with_response(fake, torch.exp(target[:, 1]))
@@ -370,6 +394,7 @@ class Gan3DProgram(nn.Module):
         super().__init__()
         self.generator = model.generator
         self.law = model.generator.law if model.cfg.response_law else None
+        self.mip_mev = model.norms["mip_mev"] if model.cfg.sparse else None
         self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
         self.n_particles = len(model.particles)
         self.noise = {"z": ("normal", (model.cfg.latent,))}
@@ -379,6 +404,8 @@ class Gan3DProgram(nn.Module):
     def forward(self, energy, position, direction, particle, z, z_response=None):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
         image = self.generator(z, cond)
+        if self.mip_mev is not None:
+            image = soft_cut(image, below_threshold(image, energy, self.mip_mev))
         if self.law is not None:
             mean, log_sigma = self.law(cond)
             image = with_response(image, torch.exp(mean + log_sigma.exp() * z_response[:, 0]))

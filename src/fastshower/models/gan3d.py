@@ -188,7 +188,7 @@ def with_response(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 def below_threshold(x: torch.Tensor, energy: torch.Tensor, mip_mev: float) -> torch.Tensor:
     """Image values (P, ...) of a cell at the readout threshold (half a MIP) for primaries of
     ``energy`` (P,) MeV, shaped to broadcast against ``x``."""
-    return (SCALE * (THRESHOLD_MIP * mip_mev / energy) ** POWER).reshape(
+    return (SCALE * (THRESHOLD_MIP * mip_mev / energy) ** POWER).to(x.dtype).reshape(
         (-1,) + (1,) * (x.ndim - 1))
 
 

@@ -11,8 +11,9 @@ Offline mode writes them from (approximations, named again in docs/physics.md):
 - radiative capture: the 1/v law from the thermal (2200 m/s) absorption cross section of
   Sears (1992) as tabulated by the ``periodictable`` package; no resonances, no fast-neutron
   capture tail, and absorption by (n,p)/(n,alpha) counted as capture (matters for B, Li, N).
-The calorimeter response moved by at most 1-2 % when these were scaled (capture x3 and x1/3,
-elastic and inelastic +-30 %; ../shared/geant4-offline.md): the offline hadronic systematic.
+The pion response moved by at most 1.6 % (within its statistics) when these were scaled
+(capture x3 and x1/3, elastic and inelastic +-30 %; benchmarks/hadron_physics.py,
+docs/physics.md): the offline hadronic systematic, stated as <= 2 %.
 
 ``write_neutron_files`` must run once the particles have process managers (the CHIPS classes
 build ions), i.e. from a physics constructor's ``ConstructProcess``: see g4app.physics.

@@ -46,10 +46,6 @@ RADII_MM = np.array([0.0, 50.0, 100.0, 150.0, 200.0, 250.0, 300.0, np.inf])
 REGION_MM = 300.0
 
 
-def _job(spec: JobSpec) -> dict:
-    return run_job(spec)
-
-
 def _spec(gpath: Path, tmp: Path, particle: str, energy: float, n: int, seed: int, half: int,
           physics: str, scan: str = "nominal") -> JobSpec:
     tag = scan.replace(" ", "_").replace("/", "")
@@ -112,7 +108,7 @@ def main() -> None:
             specs.append(_spec(gpath, tmp, particle, energy, n // 2, seed, half, args.physics,
                                scan))
     with mp.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:  # one Geant4 per process
-        results = pool.map(_job, specs, chunksize=1)
+        results = pool.map(run_job, specs, chunksize=1)
 
     weights = dedx_weights(geom)
     depth_lambda = np.array([lay.depth_lambda for lay in geom.layers])

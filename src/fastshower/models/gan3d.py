@@ -121,15 +121,20 @@ def images(batch: ShowerBatch, cells: np.ndarray, n_cells: int) -> tuple[np.ndar
     return image.reshape(cells.shape), np.bincount(event[~inside], energy[~inside], n)
 
 
+def per_image(v, x):
+    """One value per image ``v`` (P,) shaped to broadcast against images ``x`` (P, ...);
+    numpy or torch."""
+    return v.reshape((-1,) + (1,) * (x.ndim - 1))
+
+
 def to_values(e: np.ndarray, energy_mev: np.ndarray) -> np.ndarray:
     """Cell energies (MeV, (P, ...)) -> image values."""
-    shape = (-1,) + (1,) * (e.ndim - 1)
-    return (SCALE * (e / energy_mev.reshape(shape)) ** POWER).astype(np.float32)
+    return (SCALE * (e / per_image(energy_mev, e)) ** POWER).astype(np.float32)
 
 
 def from_values(x, energy):
     """Image values -> cell energies (MeV); numpy or torch."""
-    return energy.reshape((-1,) + (1,) * (x.ndim - 1)) * (x / SCALE) ** (1 / POWER)
+    return per_image(energy, x) * (x / SCALE) ** (1 / POWER)
 
 
 class Generator(nn.Module):
@@ -181,15 +186,13 @@ def response(x: torch.Tensor) -> torch.Tensor:
 def with_response(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,): the shape
     kept, every cell's energy multiplied by the same factor."""
-    factor = (r / response(x).clamp(min=1e-12)) ** POWER
-    return x * factor.reshape((-1,) + (1,) * (x.ndim - 1))
+    return x * per_image((r / response(x).clamp(min=1e-12)) ** POWER, x)
 
 
 def below_threshold(x: torch.Tensor, energy: torch.Tensor, mip_mev: float) -> torch.Tensor:
     """Image values (P, ...) of a cell at the readout threshold (half a MIP) for primaries of
     ``energy`` (P,) MeV, shaped to broadcast against ``x``."""
-    return (SCALE * (THRESHOLD_MIP * mip_mev / energy) ** POWER).to(x.dtype).reshape(
-        (-1,) + (1,) * (x.ndim - 1))
+    return per_image((SCALE * (THRESHOLD_MIP * mip_mev / energy) ** POWER).to(x.dtype), x)
 
 
 def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -205,12 +208,12 @@ class ResponseLaw(nn.Module):
         super().__init__()
         self.net = nn.Sequential(nn.Linear(conditions, hidden), nn.SiLU(),
                                  nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, 2))
-        self.mean, self.log_std = float(mean), float(np.log(std))
+        self.mean, self.std = float(mean), float(std)
 
     def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mean, log_sigma = self.net(cond).unbind(-1)
-        return (self.mean + mean * float(np.exp(self.log_std)),
-                (self.log_std + log_sigma).clamp(-8.0, 2.0))
+        return (self.mean + mean * self.std,
+                (float(np.log(self.std)) + log_sigma).clamp(-8.0, 2.0))
 
 
 def _theta(direction: np.ndarray) -> np.ndarray:

@@ -43,12 +43,12 @@ class OfflinePhysics(g4.G4VModularPhysicsList):
                  xs_scale: dict[str, float] | None = None):
         super().__init__()
         self.SetVerboseLevel(0)
-        constructors = [EM[em_option](), g4.G4DecayPhysics()]
-        if hadronic:  # FTFP_BERT.cc's list, the neutron files written first
-            constructors = [NeutronData(particlexs, xs_scale), constructors[0],
-                            g4.G4EmExtraPhysics(), constructors[1], g4.G4HadronElasticPhysics(),
-                            g4.G4HadronPhysicsFTFP_BERT(), g4.G4StoppingPhysics(),
-                            g4.G4IonPhysics(), g4.G4NeutronTrackingCut()]
+        em, decays = EM[em_option](), g4.G4DecayPhysics()
+        constructors = ([NeutronData(particlexs, xs_scale), em, g4.G4EmExtraPhysics(), decays,
+                         g4.G4HadronElasticPhysics(), g4.G4HadronPhysicsFTFP_BERT(),
+                         g4.G4StoppingPhysics(), g4.G4IonPhysics(), g4.G4NeutronTrackingCut()]
+                        if hadronic  # FTFP_BERT.cc's list, the neutron files written first
+                        else [em, decays])
         for constructor in constructors:
             self.RegisterPhysics(constructor)
         self.constructors = constructors  # Geant4 holds raw pointers: keep them alive

@@ -51,7 +51,7 @@ def _spec(gpath: Path, tmp: Path, particle: str, energy: float, n: int, seed: in
     tag = scan.replace(" ", "_").replace("/", "")
     return JobSpec(geometry=str(gpath), gun={"particle": particle, "energy": [energy]},
                    n=n, seed=seed, out=str(tmp / f"{particle}_{energy}_{tag}_{half}.root"),
-                   physics=physics, leakage=True, hadronic=particle == "pi-",
+                   physics=physics, leakage=True,
                    xs_scale=SCANS.get(scan), meta={"scan": scan})
 
 

@@ -24,7 +24,6 @@ import numpy as np
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
 from fastshower.progress import Tracker
-from fastshower.simhits import HADRONS
 from fastshower.simulation.gun import GunConfig, require_on_detector, sample_primaries
 from fastshower.simulation.runner import JobSpec, fast_hook, job_seed, run_job
 
@@ -45,7 +44,7 @@ def plan(geometry: str | Path, gun: GunConfig, n: int, jobs: int, seed: int, out
     return [JobSpec(geometry=str(geometry), gun=gun.model_dump(mode="json"), n=size,
                     seed=job_seed(seed, i), out=str(out / f"job_{i:03d}.root"), physics=physics,
                     em_option=em_option, upstream_x0=upstream_x0, fast=fast, scoring=scoring,
-                    hadronic=gun.particle in HADRONS, meta={"job": i, "production_seed": seed})
+                    meta={"job": i, "production_seed": seed})
             for i, size in enumerate(sizes)]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from fastshower import __version__
 from fastshower.errors import FastShowerError
 from fastshower.geometry import load
-from fastshower.simhits import ShowerBatch, SimHitWriter
+from fastshower.simhits import HADRONS, ShowerBatch, SimHitWriter
 from fastshower.simulation.g4data import cleanup, particlexs_dir, setup_data, write_em_tables
 from fastshower.simulation.gun import GunConfig, sample_primaries
 from fastshower.simulation.neutron_xs import RECIPE
@@ -50,9 +50,14 @@ class JobSpec:
     leakage: bool = False
     upstream_x0: float = 0.0  # silicon in front of the calorimeter (radiation lengths)
     fast: dict | None = None  # hybrid mode: see fast_hook
-    hadronic: bool = False  # offline mode: FTFP_BERT's hadronic constructors (pions, protons)
     xs_scale: dict | None = None  # offline hadronic systematics: see neutron_xs.write_neutron_files
     meta: dict = field(default_factory=dict)
+
+    @property
+    def hadronic(self) -> bool:
+        """Hadrons (pions, protons) get FTFP_BERT's hadronic constructors in offline mode;
+        e-, e+ and photons the EM-only list (their samples do not change)."""
+        return GunConfig.model_validate(self.gun).particle in HADRONS
 
 
 def job_seed(seed: int, job: int) -> int:
@@ -128,7 +133,7 @@ def neutron_data(geometry: str, out: str | Path, xs_scale: dict | None = None) -
     """Write the offline hadronic mode's synthetic neutron files (G4PARTICLEXS layout:
     ``{el,inel,cap}{Z}``, MeV and mm^2) to the folder ``out``, for inspection and plots."""
     s = _start(JobSpec(geometry=geometry, gun={"particle": "pi-"}, n=1, seed=1, out="",
-                       physics="offline", scoring="none", hadronic=True, xs_scale=xs_scale))
+                       physics="offline", scoring="none", xs_scale=xs_scale))
     try:
         s.run.Initialize()  # the first physics constructor writes the files
         shutil.copytree(particlexs_dir(s.data) / "neutron", out, dirs_exist_ok=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fastshower.geometry import build_geometry, save
+from fastshower.models.parametric import ParametricShower, layer_depth
 from fastshower.simhits import read_metadata, read_sample
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
@@ -81,3 +82,27 @@ def test_pions_and_protons_shower_offline(geometry, tmp_path):
         assert meta["physics_list"] == "FTFP_BERT (offline data)"
         assert meta["hadronic_data"] == RECIPE
     assert read_metadata(next((tmp_path / "pi-").glob("*.root")))["physics_mode"] == "offline"
+
+
+def test_parametric_baseline_counts_a_hadron_profile_in_interaction_lengths(geometry, tmp_path):
+    """Fitted on pions, the GFlash-like baseline draws its Gamma profile in λ_I: the spread of
+    the shower depth follows Geant4's (in X0 it came out half of it: 0.71 vs 1.46 λ_I)."""
+    geom, path = geometry
+    gun = GunConfig(particle="pi-", energy=[5.0, 50.0], spectrum="log-uniform", eta=(2.0, 2.0))
+    simulate(path, gun, 80, tmp_path / "pi-", jobs=1, seed=6, physics="offline",
+             show_progress=False)
+    batch, _ = read_sample(tmp_path / "pi-")
+    model = ParametricShower.fit(batch, geom, seed=0)
+    assert model.params["depth_units"] == ["lambda"]
+    generated = model.sample(batch.primaries, np.random.default_rng(1))
+    lam = layer_depth(geom, "lambda")
+
+    def depth(showers):
+        e = layer_energies(showers, geom)
+        return (e @ lam) / e.sum(1)
+
+    real, fake = depth(batch), depth(generated)
+    assert fake.mean() == pytest.approx(real.mean(), abs=0.25)
+    assert 0.75 < fake.std() / real.std() < 1.3
+    assert visible_energy(generated).mean() == pytest.approx(visible_energy(batch).mean(),
+                                                             rel=0.15)

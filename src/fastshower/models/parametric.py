@@ -8,9 +8,16 @@ f_R(r) = 2 r R^2 / (r^2 + R^2)^2, whose R_C, R_T, p depend on the depth relative
 depth, around a per-shower shifted centre; energy spots of equal energy placed on cells by the
 geometry lookup.
 
+Depth is counted in radiation lengths for e±/γ and in nuclear interaction lengths for hadrons
+(the hadronic profile: one Gamma in λ_I, the cheap end of GFlash's hadronic parametrisation,
+whose EM part in X0 it leaves out), per particle.
+
 Every parameter is fitted to a Geant4 sample (``fit``). Approximations, named:
 the profile is fitted by moments of the dE/dx-weighted layer energies (not a full likelihood);
-the radial parameters depend on relative depth only (not on energy); the spot energy is one
+a hadron's profile is one Gamma in λ_I (no separate EM component in X0: its π0 fraction and the
+EM part's early peak are averaged into the one shape);
+the radial parameters depend on relative depth only (not on energy); a spot falling outside the
+region gives its energy to its layer's spots inside it; the spot energy is one
 number fitted to the mean hit count.
 """
 
@@ -22,7 +29,7 @@ import numpy as np
 from scipy import optimize, special
 
 from fastshower.geometry import Geometry
-from fastshower.geometry.showers import axis_offsets, axis_points, dedx_weights, depth_x0
+from fastshower.geometry.showers import axis_offsets, axis_points, dedx_weights
 from fastshower.models.base import ShowerGenerator, TrainingRanges
 from fastshower.models.showers import (
     layer_summary,
@@ -31,9 +38,10 @@ from fastshower.models.showers import (
     shower_centre,
     to_batch,
 )
-from fastshower.simhits import Primaries, ShowerBatch
+from fastshower.simhits import HADRONS, Primaries, ShowerBatch
 
 N_ENERGY_BINS = 5
+MEAN_DEPTH = {"x0": (0.5, 40.0), "lambda": (0.05, 8.0)}  # bounds of a drawn mean depth, per unit
 TAU_EDGES = np.array([0.0, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 4.0, 1e3])
 
 
@@ -43,17 +51,34 @@ def layer_weights(geom: Geometry) -> np.ndarray:
     return np.array([np.median(w[layer == i]) for i in range(len(geom.layers))])
 
 
-def depth_bins(geom: Geometry) -> np.ndarray:
-    """(L + 1,) depth edges (X0) around each layer's sensor: midpoints between sensors."""
-    t = depth_x0(geom)
+def depth_unit(particle: str) -> str:
+    """The depth unit of a particle's profile: "lambda" (λ_I) for hadrons, "x0" otherwise."""
+    return "lambda" if particle in HADRONS else "x0"
+
+
+def layer_depth(geom: Geometry, unit: str) -> np.ndarray:
+    """(L,) depth of each layer's sensor in ``unit`` ("x0" or "lambda")."""
+    return np.array([getattr(lay, f"depth_{unit}") for lay in geom.layers])
+
+
+def depth_bins(t: np.ndarray) -> np.ndarray:
+    """(L + 1,) depth edges around each layer's sensor at depths ``t`` (L,): midpoints."""
     mid = 0.5 * (t[1:] + t[:-1])
     return np.concatenate([[0.0], mid, [t[-1] + (t[-1] - mid[-1])]])
 
 
+def shower_depths(geom: Geometry, units: list[str], kind: np.ndarray):
+    """Per shower of particle index ``kind`` (n,): its layers' depths (n, L) and depth edges
+    (n, L + 1) in its particle's unit (``units``, one per particle)."""
+    depth = np.stack([layer_depth(geom, u) for u in units])
+    return depth[kind], np.stack([depth_bins(t) for t in depth])[kind]
+
+
 def gamma_fractions(alpha: np.ndarray, mean_depth: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """(n, L) fraction of a Gamma(alpha, beta = alpha / mean_depth) profile in each depth bin."""
+    """(n, L) fraction of a Gamma(alpha, beta = alpha / mean_depth) profile in each depth bin
+    (``edges``: (L + 1,) or per shower (n, L + 1))."""
     beta = alpha / mean_depth
-    cdf = special.gammainc(alpha[:, None], beta[:, None] * edges[None, :])
+    cdf = special.gammainc(alpha[:, None], beta[:, None] * edges)
     return np.diff(cdf, axis=1)
 
 
@@ -66,11 +91,12 @@ def layer_profile(visible: np.ndarray, alpha: np.ndarray, mean_depth: np.ndarray
 
 
 def profile_moments(weighted: np.ndarray, depth: np.ndarray) -> np.ndarray:
-    """(n, 3): ln alpha, ln mean depth, ln total of dE/dx-weighted layer energies (n, L)
-    (the caller replaces the last column by the ln visible response)."""
+    """(n, 3): ln alpha, ln mean depth, ln total of dE/dx-weighted layer energies (n, L) at
+    layer depths ``depth`` ((L,) or (n, L)) (the caller replaces the last column by the ln
+    visible response)."""
     total = np.maximum(weighted.sum(axis=1), 1e-9)
-    mean = weighted @ depth / total
-    var = np.maximum(weighted @ depth**2 / total - mean**2, 1e-3)
+    mean = (weighted * depth).sum(1) / total
+    var = np.maximum((weighted * depth**2).sum(1) / total - mean**2, 1e-3)
     return np.stack([np.log(mean**2 / var), np.log(mean), np.log(total)], -1)
 
 
@@ -115,21 +141,21 @@ class ParametricShower(ShowerGenerator):
     def fit(cls, batch: ShowerBatch, geom: Geometry, config=None,
             seed: int = 0) -> ParametricShower:
         e_layer, n_layer = layer_summary(batch, geom)
-        w, depth = layer_weights(geom), depth_x0(geom)
+        pdg = batch.primaries.pdg
+        particles = particle_names(pdg)
+        units = [depth_unit(name) for name in particles]
+        kind = particle_index(pdg, particles)
+        w, (depth, edges) = layer_weights(geom), shower_depths(geom, units, kind)
         y = profile_moments(e_layer * w, depth)
         log_e = np.log(batch.primaries.energy_mev)
         y[:, 2] = np.log(np.maximum(e_layer.sum(1), 1e-9)) - log_e  # ln of the response
-        pdg = batch.primaries.pdg
-        particles = particle_names(pdg)
-        per_particle = {}
-        for name, idx in zip(particles, range(len(particles)), strict=True):
-            sel = particle_index(pdg, particles) == idx
-            per_particle[name] = _fit_moments(log_e[sel], y[sel])
+        per_particle = {name: _fit_moments(log_e[kind == i], y[kind == i])
+                        for i, name in enumerate(particles)}
 
         # sampling fluctuations: relative variance of layer energies about each shower's own
         # fitted Gamma profile, a / E_pred + b
         pred = layer_profile(np.exp(y[:, 2] + log_e), np.exp(y[:, 0]), np.exp(y[:, 1]), w,
-                             depth_bins(geom))
+                             edges)
         ok = pred > 1.0
         rel2 = (e_layer[ok] / pred[ok] - 1.0) ** 2
         a, b = np.linalg.lstsq(np.stack([1 / pred[ok], np.ones(ok.sum())], -1), rel2,
@@ -137,14 +163,14 @@ class ParametricShower(ShowerGenerator):
 
         # radial profile in bins of depth relative to the mean depth
         event, ids, energy, dx, dy = axis_offsets(batch, geom)
-        tau = depth[geom.cells["layer"][ids]] / np.exp(y[event, 1])
+        tau = depth[event, geom.cells["layer"][ids]] / np.exp(y[event, 1])
         tau_bin = np.clip(np.digitize(tau, TAU_EDGES) - 1, 0, len(TAU_EDGES) - 2)
         r = np.hypot(dx, dy)
         radial = [fit_radial(r[tau_bin == k], energy[tau_bin == k])
                   if (tau_bin == k).sum() > 50 else None for k in range(len(TAU_EDGES) - 1)]
         radial = _fill_gaps(radial)
 
-        params = {"particles": particles, "moments": per_particle,
+        params = {"particles": particles, "depth_units": units, "moments": per_particle,
                   "sampling": [float(max(a, 1e-4)), float(max(b, 1e-4))],
                   "radial": radial, "tau_edges": TAU_EDGES.tolist(),
                   "energy_range_mev": [float(batch.primaries.energy_mev.min()),
@@ -196,9 +222,11 @@ class ParametricShower(ShowerGenerator):
             sel = kind == i
             y[sel] = _sample_moments(p["moments"][name], log_e[sel], rng)
         alpha = np.clip(np.exp(y[:, 0]), 1.05, 60.0)
-        mean_depth = np.clip(np.exp(y[:, 1]), 0.5, 40.0)
-        w, depth = layer_weights(geom), depth_x0(geom)
-        e_layer = layer_profile(np.exp(y[:, 2] + log_e), alpha, mean_depth, w, depth_bins(geom))
+        units = p.get("depth_units", ["x0"] * len(p["particles"]))  # files before session 12
+        w, (depth, edges) = layer_weights(geom), shower_depths(geom, units, kind)
+        lo, hi = np.array([MEAN_DEPTH[u] for u in units]).T
+        mean_depth = np.clip(np.exp(y[:, 1]), lo[kind], hi[kind])
+        e_layer = layer_profile(np.exp(y[:, 2] + log_e), alpha, mean_depth, w, edges)
         a, b = p["sampling"]
         shape = 1.0 / (a / np.maximum(e_layer, 1e-6) + b)
         fluctuated = rng.gamma(shape, e_layer / shape)  # shape only: the total stays as drawn
@@ -210,7 +238,7 @@ class ParametricShower(ShowerGenerator):
         pair = np.repeat(np.arange(n * n_layers), n_spots)
         event, layer = pair // n_layers, pair % n_layers
         spot_e = np.repeat(e_layer.ravel() / np.maximum(n_spots, 1), n_spots)
-        tau = depth[layer] / mean_depth[event]
+        tau = depth[event, layer] / mean_depth[event]
         tau_bin = np.clip(np.digitize(tau, p["tau_edges"]) - 1, 0, len(p["radial"]) - 1)
         rc, rt, pc = np.asarray(p["radial"])[tau_bin].T
         u = rng.uniform(1e-9, 1 - 1e-9, len(pair))
@@ -224,6 +252,11 @@ class ParametricShower(ShowerGenerator):
                 (n, 2))
             axis = axis + shift[event]
         ids = geom.lookup(layer, axis[:, 0] + r * np.cos(phi), axis[:, 1] + r * np.sin(phi))
+        # the layer energy is what Geant4 records inside the region: spots outside it give
+        # theirs to the layer's spots inside (radial laws fitted inside reach beyond it)
+        inside = np.bincount(pair, weights=spot_e * (ids >= 0), minlength=n * n_layers)
+        scale = np.divide(e_layer.ravel(), inside, out=np.zeros_like(inside), where=inside > 0)
+        spot_e = spot_e * scale[pair]
         return to_batch(primaries, geom, event, ids, spot_e)
 
     def state(self) -> dict:

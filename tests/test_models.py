@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,13 +130,19 @@ def test_flowgnn_trains_generates_and_writes_a_run_folder(sample):
 
 
 def test_training_resumes_exactly_after_kill_9(sample):
+    """Also on a production that grew meanwhile: the resumed run reads the files it started
+    with (its config records them)."""
     geom, gpath, data, _, tmp = sample
-    args = [sys.executable, "-m", "fastshower", "train", "--data", data, "--geometry",
-            str(gpath), "--model", "flowgnn"]
+    args = [sys.executable, "-m", "fastshower", "train", "--geometry", str(gpath), "--model",
+            "flowgnn"]
     sets = [x for s in [*SMALL, "max_steps=30", "val_every=10"] for x in ("--set", s)]
     clean = tmp / "clean"
-    subprocess.run([*args, "--out", str(clean), *sets], check=True, capture_output=True)
+    subprocess.run([*args, "--data", data, "--out", str(clean), *sets], check=True,
+                   capture_output=True)
 
+    growing = tmp / "growing"
+    shutil.copytree(tmp / "e-", growing, ignore=shutil.ignore_patterns("logs"))
+    args += ["--data", f"{growing},{tmp / 'gamma'}"]
     killed = tmp / "killed"
     proc = subprocess.Popen([*args, "--out", str(killed), *sets], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -146,6 +154,7 @@ def test_training_resumes_exactly_after_kill_9(sample):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert torch.load(last, weights_only=True)["step"] < 30
+    shutil.copy(growing / "job_000.root", growing / "job_002.root")  # the production goes on
     resumed = subprocess.run([*args, "--out", str(killed), *sets], check=True,
                              capture_output=True, text=True)
     assert "resuming" in resumed.stdout
@@ -157,6 +166,8 @@ def test_training_resumes_exactly_after_kill_9(sample):
                               atol=1e-6), k
     history = (killed / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in history] == [10, 20, 30]
+    files = yaml.safe_load((killed / "config.yaml").read_text())["data_files"]
+    assert [Path(f).name for f in files] == ["job_000.root", "job_001.root"] * 2
 
 
 def test_cli_refuses_what_a_model_cannot_do(sample):

@@ -33,7 +33,7 @@ from fastshower.progress import Tracker
 from fastshower.simhits import ShowerBatch
 from fastshower.training import distributed
 from fastshower.training.distributed import SINGLE, Dist
-from fastshower.training.runs import RunFolder
+from fastshower.training.runs import RunFolder, data_files
 from fastshower.validation.metrics import compare, frechet_distance, standardise
 from fastshower.validation.observables import high_level
 
@@ -109,7 +109,8 @@ def train(data: str, geometry: str | Path, out: str | Path, cfg: TrainConfig,
     if cls.training == "none":
         raise FastShowerError(f"{cfg.model} cannot be trained")
     geom = load(geometry)
-    train_set, val_set = (read_split(data, geom, s) for s in ("train", "val"))
+    files = data_files(data, out)
+    train_set, val_set = (read_split(",".join(files), geom, s) for s in ("train", "val"))
     if len(train_set) < 20 or len(val_set) < 5:
         raise FastShowerError(f"{data}: {len(train_set)} training and {len(val_set)} validation "
                               "showers are too few (need at least 20 and 5)")
@@ -117,8 +118,8 @@ def train(data: str, geometry: str | Path, out: str | Path, cfg: TrainConfig,
     if cls.training == "fit" and ranks.world > 1:
         raise FastShowerError(f"{cfg.model} is a fit, not gradient descent: train it in one "
                               "process")
-    config = {**cfg.model_dump(), "data": str(data), "geometry": str(geometry),
-              "geometry_hash": geom.hash}
+    config = {**cfg.model_dump(), "data": str(data), "data_files": files,
+              "geometry": str(geometry), "geometry_hash": geom.hash}
     run = RunFolder(out, config) if ranks.main else None
     ranks.barrier()
     if not ranks.main:  # reads checkpoints only; rank 0 owns the folder

@@ -23,6 +23,7 @@ import yaml
 
 from fastshower.errors import FastShowerError
 from fastshower.models.files import load_weights, read_history, save_atomic
+from fastshower.simhits import sample_files
 
 PACKAGES = ("fastshower", "torch", "torch_geometric", "zuko", "numpy", "scipy", "uproot",
             "awkward", "geant4_pybind")
@@ -58,6 +59,19 @@ def environment() -> dict:
 
 
 
+
+
+def data_files(data: str, out: str | Path) -> list[str]:
+    """The files of the sample ``data`` (comma-separated specs) a run at ``out`` trains on,
+    fixed when it starts: resumed, it reads the files it started with even if the production
+    it reads has grown since (the run's config records them)."""
+    files = [str(f) for part in str(data).split(",") for f in sample_files(part)]
+    saved = Path(out) / "config.yaml"
+    if saved.is_file():
+        started = yaml.safe_load(saved.read_text()).get("data_files")
+        if started and set(started) <= set(files):
+            return started
+    return files
 
 
 class RunFolder:

@@ -105,6 +105,12 @@ def main() -> None:
             "auc_low_level_floor": f["classifier_low_level"]["auc"], "fpd": g["fpd"],
             "fpd_floor": f["fpd"], "cpu_s_per_shower_generate": cpu, "energy_bins": bins,
             "decades": decades, "fpd_seeds": fpds,
+            "particles": [{"particle": p["particle"], "n": p["n_reference"],
+                           "auc": p["generated"]["classifier"]["auc"],
+                           "auc_std": p["generated"]["classifier"]["auc_std"],
+                           "auc_floor": p["floor"]["classifier"]["auc"],
+                           "fpd": p["generated"]["fpd"], "fpd_floor": p["floor"]["fpd"]}
+                          for p in m["particles"]],
             "fpd_seeds_mean": fpd_mean, "fpd_seeds_std": fpd_std,
             "separation_power": {k: v["separation_power"] for k, v in g["observables"].items()},
         }
@@ -117,6 +123,11 @@ def main() -> None:
         print("            per decade: " + ", ".join(
             f"{b['e_gev'][0]:.3g}-{b['e_gev'][1]:.3g} GeV {b['auc']:.3f} ± {b['auc_std']:.3f} "
             f"(floor {b['auc_floor']:.3f}, {b['n']} showers)" for b in decades))
+        if len(m["particles"]) > 1:
+            print("            per particle: " + ", ".join(
+                f"{p['particle']} {p['auc']:.3f} ± {p['auc_std']:.3f} (floor "
+                f"{p['auc_floor']:.3f}, {p['n']} showers)"
+                for p in summary["models"][name]["particles"]))
         if fpd_std is not None:
             print(f"            FPD over {len(fpds)} more generator seeds: {fpd_mean:.3f} ± "
                   f"{fpd_std:.3f} (spread of one; values "

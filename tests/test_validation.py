@@ -17,6 +17,7 @@ from fastshower.simulation.jobs import simulate
 from fastshower.validation.metrics import (
     classifier_test,
     compare,
+    compare_per_particle,
     compare_with_floor,
     fpd,
     frechet_distance,
@@ -150,6 +151,20 @@ def test_distortions_are_detected_above_the_noise_floor(geant4_sample):
     assert g["classifier"]["auc"] > f["classifier"]["auc"] + 0.1
 
 
+def test_metrics_per_particle_find_the_one_that_is_off(geant4_sample):
+    """Half the showers labelled photons get +10 % energy: only the photons' AUC rises."""
+    geom, _, batch, _, _, _ = geant4_sample
+    ref = high_level(batch, geom)
+    pdg = np.where(np.arange(len(batch)) % 2 == 0, 11, 22)
+    gen = {k: np.where(pdg == 22, v * 1.10, v) if k in ("e_vis", "response") else v
+           for k, v in ref.items()}
+    rows = {r["particle"]: r for r in compare_per_particle(ref, gen, pdg, pdg, seed=1)}
+    assert sorted(rows) == ["e-", "gamma"] and rows["gamma"]["n_reference"] == 200
+    photon, electron = rows["gamma"], rows["e-"]
+    assert photon["generated"]["classifier"]["auc"] > photon["floor"]["classifier"]["auc"] + 0.1
+    assert electron["generated"]["classifier"]["auc"] < 0.5 + 0.05
+
+
 def test_validate_writes_report_and_metrics(geant4_sample):
     geom, gpath, batch, meta, files, tmp = geant4_sample
     writer = SimHitWriter(tmp / "gen.root", {**meta, "generator": "test-scaled"})
@@ -163,6 +178,7 @@ def test_validate_writes_report_and_metrics(geant4_sample):
     assert saved["n_reference"] == 400 and saved["geometry_hash"] == geom.hash
     assert 0.0 <= saved["generated"]["classifier_low_level"]["auc"] <= 1.0
     assert len(saved["energy_bins"]) == 1  # one incident energy
+    assert [r["particle"] for r in saved["particles"]] == ["e-"]
     page = (tmp / "report" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 5
     assert "not recorded" in page  # the model questions, for a generator without a run folder

@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from scipy import linalg, stats
 
+from fastshower.simhits import PARTICLES
+
 
 def wasserstein(ref: np.ndarray, gen: np.ndarray) -> float:
     """W1 between the two distributions, in units of the reference's standard deviation."""
@@ -230,6 +232,23 @@ def compare_in_energy_bins(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray
         out.append({"e_min_mev": float(lo), "e_max_mev": float(hi), "n_reference": int(r.sum()),
                     "n_generated": int(g.sum()), **m})
     return out
+
+def compare_per_particle(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
+                         pdg_ref: np.ndarray, pdg_gen: np.ndarray, seed: int = 0,
+                         min_showers: int = 20) -> list[dict]:
+    """Metrics with their floor for each particle (PDG code) of the reference that has at
+    least ``min_showers`` showers."""
+    names, out = {code: name for name, code in PARTICLES.items()}, []
+    for code in np.unique(pdg_ref):
+        r, g = pdg_ref == code, pdg_gen == code
+        if r.sum() < min_showers or g.sum() < min_showers // 2:
+            continue
+        m = compare_with_floor({k: v[r] for k, v in ref.items()},
+                               {k: v[g] for k, v in gen.items()}, seed=seed)
+        out.append({"pdg": int(code), "particle": names.get(int(code), str(code)),
+                    "n_reference": int(r.sum()), "n_generated": int(g.sum()), **m})
+    return out
+
 
 def response_resolution(e_pred: np.ndarray, e_true: np.ndarray, edges: np.ndarray) -> dict:
     """Per energy bin: mean response E_pred / E_true and resolution, the response's standard

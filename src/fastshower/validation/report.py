@@ -24,6 +24,7 @@ from fastshower.validation.display import plot_shower
 from fastshower.validation.export import default_binning, voxelise
 from fastshower.validation.metrics import (
     compare_in_energy_bins,
+    compare_per_particle,
     compare_with_floor,
     response_resolution,
 )
@@ -82,6 +83,8 @@ def validate(reference: str | Path, generated: str | Path, geometry: str | Path,
     metrics = compare_with_floor(hl_r, hl_g, seed=seed, low_ref=low_r, low_gen=low_g)
     metrics["energy_bins"] = compare_in_energy_bins(
         hl_r, hl_g, ref.primaries.energy_mev, gen.primaries.energy_mev, seed=seed)
+    metrics["particles"] = compare_per_particle(hl_r, hl_g, ref.primaries.pdg,
+                                                gen.primaries.pdg, seed=seed)
     if regressor is not None:
         metrics["regression"] = regression_check(regressor, ref, gen)
     metrics.update({"reference_path": str(reference), "generated_path": str(generated),
@@ -172,6 +175,19 @@ def _bins_table(bins: list[dict]) -> str:
     return f"<table>{head}{rows}</table>"
 
 
+def _particles_table(rows: list[dict]) -> str:
+    if len(rows) < 2:
+        return "".join(f"<p>One particle: {r['particle']}.</p>" for r in rows)
+    cells = "".join(
+        f"<tr><td>{r['particle']}</td><td>{r['n_reference']} / {r['n_generated']}</td>"
+        f"<td>{r['generated']['classifier']['auc']:.3f} ± "
+        f"{r['generated']['classifier']['auc_std']:.3f}</td><td class=floor>"
+        f"{r['floor']['classifier']['auc']:.3f}</td><td>{r['generated']['fpd']:.4f}</td>"
+        f"<td class=floor>{r['floor']['fpd']:.4f}</td></tr>" for r in rows)
+    return ("<table><tr><th>particle</th><th>showers (reference / generated)</th><th>classifier "
+            f"AUC</th><th>floor</th><th>FPD</th><th>floor</th></tr>{cells}</table>")
+
+
 def _html(m: dict, figures: dict[str, str]) -> str:
     g, f = m["generated"], m["floor"]
     rows = "".join(
@@ -222,6 +238,8 @@ cross-validated: mean ± its standard error)</td>
 <h2>Per observable</h2>
 <table><tr><th>observable</th><th>W1 / σ</th><th>floor</th><th>separation power</th>
 <th>floor</th><th>KS</th><th>floor</th></tr>{rows}</table>
+<h2>Per particle</h2>
+{_particles_table(m["particles"])}
 <h2>In bins of incident energy</h2>
 <p>High-level classifier AUC, then W1 / σ per observable (floor in grey), per bin.</p>
 {_bins_table(m["energy_bins"])}

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 
 import numpy as np
 import pytest
 
 from fastshower.geometry import build_geometry, save
+from fastshower.inference.g4hook import fast_spec
 from fastshower.models.parametric import ParametricShower, layer_depth
 from fastshower.simhits import read_metadata, read_sample
-from fastshower.simulation.gun import GunConfig
+from fastshower.simulation.gun import GunConfig, sample_primaries
 from fastshower.simulation.jobs import simulate
 from fastshower.simulation.neutron_xs import ENERGIES_MEV, RECIPE, THERMAL_MEV
 from fastshower.simulation.runner import neutron_data
@@ -106,3 +108,16 @@ def test_parametric_baseline_counts_a_hadron_profile_in_interaction_lengths(geom
     assert 0.75 < fake.std() / real.std() < 1.3
     assert visible_energy(generated).mean() == pytest.approx(visible_energy(batch).mean(),
                                                              rel=0.15)
+
+    # a hybrid Geant4 run hands the pions that reach the calorimeter to the pion model
+    gun = GunConfig(particle="pi-", energy=[20.0], eta=(2.0, 2.0))
+    fast = fast_spec(str(model.save(tmp_path / "pions.pt")))
+    simulate(path, gun, 4, tmp_path / "hybrid", jobs=1, seed=7, physics="offline", fast=fast,
+             show_progress=False)
+    handed = json.loads((tmp_path / "hybrid" / "logs" / "job_000.json").read_text())
+    assert handed["fast_showers"] == 4 and handed["fast_energy_mev"] > 0.99 * 4 * 20e3
+    hybrid, meta = read_sample(tmp_path / "hybrid")
+    assert meta["physics_list"] == "FTFP_BERT (offline data)"
+    at_20 = model.sample(sample_primaries(gun, 100, np.random.default_rng(2)),
+                         np.random.default_rng(3))
+    assert 0.6 < visible_energy(hybrid).mean() / visible_energy(at_20).mean() < 1.5

@@ -74,6 +74,7 @@ CASES = [
     (SIM + ["--fast-min-energy", "nan"], "--fast-min-energy"),
     (SIM + ["--fast-min-energy", "0"], "--fast-min-energy"),
     (SIM + ["--physics", "fast"], "--physics"),
+    (SIM + ["--fast-model", "FLOWGNN", "--fast-particles", "pi-"], "cannot take pi-"),
     (SIM + ["--scoring", "voxels"], "--scoring"),
     # preprocess, validate, export
     (PRE, "not a readable fastshower sim-hit file"),

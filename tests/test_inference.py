@@ -260,13 +260,15 @@ def test_triton_repository_has_a_valid_model_config(exported):
 def test_hybrid_geant4_run_hands_calorimeter_showers_to_the_model(exported):
     """Photons from the interaction point through 0.3 X0 of silicon: what reaches the calorimeter
     above 1 GeV is stopped at its front and generated (PyTorch and ONNX back-ends); the merged
-    hits respond like full Geant4's; a threshold above the beam energy hands nothing over."""
+    hits respond like full Geant4's; a threshold above the beam energy hands nothing over; the
+    model takes only the particles it is told to."""
     from fastshower.simulation.jobs import simulate
 
     geom, gpath, _, folder, tmp = exported
     gun = GunConfig(particle="gamma", energy=[20.0], eta=(1.995, 2.005), phi_deg=(89.9, 90.1))
     fast = fast_spec(pretrained("flowgnn"))
     runs = {"full": None, "torch": fast, "onnx": {**fast, "model": str(folder), "backend": "onnx"},
+            "pairs only": {**fast, "particles": ["e-"]},
             "none": {**fast, "min_energy_gev": 50.0}}
     response, handed = {}, {}
     for name, cfg in runs.items():
@@ -284,6 +286,8 @@ def test_hybrid_geant4_run_hands_calorimeter_showers_to_the_model(exported):
         assert handed[name]["fast_energy_mev"] > 0.95 * 8 * 20e3
         assert abs(response[name] / response["full"] - 1) < 0.06, response
     assert handed["none"]["fast_showers"] == 0
+    # photons that did not convert in the silicon are left to Geant4
+    assert 0 < handed["pairs only"]["fast_showers"] < handed["torch"]["fast_showers"]
     assert abs(response["none"] / response["full"] - 1) < 0.06, response
 
 

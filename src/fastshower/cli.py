@@ -316,8 +316,12 @@ def simulate(
         help="Silicon in front of the calorimeter, in radiation lengths (tracker material).")
     ] = 0.0,
     fast_model: Annotated[Path | None, typer.Option(
-        help="Hybrid run: showers of e+-/gamma reaching the calorimeter come from this model "
-             "(run folder, model.pt, or ONNX export with --fast-backend onnx).")] = None,
+        help="Hybrid run: showers of the particles the model generates (e+-/gamma, pions) "
+             "reaching the calorimeter come from this model (run folder, model.pt, or ONNX "
+             "export with --fast-backend onnx).")] = None,
+    fast_particles: Annotated[str | None, typer.Option(
+        help="Hybrid run: only these of the model's particles, e.g. pi-,pi+ (default: all).")
+    ] = None,
     fast_backend: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
     fast_min_energy: Annotated[float, typer.Option(
         callback=positive, help="Hybrid run: lowest energy (GeV) handed to the model.")] = 1.0,
@@ -344,7 +348,8 @@ def simulate(
     if fast_model is not None:
         from fastshower.inference.g4hook import fast_spec
 
-        fast = fast_spec(fast_model, fast_backend, fast_min_energy)
+        fast = fast_spec(fast_model, fast_backend, fast_min_energy,
+                         fast_particles and [p.strip() for p in fast_particles.split(",")])
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
                 scheduler=scheduler, scoring=scoring, workers=workers,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import awkward as ak
 import numpy as np
 
+from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.inference.generate import load_generator
 from fastshower.models.showers import PARTICLE_OF_PDG
@@ -26,11 +27,14 @@ from fastshower.simhits import PARTICLES, Primaries
 POSITRON, ELECTRON = -11, 11
 
 
-def fast_spec(model: str, backend: str = "torch", min_energy_gev: float = 1.0) -> dict:
-    """What `simulate(fast=...)` takes for a hybrid run: the model and the factory of its hook,
-    named as "module:function" so that Geant4 jobs in other processes build it themselves
-    (the simulation stage never imports inference)."""
+def fast_spec(model: str, backend: str = "torch", min_energy_gev: float = 1.0,
+              particles: list[str] | None = None) -> dict:
+    """What `simulate(fast=...)` takes for a hybrid run: the model, the particles it takes
+    (default: all it knows) and the factory of its hook, named as "module:function" so that
+    Geant4 jobs in other processes build it themselves (the simulation stage never imports
+    inference)."""
     return {"model": str(model), "backend": backend, "min_energy_gev": float(min_energy_gev),
+            "particles": None if particles is None else list(particles),
             "hook": f"{__name__}:make_hook"}
 
 
@@ -40,18 +44,25 @@ def make_hook(fast: dict, geom: Geometry) -> FastShowerHook:
 
     torch.set_num_threads(1)
     generator = load_generator(fast["model"], geom, fast.get("backend", "torch"))
-    return FastShowerHook(generator, fast.get("min_energy_gev", 1.0) * 1e3)
+    return FastShowerHook(generator, fast.get("min_energy_gev", 1.0) * 1e3,
+                          fast.get("particles"))
 
 
 class FastShowerHook:
     """Decides which particles the model takes and turns them into hits."""
 
-    def __init__(self, generator, min_energy_mev: float):
+    def __init__(self, generator, min_energy_mev: float, particles: list[str] | None = None):
         self.generator, self.min_energy = generator, min_energy_mev
-        self.particles = {PARTICLES[p] for p in generator.particles}
+        names = list(generator.particles if particles is None else particles)
+        unknown = sorted(set(names) - set(generator.particles))
+        if unknown or not names:
+            knows = ", ".join(generator.particles)
+            raise FastShowerError(f"hybrid run: the model generates {knows}; it cannot take "
+                                  f"{', '.join(unknown) or 'no particle'}")
+        self.particles = {PARTICLES[p] for p in names}
         # what Geant4's C++ filter lets through to ``accept`` (positrons go as electrons)
-        self.particle_names = tuple(generator.particles) + (
-            ("e+",) if "e-" in generator.particles and "e+" not in generator.particles else ())
+        self.particle_names = tuple(names) + (("e+",) if "e-" in names and "e+" not in names
+                                              else ())
         self.handed, self.handed_energy = 0, 0.0
 
     def accept(self, pdg: int, energy: float, dx: float, dy: float, dz: float) -> bool:

@@ -87,8 +87,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
              announce: Callable[[], None] | None = None) -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
-    ``fast`` (inference.g4hook.fast_spec) makes it a hybrid production: showers of e+-/gamma
-    reaching the calorimeter come from that model.
+    ``fast`` (inference.g4hook.fast_spec) makes it a hybrid production: showers of the model's
+    particles (or those ``fast["particles"]`` names) reaching the calorimeter come from it.
     ``scheduler``: run the jobs on a Dask cluster ('local' or an address; fastshower.cluster)
     instead of local processes; the files are the same. ``scoring``: 'cells' (C++, the
     default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING.

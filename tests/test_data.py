@@ -84,6 +84,8 @@ def test_cache_splits_batches_and_scaler(sample, tmp_path):
     again = preprocess(tmp / "sim", gpath, tmp_path / "cache", chunk=7,
                        show_progress=False)
     assert again == folder  # found in the cache
+    files = ",".join(str(f) for f in sorted((tmp / "sim").glob("*.root")))
+    assert preprocess(files, gpath, tmp_path / "cache", chunk=7, show_progress=False) == folder
     two = preprocess(tmp / "sim", gpath, tmp_path / "cache2", chunk=7,
                      workers=2, show_progress=False)
     first = [b.x for b in batches(folder, "train", batch_size=16)]

@@ -359,7 +359,8 @@ def simulate(
 
 @app.command()
 def preprocess(
-    input_: Annotated[str, typer.Option("--input", help="Sim-hit sample: file, folder, glob.")],
+    input_: Annotated[str, typer.Option(
+        "--input", help="Sim-hit sample: file, folder, glob (several: comma-separated).")],
     geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
         DEFAULT_GEOMETRY),
     out: Annotated[Path, typer.Option(help="Cache root folder.")] = Path("cache"),

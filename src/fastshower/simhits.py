@@ -315,8 +315,10 @@ def concatenate(batches: list[ShowerBatch]) -> ShowerBatch:
 
 
 def sample_files(spec: str | Path) -> list[Path]:
-    """The files of a sample: a file, a production folder (its job_*.root) or a glob; a
-    CaloChallenge file may be prefixed ``calochallenge:``."""
+    """The files of a sample: a file, a production folder (its job_*.root) or a glob, or
+    several of these joined by commas; a CaloChallenge file may be prefixed ``calochallenge:``."""
+    if "," in str(spec):
+        return [f for part in str(spec).split(",") for f in sample_files(part)]
     spec = str(spec).removeprefix(CALOCHALLENGE)
     path = Path(spec)
     if path.is_dir():

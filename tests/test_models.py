@@ -306,17 +306,23 @@ def test_tune_searches_and_writes_the_best_config_into_a_shared_study(sample):
 
 def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     """The hit-based generator (issue 17) through the generic trainer: its loss terms fall, and
-    its showers are distinct cells above threshold, the same for the same seed."""
+    its showers are distinct cells above threshold, the same for the same seed. With the
+    options of issue 20: the hit networks see the shower's response, the flow is picked by the
+    validation FPD."""
     geom, gpath, data, _, tmp = sample
-    cfg = TrainConfig(model="layerhits", max_steps=24, val_every=12, val_showers=20,
+    cfg = TrainConfig(model="layerhits", max_steps=24, val_every=8, val_showers=20,
                       warmup_steps=2, layerhits={"flow_hidden": 32, "flow_transforms": 2,
-                                                 "hidden": 16, "central_hit": True})
+                                                 "hidden": 16, "central_hit": True,
+                                                 "shower_response": True,
+                                                 "flow_selection": "fpd"})
     record = train(data, gpath, tmp / "lh", cfg, show_progress=False)
     history = [json.loads(line) for line in (tmp / "lh" / "history.jsonl").read_text()
                .splitlines()]
     assert record["step"] == 24 and history[1]["val_radius_nll"] < history[0]["val_radius_nll"]
     assert history[1]["val_central_nll"] < history[0]["val_central_nll"]
+    assert history[-1]["best_flow"] == min(h["fpd"] for h in history)
     model = load_generator(tmp / "lh", geom)
+    assert model.norms["response_std"] > 0
     gun = GunConfig(particle="gamma", energy=[3.0, 9.0], spectrum="uniform", eta=(1.99, 2.01),
                     phi_deg=(89.5, 90.5))
     primaries = sample_primaries(gun, 30, np.random.default_rng(0))

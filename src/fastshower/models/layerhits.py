@@ -33,7 +33,7 @@ cell; hit times are times of flight.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -74,6 +74,12 @@ class LayerHitsConfig(LayerFlowConfig):
     # learn the probability that the cell under the axis point is a hit (Geant4: 0.36-0.71 in
     # layers of 1-4 hits, ~1 beyond 16); False: always a hit (the runs before session 7)
     central_hit: bool = False
+    # the hit networks also see the shower's response ln(E_vis / E) (standardised): a hadron
+    # shower that responds more is richer in pi0s, so narrower (issue 20)
+    shower_response: bool = False
+    # what picks the flow's weights: its validation NLL, or the FPD of the validation showers
+    # (on pions the NLL rose after 500 steps while the showers kept improving: docs/models.md)
+    flow_selection: Literal["nll", "fpd"] = "nll"
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -453,7 +459,7 @@ class LayerHits(LayerFlowGenerator):
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
-        self.hits = HitNet(5 + self.context_dim, cfg)
+        self.hits = HitNet(5 + self.context_dim + cfg.shower_response, cfg)
         if cfg.central_hit:  # one more loss term, trained with the other hit networks
             self.loss_weights = {**self.loss_weights, "central_nll": 1.0}
             self.stages = {**self.stages, "hits": (*self.stages["hits"], "central_nll")}
@@ -462,6 +468,30 @@ class LayerHits(LayerFlowGenerator):
     @classmethod
     def training_data(cls, batch: ShowerBatch, geom: Geometry) -> HitData:
         return HitData(batch, geom)
+
+    @classmethod
+    def build(cls, data: HitData, geom: Geometry, cfg: LayerHitsConfig, seed: int) -> LayerHits:
+        model = super().build(data, geom, cfg, seed)
+        if cfg.shower_response:  # its standardisation, from the training split
+            r = np.log(np.maximum(data.e_layer.sum(1), 1e-9) / data.primaries.energy_mev)
+            model.norms.update(response_mean=float(r.mean()), response_std=float(r.std() + 1e-6))
+        return model
+
+    def selection_loss(self, stage: str, record: dict) -> float:
+        if stage == "flow" and self.cfg.flow_selection == "fpd":
+            return record["fpd"]
+        return super().selection_loss(stage, record)
+
+    def pair_context(self, ctx: torch.Tensor, e_vis: torch.Tensor,
+                     e_inc: torch.Tensor) -> torch.Tensor:
+        """The shower-level inputs of the hit networks: the conditions ``ctx`` (n, C) and, with
+        ``shower_response``, the standardised ln(E_vis / E) from the layer energies' sum e_vis
+        (n,) and the incident energy e_inc (n,), both MeV."""
+        if not self.cfg.shower_response:
+            return ctx
+        r = torch.log(e_vis.clamp(min=1e-9) / e_inc)
+        return torch.cat([ctx, ((r - self.norms["response_mean"])
+                                / self.norms["response_std"])[:, None]], -1)
 
     def forward(self, data: HitData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
@@ -483,7 +513,9 @@ class LayerHits(LayerFlowGenerator):
             torch.from_numpy(data.e_layer[event, layer]).float(),
             torch.from_numpy(data.n_layer[event, layer]).float(),
             torch.from_numpy(self.depth[layer]), torch.from_numpy(data.mean_depth[event]).float(),
-            self.context(data.primaries.subset(event)))
+            self.pair_context(self.context(data.primaries.subset(event)),
+                              torch.from_numpy(data.e_layer[event].sum(1)).float(),
+                              torch.from_numpy(data.primaries.energy_mev[event]).float()))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
         log_w, mean, log_sigma, tilt, *central_logit = self.hits.mixture(f)
@@ -537,6 +569,7 @@ class LayerHitsProgram(nn.Module):
     def __init__(self, model: LayerHits):
         super().__init__()
         self.level, self.hits = LayerLevel(model), model.hits
+        self.pair_context = model.pair_context
         register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
         self.noise = {"z": ("normal", (self.level.flow_dim,))}
 
@@ -544,6 +577,7 @@ class LayerHitsProgram(nn.Module):
         ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
         p = e_layer.shape[0]
         mean_depth = centroid_depth(e_layer, self.depth)
+        ctx = self.pair_context(ctx, e_layer.sum(1), energy)
         f = pair_inputs(e_layer, hits, self.depth[None].expand(p, -1), mean_depth[:, None],
                         ctx[:, None])  # (P, L, F)
         ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),

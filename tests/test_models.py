@@ -19,6 +19,7 @@ import yaml
 
 from fastshower.geometry import build_geometry, save
 from fastshower.inference.generate import generate_file, load_generator
+from fastshower.models.base import primaries_inputs, program_spec, run_program, torch_call
 from fastshower.models.flowgnn.sampler import top_k_mask
 from fastshower.models.parametric import ParametricShower
 from fastshower.models.showers import layer_summary
@@ -333,6 +334,22 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     assert np.all(energy >= 0.5 * geom.mip_energy[ids])  # every hit above threshold
     again = model.sample(primaries, np.random.default_rng(1))
     assert np.array_equal(again.flat()[1], ids) and np.array_equal(again.flat()[2], energy)
+    # the flow's layer energies respond at most as the most responsive training shower (+5 %)
+    def flow_response(bound=None):
+        if bound is not None:
+            model.norms["log_response_max"] = bound
+        model.__dict__.pop("_program", None)  # rebuilt with the bound
+        out = run_program(torch_call(model.export_module()),
+                          primaries_inputs(primaries, model.particles),
+                          program_spec(model.export_module()), np.random.default_rng(1))
+        return out["e_layer"].sum(1) / primaries.energy_mev
+
+    trained = model.norms["log_response_max"]
+    free = flow_response()
+    assert free.max() <= 1.05 * np.exp(trained) * (1 + 1e-5)
+    capped = flow_response(float(np.log(np.median(free))))
+    assert capped.max() <= 1.05 * np.median(free) * (1 + 1e-5) < free.max()
+    flow_response(trained)
     # the host step follows the weights (as validation during training needs)
     saved = model.hits.energy[3].weight.detach().clone()
     with torch.no_grad():
@@ -346,7 +363,6 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     from fastshower.inference.onnx import OnnxGenerator, export_model
     from fastshower.inference.serve.app import ServeConfig, ShowerService
     from fastshower.inference.serve.batcher import Job
-    from fastshower.models.base import primaries_inputs
 
     onnx = OnnxGenerator(export_model(model, tmp / "lh_onnx"), geom)
     got = onnx.sample(primaries, np.random.default_rng(1))

@@ -87,5 +87,7 @@ def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
     return {"context_mean": num.mean(0).tolist(), "context_std": std.tolist(),
             "flow_mean": x.mean(0).tolist(), "flow_std": (x.std(0) + 1e-3).tolist(),
             "flow_min": x.min(0).tolist(), "flow_max": x.max(0).tolist(),
+            "log_response_max": float(np.log(np.maximum(data.e_layer.sum(1), 1e-12)
+                                             / p.energy_mev).max()),
             "particles": particles,
             "ranges": TrainingRanges.of(p).to_dict()}

@@ -20,6 +20,7 @@ import yaml
 from fastshower.geometry import build_geometry, save
 from fastshower.inference.generate import generate_file, load_generator
 from fastshower.models.base import primaries_inputs, program_spec, run_program, torch_call
+from fastshower.models.flowgnn.data import response_bound
 from fastshower.models.flowgnn.sampler import top_k_mask
 from fastshower.models.parametric import ParametricShower
 from fastshower.models.showers import layer_summary
@@ -337,18 +338,21 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     # the flow's layer energies respond at most as the most responsive training shower (+5 %)
     def flow_response(bound=None):
         if bound is not None:
-            model.norms["log_response_max"] = bound
+            model.norms["response_bound"] = bound
         model.__dict__.pop("_program", None)  # rebuilt with the bound
         out = run_program(torch_call(model.export_module()),
                           primaries_inputs(primaries, model.particles),
                           program_spec(model.export_module()), np.random.default_rng(1))
         return out["e_layer"].sum(1) / primaries.energy_mev
 
-    trained = model.norms["log_response_max"]
+    trained = model.norms["response_bound"]
     free = flow_response()
-    assert free.max() <= 1.05 * np.exp(trained) * (1 + 1e-5)
-    capped = flow_response(float(np.log(np.median(free))))
-    assert capped.max() <= 1.05 * np.median(free) * (1 + 1e-5) < free.max()
+    assert free.max() <= 1.05 * np.exp(max(trained["log_response_max"])) * (1 + 1e-5)
+    low = np.log(np.quantile(free, [0.3, 0.7]))  # below and above 6 GeV
+    capped = flow_response({"log_e_edges": [np.log(6e3)], "log_response_max": low.tolist()})
+    below = primaries.energy_mev < 6e3
+    assert capped[below].max() <= 1.05 * np.exp(low[0]) * (1 + 1e-5)
+    assert capped[~below].max() <= 1.05 * np.exp(low[1]) * (1 + 1e-5) < free.max()
     flow_response(trained)
     # the host step follows the weights (as validation during training needs)
     saved = model.hits.energy[3].weight.detach().clone()
@@ -486,3 +490,13 @@ def test_generation_inverse_of_the_layer_flow_is_zukos():
     ours, zukos = Spline(*phi), MonotonicRQSTransform(*phi)
     for part in ("horizontal", "vertical", "derivatives"):
         torch.testing.assert_close(getattr(ours, part), getattr(zukos, part))
+
+
+def test_response_bound_follows_the_energy_with_a_neighbours_margin():
+    e = np.geomspace(1e3, 5e5, 1000)
+    bound = response_bound(0.01 * e * (1 + 0.5 * (e < 1e4)), e, bins=5)
+    assert len(bound["log_e_edges"]) == 4
+    top = np.exp(bound["log_response_max"])
+    np.testing.assert_allclose(top, [0.015, 0.015, 0.015, 0.01, 0.01], rtol=1e-6)
+    fixed = response_bound(np.full(50, 200.0), np.full(50, 5e4), bins=5)  # one energy
+    np.testing.assert_allclose(np.exp(fixed["log_response_max"]), 0.004, rtol=1e-6)

@@ -75,6 +75,18 @@ class TrainingData:
 CONSTANT_STD = 1e-4  # a condition with less spread (ln E, eta, rad) is constant: scaled by 1
 
 
+def response_bound(e_vis: np.ndarray, e_inc: np.ndarray, bins: int = 10) -> dict:
+    """The largest ln(E_vis / E) of training showers (MeV) in ``bins`` quantile bins of ln E,
+    each widened to its neighbours' (the layer-level flow's guard against its own tails): the
+    inner bin edges in ln E and the bound of each bin (an empty bin takes the overall one)."""
+    log_e, log_r = np.log(e_inc), np.log(np.maximum(e_vis, 1e-12) / e_inc)
+    edges = np.quantile(log_e, np.linspace(0, 1, bins + 1))[1:-1]
+    which = np.searchsorted(edges, log_e, side="right")
+    top = [log_r[which == k].max() if np.any(which == k) else log_r.max() for k in range(bins)]
+    return {"log_e_edges": edges.tolist(),
+            "log_response_max": [float(max(top[max(k - 1, 0):k + 2])) for k in range(bins)]}
+
+
 def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
     """Standardisation constants and the condition ranges of the training split."""
     p = data.primaries
@@ -87,7 +99,6 @@ def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
     return {"context_mean": num.mean(0).tolist(), "context_std": std.tolist(),
             "flow_mean": x.mean(0).tolist(), "flow_std": (x.std(0) + 1e-3).tolist(),
             "flow_min": x.min(0).tolist(), "flow_max": x.max(0).tolist(),
-            "log_response_max": float(np.log(np.maximum(data.e_layer.sum(1), 1e-12)
-                                             / p.energy_mev).max()),
+            "response_bound": response_bound(data.e_layer.sum(1), p.energy_mev),
             "particles": particles,
             "ranges": TrainingRanges.of(p).to_dict()}

@@ -222,15 +222,17 @@ class LayerLevel(nn.Module):
     energies E_l (P, L) MeV, hit counts N_l (P, L), transverse centre (P, 2) mm). ``model``
     has ``flow`` (LayerFlow), ``norms``, ``particles`` and ``layer_sizes`` (cells per layer);
     its flow is shared, not copied. Every value is clipped to the training sample's range
-    (+5 %), and a shower's visible energy to the largest fraction of its incident energy a
-    training shower had (+5 %): the flow's tails drew 0.5 % of 50 GeV pions with up to 3.3x
-    Geant4's largest (files from before session 12 have no such bound)."""
+    (+5 %), and a shower's visible energy to the largest fraction of its incident energy that
+    training showers of similar energy had (+5 %; data.response_bound): the flow's tails drew
+    0.5 % of 50 GeV pions with up to 3.3x Geant4's largest (files from before session 12 have
+    no such bound)."""
 
     def __init__(self, model):
         super().__init__()
         self.inverse = FlowInverse(model.flow.flow)
         n = model.norms
         lo, hi = np.asarray(n["flow_min"]), np.asarray(n["flow_max"])
+        bound = n.get("response_bound", {})
         self.n_layers = len(model.layer_sizes)
         self.flow_dim = len(n["flow_mean"])
         register_buffers(self, {
@@ -239,7 +241,8 @@ class LayerLevel(nn.Module):
             "flow_mean": n["flow_mean"], "flow_std": n["flow_std"],
             "flow_lo": lo - 0.05 * (hi - lo), "flow_hi": hi + 0.05 * (hi - lo),
             "onehot": np.eye(len(model.particles)),
-            "response_max": 1.05 * np.exp(n.get("log_response_max", np.inf))})
+            "bound_edges": bound.get("log_e_edges", [0.0]),
+            "response_max": 1.05 * np.exp(bound.get("log_response_max", [np.inf, np.inf]))})
 
     def forward(self, energy, direction, particle, z):
         dx, dy, dz = direction.unbind(-1)
@@ -258,7 +261,8 @@ class LayerLevel(nn.Module):
         hits = torch.minimum(hits, self.sizes.float())
         e_layer = torch.exp(x[:, :n_l].clamp(-30, 2)) * energy[:, None]
         e_layer = torch.where(hits > 0, e_layer, torch.zeros_like(e_layer))
-        cap = self.response_max * energy / e_layer.sum(1).clamp(min=1e-12)
+        which = (torch.log(energy)[:, None] >= self.bound_edges[None, :]).sum(1)
+        cap = self.response_max[which] * energy / e_layer.sum(1).clamp(min=1e-12)
         e_layer = e_layer * cap.clamp(max=1.0)[:, None]
         return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
 

@@ -37,6 +37,7 @@ PRIMARY_FIELDS = ("primary_pdg", "primary_energy", "primary_x", "primary_y", "pr
 THETA_MIN = 1e-6  # rad: directions closer to the z axis count as this far (|eta| <= ~14.5)
 PARTICLES = {"e-": 11, "e+": -11, "gamma": 22, "mu-": 13, "mu+": -13, "pi-": -211, "pi+": 211,
              "proton": 2212}
+PARTICLE_OF_PDG = {pdg: name for name, pdg in PARTICLES.items()}
 HADRONS = ("pi-", "pi+", "proton")  # they shower through hadronic physics (FTFP_BERT)
 
 

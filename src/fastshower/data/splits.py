@@ -35,7 +35,7 @@ def read_split(spec, geom: Geometry, split: str, fractions=FRACTIONS) -> ShowerB
     """The showers of one split of a sample (file, folder or glob; several joined by commas)."""
     if split not in SPLITS:
         raise FastShowerError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
-    files = [f for part in str(spec).split(",") for f in sample_files(part)]
+    files = sample_files(spec)
     k = SPLITS.index(split)
     parts = []
     for f, n in zip(files, file_sizes(files, geom), strict=True):

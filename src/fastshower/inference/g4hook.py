@@ -21,8 +21,7 @@ import numpy as np
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.inference.generate import load_generator
-from fastshower.models.showers import PARTICLE_OF_PDG
-from fastshower.simhits import PARTICLES, Primaries
+from fastshower.simhits import PARTICLE_OF_PDG, PARTICLES, Primaries
 
 POSITRON, ELECTRON = -11, 11
 

@@ -15,11 +15,10 @@ from fastshower.data.transform import TransformConfig, select_hits
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
 from fastshower.geometry.showers import axis_offsets
-from fastshower.simhits import PARTICLES, Primaries, ShowerBatch
+from fastshower.simhits import PARTICLE_OF_PDG, PARTICLES, Primaries, ShowerBatch
 
 THRESHOLD_MIP = 0.5
 C_MM_PER_NS = 299.792458
-PARTICLE_OF_PDG = {pdg: name for name, pdg in PARTICLES.items()}
 
 
 def layer_summary(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:

@@ -65,7 +65,7 @@ def data_files(data: str, out: str | Path) -> list[str]:
     """The files of the sample ``data`` (comma-separated specs) a run at ``out`` trains on,
     fixed when it starts: resumed, it reads the files it started with even if the production
     it reads has grown since (the run's config records them)."""
-    files = [str(f) for part in str(data).split(",") for f in sample_files(part)]
+    files = [str(f) for f in sample_files(data)]
     saved = Path(out) / "config.yaml"
     if saved.is_file():
         started = yaml.safe_load(saved.read_text()).get("data_files")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy import linalg, stats
 
-from fastshower.simhits import PARTICLES
+from fastshower.simhits import PARTICLE_OF_PDG
 
 
 def wasserstein(ref: np.ndarray, gen: np.ndarray) -> float:
@@ -233,19 +233,20 @@ def compare_in_energy_bins(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray
                     "n_generated": int(g.sum()), **m})
     return out
 
+
 def compare_per_particle(ref: dict[str, np.ndarray], gen: dict[str, np.ndarray],
                          pdg_ref: np.ndarray, pdg_gen: np.ndarray, seed: int = 0,
                          min_showers: int = 20) -> list[dict]:
     """Metrics with their floor for each particle (PDG code) of the reference that has at
     least ``min_showers`` showers."""
-    names, out = {code: name for name, code in PARTICLES.items()}, []
+    out = []
     for code in np.unique(pdg_ref):
         r, g = pdg_ref == code, pdg_gen == code
         if r.sum() < min_showers or g.sum() < min_showers // 2:
             continue
         m = compare_with_floor({k: v[r] for k, v in ref.items()},
                                {k: v[g] for k, v in gen.items()}, seed=seed)
-        out.append({"pdg": int(code), "particle": names.get(int(code), str(code)),
+        out.append({"pdg": int(code), "particle": PARTICLE_OF_PDG.get(int(code), str(code)),
                     "n_reference": int(r.sum()), "n_generated": int(g.sum()), **m})
     return out
 

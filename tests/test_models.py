@@ -388,6 +388,69 @@ def test_layerhits_trains_and_places_hits_on_distinct_cells(sample):
     assert set(served[0]["hit_shower"]) == set(range(10))
 
 
+def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_frames(sample):
+    """lateral_groups: per layer group the mean u of the hits and the mean unit vector of the
+    azimuths beyond AXIS_MM join the flow's vector (checked against a direct computation); a
+    model with them trains, generates and exports; its azimuth frames turn with the latent."""
+    from fastshower.models.layerhits import AXIS_MM, R0_MM, HitData, _ahead, layer_groups
+
+    geom, gpath, data, batch, tmp = sample
+    hd = HitData(batch, geom)
+    lat = hd.lateral(2)
+    group = layer_groups(len(geom.layers), 2)
+    assert group[0] == 0 and group[-1] == 1 and abs(np.sum(group == 0) - np.sum(group == 1)) <= 1
+    event, cell, _ = batch.flat()
+    keep = np.isin(event * geom.n_cells + cell, hd.hit_key)  # the hits above threshold
+    event, cell = event[keep], cell[keep]
+    layer = geom.cells["layer"][cell]
+    axis = hd.axis[event, layer] + hd.centre[event]
+    dx, dy = geom.cells["x"][cell] - axis[:, 0], geom.cells["y"][cell] - axis[:, 1]
+    ahead = _ahead(batch.primaries)[event]
+    phi = np.arctan2(dy, dx) - np.arctan2(ahead[:, 1], ahead[:, 0])
+    u = np.log(np.hypot(dx, dy) + R0_MM)
+    has = np.zeros((len(batch), 2), bool)
+    has[event, group[layer]] = True
+    assert has[:, 0].all() and has[:, 1].any() and not has[:, 1].all()
+    for i, g in [(0, 0), (7, 0), *zip(np.flatnonzero(has[:, 1])[:3], [1] * 3, strict=True)]:
+        mine = (event == i) & (group[layer] == g)
+        far = mine & (np.hypot(dx, dy) > AXIS_MM)
+        assert lat[i, g] == pytest.approx(u[mine].mean(), abs=1e-9)
+        assert lat[i, 2 + 2 * g:4 + 2 * g] == pytest.approx(
+            [np.cos(phi[far]).mean(), np.sin(phi[far]).mean()], abs=1e-9)
+    # a group without hits: the mean width of the showers with some, no azimuth vector
+    assert np.all(lat[~has[:, 1], 1] == pytest.approx(lat[has[:, 1], 1].mean()))
+    assert np.all(lat[~has[:, 1], 4:6] == 0)
+    cfg = TrainConfig(model="layerhits", max_steps=16, val_every=8, val_showers=20,
+                      warmup_steps=2, layerhits={"flow_hidden": 32, "flow_transforms": 2,
+                                                 "hidden": 16, "lateral_groups": 2})
+    train(data, gpath, tmp / "lat", cfg, show_progress=False)
+    model = load_generator(tmp / "lat", geom)
+    assert len(model.norms["flow_mean"]) == 2 * len(geom.layers) + 2 + 6
+    gun = GunConfig(particle="e-", energy=[5.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
+    primaries = sample_primaries(gun, 20, np.random.default_rng(0))
+    out = run_program(torch_call(model.export_module()),
+                      primaries_inputs(primaries, model.particles),
+                      program_spec(model.export_module()), np.random.default_rng(1))
+    np.testing.assert_allclose(np.linalg.norm(out["frame"], axis=-1), 1.0, atol=1e-5)
+    event, ids, _ = model.sample(primaries, np.random.default_rng(1)).flat()
+    assert len(event) > 20 * 10 and len(np.unique(event * geom.n_cells + ids)) == len(ids)
+    # the frame turns with the latent's azimuth vector, given in (ahead, perpendicular)
+    extra = torch.zeros(1, 6)
+    extra[0, 4:6] = torch.tensor([0.0, 0.5])  # the second group: 90 degrees from ahead
+    last = torch.tensor([len(geom.layers) - 1])
+    inputs, frame = model.lateral_pairs(extra, last, torch.zeros(1, 3),
+                                        torch.tensor([[0.0, 1.0]]))
+    assert frame[0].tolist() == pytest.approx([-1.0, 0.0]) and inputs[0, -1] == pytest.approx(0.5)
+    _, frame = model.lateral_pairs(torch.zeros(1, 6), last, torch.zeros(1, 3),
+                                   torch.tensor([[0.0, 1.0]]))
+    assert frame[0].tolist() == pytest.approx([0.0, 1.0])  # no vector: the primary's direction
+    from fastshower.inference.onnx import OnnxGenerator, export_model
+
+    onnx = OnnxGenerator(export_model(model, tmp / "lat_onnx"), geom)
+    o_event, o_ids, _ = onnx.sample(primaries, np.random.default_rng(1)).flat()
+    assert abs(len(o_ids) - len(ids)) <= 2
+
+
 def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     """place_hits on a known radial law: n distinct cells per layer, and the share of hits
     beyond the core radius is the law's P(r > core) (core by cells, tail by points), their

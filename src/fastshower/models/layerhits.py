@@ -56,6 +56,7 @@ from fastshower.models.showers import THRESHOLD_MIP, shower_centre, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
+DIPOLE_NOISE = 0.05  # dequantises the lateral azimuth vectors (of one hit: on the circle)
 AXIS_MM = 15.0  # mm: the core whose shift is the flow's centre (core_shift)
 WIDE_CORE = 4.0  # core radii of at least this many circumradii: tail drawn from inside it
 HOST_BLOCK = 128  # showers placed together by the host step
@@ -80,6 +81,13 @@ class LayerHitsConfig(LayerFlowConfig):
     # what picks the flow's weights: its validation NLL, or the FPD of the validation showers
     # (on pions the NLL rose after 500 steps while the showers kept improving: docs/models.md)
     flow_selection: Literal["nll", "fpd"] = "nll"
+    # shower-level lateral latents, drawn by the flow with the layer quantities (0: none): for
+    # G groups of consecutive layers, the mean u of their hits and the mean unit vector of the
+    # azimuths of their hits beyond AXIS_MM; the hit networks see their group's, and azimuths
+    # are measured from its direction. Without them every layer's hits are drawn independently
+    # given the layer quantities: showers came out alike laterally (pions at 50 GeV: the spread
+    # of the width 15.4 vs 21.5 mm, of the centre 7 vs 11 mm; docs/models.md)
+    lateral_groups: int = Field(0, ge=0)
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -266,7 +274,7 @@ def core_radius(mixture, n: np.ndarray, cell_area: np.ndarray, max_mm: float,
     return grid[np.where(dense >= hits_per_cell, np.arange(12), 0).max(-1)]
 
 
-def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, layer: np.ndarray,
+def place_hits(mixture, n: np.ndarray, axis: np.ndarray, frame: np.ndarray, layer: np.ndarray,
                geom: Geometry, stencil: Stencil, core_mm: float, rng: np.random.Generator,
                hits_per_cell: float = 0.1, p_central: np.ndarray | None = None):
     """The n hit cells of each (shower, layer) pair from its radial mixture in u: the cell under
@@ -278,7 +286,8 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     cores), kept on cells whose centres lie beyond it (distinct cells in draw order), for the
     remaining hits. Work per pair: the cells of its core (one at low density) and ~1.3 points
     per tail hit. Azimuths follow the law of ``anisotropy`` (tilt: the mixture's fourth part),
-    measured from ``ahead`` (P, 2), the primary's transverse unit direction. Returns (pair,
+    measured from ``frame`` (P, 2), unit vectors (the program's: the primary's transverse
+    direction, or the lateral latents' azimuth vector). Returns (pair,
     cell, u and cos(azimuth) of the cell, central: the cell is the one under the axis point)."""
     log_w, mean, log_sigma, tilt = mixture[:4]
     sigma = np.exp(log_sigma)
@@ -293,7 +302,7 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     pair, cell, dx, dy, r = pair[near], cell[near], dx[near], dy[near], r[near]
     central = cell == below[pair]
     r_eff = np.maximum(r, 0.5 * np.sqrt(c["area"][cell] / np.pi))
-    u, cos = np.log(r + R0_MM), _cos(dx, dy, r, ahead[pair])
+    u, cos = np.log(r + R0_MM), _cos(dx, dy, r, frame[pair])
     pi = _hit_density([a[pair] for a in single], n[pair], r_eff.astype(np.float32))[:, 0] \
         * c["area"][cell] * (1 + 2 * anisotropy(tilt[pair], u) * cos)
     u_core = np.log(r_core + R0_MM)[:, None]
@@ -326,7 +335,7 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
     for draws in (1.3, 2.0, 3.0):  # rounds with more points per missing hit; rarely a third
         if not need.any():
             break
-        p, cc = _tail_points((log_w, mean, sigma, tilt), need, r_from, r_core, axis, ahead,
+        p, cc = _tail_points((log_w, mean, sigma, tilt), need, r_from, r_core, axis, frame,
                              layer, geom, draws, rng)
         _, first = np.unique(np.concatenate([t_pair, p]) * geom.n_cells
                              + np.concatenate([t_cell, cc]), return_index=True)
@@ -334,7 +343,7 @@ def place_hits(mixture, n: np.ndarray, axis: np.ndarray, ahead: np.ndarray, laye
         new = new[_first_k(p[new], need)]
         t_pair, t_cell = np.concatenate([t_pair, p[new]]), np.concatenate([t_cell, cc[new]])
         need -= np.bincount(p[new], minlength=len(n))
-    t_r, t_cos = _polar(geom, t_cell, axis[t_pair], ahead[t_pair])
+    t_r, t_cos = _polar(geom, t_cell, axis[t_pair], frame[t_pair])
     t_u = np.log(t_r + R0_MM)
     return (np.concatenate([core_pair, t_pair]), np.concatenate([core_cell, t_cell]),
             np.concatenate([core_u, t_u]), np.concatenate([core_cos, t_cos]),
@@ -360,7 +369,7 @@ def _polar(geom: Geometry, cell: np.ndarray, xy: np.ndarray, ahead: np.ndarray):
     return r, _cos(dx, dy, r, ahead)
 
 
-def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray, axis, ahead,
+def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray, axis, frame,
                  layer, geom: Geometry, draws: float, rng: np.random.Generator):
     """(pair, cell) of ceil(draws x k[p]) + 1 points per pair p drawn from its mixture beyond
     r_from[p], in draw order (pairs ascending), keeping those on cells whose centres lie beyond
@@ -373,7 +382,7 @@ def _tail_points(mixture, k: np.ndarray, r_from: np.ndarray, r_core: np.ndarray,
     q = inside[pair, comp] + rng.uniform(size=len(pair)) * outside[pair, comp]
     u = mean[pair, comp] + sigma[pair, comp] * special.ndtri(np.minimum(q, 1 - 1e-12))
     phi = _azimuths(anisotropy(tilt[pair], u), rng)
-    phi += np.arctan2(ahead[:, 1], ahead[:, 0])[pair]
+    phi += np.arctan2(frame[:, 1], frame[:, 0])[pair]
     rad = np.exp(u) - R0_MM
     xy = axis[pair] + np.stack([rad * np.cos(phi), rad * np.sin(phi)], -1)
     cell = geom.lookup(layer[pair], xy[:, 0], xy[:, 1])
@@ -412,10 +421,28 @@ def pair_inputs(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,
     return torch.cat([f, ctx.expand(*f.shape[:-1], -1)], -1)
 
 
+def layer_groups(n_layers: int, groups: int) -> np.ndarray:
+    """(L,) the group of every layer: ``groups`` runs of consecutive layers, as equal as can be."""
+    return np.arange(n_layers) * groups // n_layers
+
+
+def lateral_terms(width: torch.Tensor, vector: torch.Tensor, mean: torch.Tensor,
+                  std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The hit networks' inputs (..., 2) and the azimuth frames (..., 2) of (shower, layer)
+    pairs from their groups' lateral latents: the mean u ``width`` (...), standardised by its
+    flow norms mean, std (...), and the length of the azimuth vector ``vector`` (..., 2); the
+    vector's unit direction ((1, 0) if it is ~0), as (cos, sin) from the primary's transverse
+    direction."""
+    length = torch.sqrt((vector * vector).sum(-1))
+    unit = torch.where(length[..., None] > 1e-6, vector / length.clamp(min=1e-6)[..., None],
+                       torch.tensor([1.0, 0.0]))
+    return torch.stack([(width - mean) / std, length], -1), unit
+
+
 class HitData(TrainingData):
-    """FlowGNN's training data plus every hit's u, cos(azimuth) from the primary's transverse
-    direction, ln(e / mean hit energy) and whether its cell is the one under the axis point,
-    grouped by (shower, layer) pair."""
+    """FlowGNN's training data plus every hit's u, cos and sin of its azimuth from the
+    primary's transverse direction, ln(e / mean hit energy) and whether its cell is the one
+    under the axis point, grouped by (shower, layer) pair; the showers' lateral latents."""
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         super().__init__(batch, geom)
@@ -423,7 +450,8 @@ class HitData(TrainingData):
         c = geom.cells
         layer = c["layer"][self.hit_id]
         axis = self.axis[self.hit_event, layer] + self.centre[self.hit_event]
-        r, cos = _polar(geom, self.hit_id, axis, _ahead(batch.primaries)[self.hit_event])
+        ahead = _ahead(batch.primaries)[self.hit_event]
+        dx, dy, r = _offsets(geom, self.hit_id, axis)
         central = self.hit_id == geom.lookup(layer, axis[:, 0], axis[:, 1])
         mean_e = self.e_layer[self.hit_event, layer] / self.n_layer[self.hit_event, layer]
         n_layers = len(geom.layers)
@@ -431,11 +459,47 @@ class HitData(TrainingData):
         order = np.argsort(pair, kind="stable")
         self.hit_pair, self.hit_u = pair[order], np.log(r[order] + R0_MM)
         self.hit_log_e = np.log(self.hit_energy[order] / mean_e[order])
-        self.hit_central, self.hit_cos = central[order], cos[order]
+        self.hit_central = central[order]
+        self.hit_cos = _cos(dx, dy, r, ahead)[order]
+        self.hit_sin = _cos(dx, dy, r, ahead @ np.array([[0.0, 1.0], [-1.0, 0.0]]))[order]
         self.pairs = np.unique(self.hit_pair)
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
         self.pair_central = np.add.reduceat(self.hit_central, self.bounds[0]) > 0
         self.n_layers = n_layers
+        self._lateral: dict[int, np.ndarray] = {}
+
+    def lateral(self, groups: int) -> np.ndarray:
+        """(n, 3G) the showers' lateral latents for G layer groups (layer_groups): per group
+        the mean u of its hits (where it has none, the mean over the showers that have some),
+        then per group the mean (cos, sin) of the azimuths (from the primary's transverse
+        direction) of its hits beyond AXIS_MM (0 if none)."""
+        if groups not in self._lateral:
+            n = len(self)
+            key = (self.hit_pair // self.n_layers) * groups \
+                + layer_groups(self.n_layers, groups)[self.hit_pair % self.n_layers]
+            count = np.bincount(key, minlength=n * groups).reshape(n, groups)
+            width = np.bincount(key, self.hit_u, n * groups).reshape(n, groups)
+            width = width / np.maximum(count, 1)
+            fill = width.sum(0) / np.maximum((count > 0).sum(0), 1)
+            width = np.where(count > 0, width, fill)
+            far = self.hit_u > np.log(AXIS_MM + R0_MM)
+            n_far = np.maximum(np.bincount(key[far], minlength=n * groups), 1)
+            dipole = np.stack([np.bincount(key[far], w[far], n * groups) / n_far
+                               for w in (self.hit_cos, self.hit_sin)], -1)
+            self._lateral[groups] = np.concatenate([width, dipole.reshape(n, 2 * groups)], -1)
+        return self._lateral[groups]
+
+    def flow_extra(self, cfg: LayerHitsConfig, index: np.ndarray,
+                   rng: np.random.Generator) -> np.ndarray | None:
+        """The lateral latents of showers ``index`` (see lateral), dequantised: widths by
+        uniform noise of +-0.05, the azimuth vectors by Gaussian noise of DIPOLE_NOISE."""
+        g = cfg.lateral_groups
+        if not g:
+            return None
+        x = self.lateral(g)[index]
+        noise = np.concatenate([rng.uniform(-0.05, 0.05, (len(x), g)),
+                                rng.normal(0, DIPOLE_NOISE, (len(x), 2 * g))], -1)
+        return x + noise
 
 
 class LayerHits(LayerFlowGenerator):
@@ -459,7 +523,14 @@ class LayerHits(LayerFlowGenerator):
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
-        self.hits = HitNet(5 + self.context_dim + cfg.shower_response, cfg)
+        self.hits = HitNet(5 + self.context_dim + cfg.shower_response
+                           + 2 * bool(cfg.lateral_groups), cfg)
+        g = cfg.lateral_groups
+        if g:  # plain tensors (constants of the program), not state
+            first = 2 * self.n_layers + 2  # the latents' place in the flow's vector
+            self._group = torch.from_numpy(layer_groups(self.n_layers, g))
+            self._width_norm = [torch.tensor(norms[k][first:first + g], dtype=torch.float32)
+                                for k in ("flow_mean", "flow_std")]
         if cfg.central_hit:  # one more loss term, trained with the other hit networks
             self.loss_weights = {**self.loss_weights, "central_nll": 1.0}
             self.stages = {**self.stages, "hits": (*self.stages["hits"], "central_nll")}
@@ -493,6 +564,30 @@ class LayerHits(LayerFlowGenerator):
         return torch.cat([ctx, ((r - self.norms["response_mean"])
                                 / self.norms["response_std"])[:, None]], -1)
 
+    def lateral_pairs(self, extra: torch.Tensor, layer: torch.Tensor, f: torch.Tensor,
+                      ahead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pair inputs f (..., F) with, given lateral latents, their groups' (lateral_terms)
+        appended, and the azimuth frames (..., 2) of the pairs: unit vectors in the layer plane
+        from the showers' lateral latents ``extra`` (..., 3G) (unscaled) and the primaries'
+        transverse directions ``ahead`` (..., 2); ``ahead`` itself without latents. ``layer``
+        (...) broadcasts against extra's and ahead's leading axes."""
+        g = self.cfg.lateral_groups
+        if not g:
+            return f, ahead.expand(*f.shape[:-1], 2)
+        group = self._group[layer].expand(f.shape[:-1])
+        extra = extra.expand(*f.shape[:-1], -1)
+
+        def take(k: torch.Tensor) -> torch.Tensor:
+            return extra.gather(-1, k[..., None])[..., 0]
+
+        inputs, unit = lateral_terms(take(group), torch.stack([take(g + 2 * group),
+                                                               take(g + 2 * group + 1)], -1),
+                                     *(n[group] for n in self._width_norm))
+        ahead = ahead.expand(*f.shape[:-1], 2)
+        perp = torch.stack([-ahead[..., 1], ahead[..., 0]], -1)
+        frame = unit[..., :1] * ahead + unit[..., 1:] * perp
+        return torch.cat([f, inputs], -1), frame
+
     def forward(self, data: HitData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
         """Loss terms as (sum, count) over this rank's share: the flow's NLL per feature, the
@@ -516,12 +611,17 @@ class LayerHits(LayerFlowGenerator):
             self.pair_context(self.context(data.primaries.subset(event)),
                               torch.from_numpy(data.e_layer[event].sum(1)).float(),
                               torch.from_numpy(data.primaries.energy_mev[event]).float()))
+        g = self.cfg.lateral_groups  # the true latents; frames in (ahead, perpendicular)
+        extra = torch.from_numpy(data.lateral(g)[event] if g else np.zeros((len(event), 0)))
+        f, frame = self.lateral_pairs(extra.float(), torch.from_numpy(layer), f,
+                                      torch.tensor([1.0, 0.0]))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
         log_w, mean, log_sigma, tilt, *central_logit = self.hits.mixture(f)
         radial, tilt = (log_w[hit_pair], mean[hit_pair], log_sigma[hit_pair]), tilt[hit_pair]
         radius = -_log_prob(radial, u).sum()
-        cos = torch.from_numpy(data.hit_cos[hit]).float()
+        cos = (torch.from_numpy(np.stack([data.hit_cos[hit], data.hit_sin[hit]], -1)).float()
+               * frame[hit_pair]).sum(-1)
         azimuth = -torch.log1p(2 * anisotropy(tilt, u) * cos).sum()
         central = torch.from_numpy(data.hit_central[hit]).float()
         y = torch.from_numpy(data.hit_log_e[hit]).float()
@@ -561,21 +661,22 @@ class LayerHitsProgram(nn.Module):
     shifted axis point axis (P, L, 2) mm, the radial mixture (P, L, 3K + 2 [+ 1]) (log
     weights, means, log sigmas in u; the azimuth law's tilt; with ``central_hit`` the logit of
     the probability that the cell under the axis point is a hit) and the energy network's pair
-    share energy_pair (P, L, H). The flow and networks are the model's, shared."""
+    share energy_pair (P, L, H), the azimuth frame (P, L, 2) (unit vectors from which azimuths
+    are measured: LayerHits.lateral_pairs). The flow and networks are the model's, shared."""
 
-    output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair")
+    output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair", "frame")
     chunk = 1024  # showers per call: ~50 kB of outputs each, the flow's overhead amortised
 
     def __init__(self, model: LayerHits):
         super().__init__()
         self.level, self.hits = LayerLevel(model), model.hits
-        self.pair_context = model.pair_context
+        self.pair_context, self.lateral_pairs = model.pair_context, model.lateral_pairs
         register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
         self.noise = {"z": ("normal", (self.level.flow_dim,))}
 
     def forward(self, energy, position, direction, particle, z):
-        ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
-        p = e_layer.shape[0]
+        ctx, e_layer, hits, centre, extra = self.level(energy, direction, particle, z)
+        p, n_layers = e_layer.shape
         mean_depth = centroid_depth(e_layer, self.depth)
         ctx = self.pair_context(ctx, e_layer.sum(1), energy)
         f = pair_inputs(e_layer, hits, self.depth[None].expand(p, -1), mean_depth[:, None],
@@ -583,8 +684,17 @@ class LayerHitsProgram(nn.Module):
         ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),
                          *direction[:, :, None].unbind(1))  # (P, L)
         axis = torch.stack([ax + centre[:, 0:1], ay + centre[:, 1:2]], -1)
+        f, frame = self.lateral_pairs(extra[:, None], torch.arange(n_layers), f,
+                                      _ahead_tensor(direction)[:, None])
         return (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
-                self.hits.energy_pair(f))
+                self.hits.energy_pair(f), frame)
+
+
+def _ahead_tensor(direction: torch.Tensor) -> torch.Tensor:
+    """(P, 2) unit vectors along the transverse directions (P, 3) (+y if along z), as _ahead."""
+    d = direction[:, :2]
+    norm = torch.sqrt((d * d).sum(-1, keepdim=True))
+    return torch.where(norm > 1e-9, d / norm.clamp(min=1e-9), torch.tensor([0.0, 1.0]))
 
 
 class Placement:
@@ -618,15 +728,14 @@ class Placement:
         """Showers from the program's outputs, placed HOST_BLOCK showers at a time (a block's
         arrays stay small: time and memory per shower do not grow with the batch)."""
         parts = [(np.zeros(0, np.int64),) * 2 + (np.zeros(0),)]
-        ahead = _ahead(primaries)
         for lo in range(0, len(primaries), HOST_BLOCK):
             block = {k: v[lo:lo + HOST_BLOCK] for k, v in out.items()}
-            event, cell, e = self.place(block, ahead[lo:lo + HOST_BLOCK], rng)
+            event, cell, e = self.place(block, rng)
             parts.append((event + lo, cell, e))
         event, cell, e = (np.concatenate(p) for p in zip(*parts, strict=True))
         return to_batch(primaries, self.geom, event, cell, e)
 
-    def place(self, out: dict, ahead: np.ndarray, rng: np.random.Generator):
+    def place(self, out: dict, rng: np.random.Generator):
         """(shower, cell, energy MeV) of every hit of a block of showers."""
         hits = out["hits"]
         event, layer = np.nonzero(hits)
@@ -636,7 +745,8 @@ class Placement:
                                    [k, 2 * k, 3 * k, 3 * k + 2], axis=-1)
         p_central = special.expit(logit[:, 0]) if logit.shape[1] else None
         pair, cell, u, cos, central = place_hits(
-            mixture, n, out["axis"][event, layer].astype(np.float64), ahead[event], layer,
+            mixture, n, out["axis"][event, layer].astype(np.float64),
+            out["frame"][event, layer].astype(np.float64), layer,
             self.geom, self.stencil, self.side["core_mm"], rng, self.side["core_hits_per_cell"],
             p_central)
         h_pair = out["energy_pair"][event, layer][pair]

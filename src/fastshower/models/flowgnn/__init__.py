@@ -60,7 +60,7 @@ class LayerFlowGenerator(NetworkGenerator):
         super().__init__(geom, particles, cfg, norms)
         self.n_layers = len(geom.layers)
         self.context_dim = 3 + len(particles)
-        self.flow = LayerFlow(2 * self.n_layers + 2, self.context_dim, cfg)
+        self.flow = LayerFlow(len(norms["flow_mean"]), self.context_dim, cfg)
         self.layer_sizes = np.bincount(geom.cells["layer"], minlength=self.n_layers)
         self.depth = depth_x0(geom).astype(np.float32)
 
@@ -69,7 +69,7 @@ class LayerFlowGenerator(NetworkGenerator):
         """A new model with normalisations fitted to the training data (weights from the
         current torch seed)."""
         particles = particle_names(data.primaries.pdg)
-        return cls(geom, particles, cfg, fit_norms(data, particles, seed))
+        return cls(geom, particles, cfg, fit_norms(data, particles, cfg, seed))
 
     def context(self, primaries: Primaries) -> torch.Tensor:
         """(n, C): standardised ln E, eta, phi, particle one-hot."""

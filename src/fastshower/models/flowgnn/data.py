@@ -15,11 +15,14 @@ from fastshower.models.showers import layer_summary, shower_centre
 from fastshower.simhits import ShowerBatch
 
 
-def layer_vector(e_layer, n_layer, centre, e_inc, rng: np.random.Generator) -> np.ndarray:
-    """(n, 2L + 2) unscaled flow features, dequantised: ln(E_l / E_inc), ln(1 + N_l), centre."""
+def layer_vector(e_layer, n_layer, centre, e_inc, rng: np.random.Generator,
+                 extra: np.ndarray | None = None) -> np.ndarray:
+    """(n, 2L + 2 [+ X]) unscaled flow features, dequantised: ln(E_l / E_inc), ln(1 + N_l),
+    centre, and a generator's own shower-level features ``extra`` (n, X) if any."""
     u = np.log((e_layer + rng.uniform(0, E_DEQUANT, e_layer.shape)) / e_inc[:, None])
     v = np.log1p(n_layer + rng.uniform(0, 1, n_layer.shape))
-    return np.concatenate([u, v, centre / CENTRE_SCALE], -1).astype(np.float32)
+    parts = [u, v, centre / CENTRE_SCALE, *(() if extra is None else (extra,))]
+    return np.concatenate(parts, -1).astype(np.float32)
 
 
 class TrainingData:
@@ -40,9 +43,15 @@ class TrainingData:
     def __len__(self) -> int:
         return len(self.batch)
 
+    def flow_extra(self, cfg, index: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
+        """Shower-level features (len(index), X) that a generator adds to the flow's vector
+        (dequantised with ``rng``), or None: FlowGNN has none."""
+        return None
+
     def flow_batch(self, model, index: np.ndarray, rng: np.random.Generator):
         x = layer_vector(self.e_layer[index], self.n_layer[index], self.centre[index],
-                         self.primaries.energy_mev[index], rng)
+                         self.primaries.energy_mev[index], rng,
+                         self.flow_extra(model.cfg, index, rng))
         x = (x - model.norms["flow_mean"]) / model.norms["flow_std"]
         ctx = model.context(self.primaries.subset(index))
         return torch.from_numpy(x.astype(np.float32)), ctx
@@ -87,13 +96,15 @@ def response_bound(e_vis: np.ndarray, e_inc: np.ndarray, bins: int = 10) -> dict
             "log_response_max": [float(max(top[max(k - 1, 0):k + 2])) for k in range(bins)]}
 
 
-def fit_norms(data: TrainingData, particles: list[str], seed: int = 0) -> dict:
-    """Standardisation constants and the condition ranges of the training split."""
+def fit_norms(data: TrainingData, particles: list[str], cfg, seed: int = 0) -> dict:
+    """Standardisation constants and the condition ranges of the training split (``cfg``: the
+    generator's config, for its flow_extra)."""
     p = data.primaries
     eta, phi = p.eta_phi()
     num = np.stack([np.log(p.energy_mev), eta, phi], -1)
-    x = layer_vector(data.e_layer, data.n_layer, data.centre, p.energy_mev,
-                     np.random.default_rng(seed))
+    rng = np.random.default_rng(seed)
+    x = layer_vector(data.e_layer, data.n_layer, data.centre, p.energy_mev, rng,
+                     data.flow_extra(cfg, np.arange(len(data)), rng))
     std = num.std(0)
     std = np.where(std > CONSTANT_STD, std + 1e-6, 1.0)  # a condition that does not vary
     return {"context_mean": num.mean(0).tolist(), "context_std": std.tolist(),

@@ -190,8 +190,8 @@ class FlowInverse(nn.Module):
 
 
 class LayerFlow(nn.Module):
-    """p(layer-level vector (n, 2L + 2) | context (n, C)) as a spline coupling flow (zuko's NSF
-    with the faster ``Spline``)."""
+    """p(layer-level vector (n, 2L + 2 [+ X]) | context (n, C)) as a spline coupling flow
+    (zuko's NSF with the faster ``Spline``)."""
 
     def __init__(self, features: int, context: int, cfg: FlowGNNConfig):
         super().__init__()
@@ -219,7 +219,8 @@ def register_buffers(module: nn.Module, buffers: dict) -> None:
 
 class LayerLevel(nn.Module):
     """Stage 1 as a tensor program: conditions and flow noise -> (context (P, C), layer
-    energies E_l (P, L) MeV, hit counts N_l (P, L), transverse centre (P, 2) mm). ``model``
+    energies E_l (P, L) MeV, hit counts N_l (P, L), transverse centre (P, 2) mm, the
+    generator's extra shower-level features (P, X), unscaled; X = 0 for FlowGNN). ``model``
     has ``flow`` (LayerFlow), ``norms``, ``particles`` and ``layer_sizes`` (cells per layer);
     its flow is shared, not copied. Every value is clipped to the training sample's range
     (+5 %), and a shower's visible energy to the largest fraction of its incident energy that
@@ -264,7 +265,7 @@ class LayerLevel(nn.Module):
         which = (torch.log(energy)[:, None] >= self.bound_edges[None, :]).sum(1)
         cap = self.response_max[which] * energy / e_layer.sum(1).clamp(min=1e-12)
         e_layer = e_layer * cap.clamp(max=1.0)[:, None]
-        return ctx, e_layer, hits, x[:, 2 * n_l:] * CENTRE_SCALE
+        return ctx, e_layer, hits, x[:, 2 * n_l:2 * n_l + 2] * CENTRE_SCALE, x[:, 2 * n_l + 2:]
 
 
 def pair_features(e_layer: torch.Tensor, hits: torch.Tensor, depth: torch.Tensor,

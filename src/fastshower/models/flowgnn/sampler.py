@@ -155,7 +155,7 @@ class FlowGNNSampler(nn.Module):
         return net.head(h)
 
     def forward(self, energy, position, direction, particle, z, gumbel, normal):
-        ctx, e_layer, hits, centre = self.level(energy, direction, particle, z)
+        ctx, e_layer, hits, centre, _ = self.level(energy, direction, particle, z)
         x = self.node_features(position, direction, ctx, e_layer, hits, centre)
         out = self.cell_net(x).transpose(0, 1).reshape(-1, self.n_layers, self.width, 3)
         score = torch.where(self.valid, out[..., 0] + gumbel, torch.full_like(gumbel, PAD_SCORE))

@@ -426,6 +426,7 @@ def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_fra
     train(data, gpath, tmp / "lat", cfg, show_progress=False)
     model = load_generator(tmp / "lat", geom)
     assert len(model.norms["flow_mean"]) == 2 * len(geom.layers) + 2 + 6
+    assert model.hits.energy_hit.in_features == 4  # cos in the latent's frame and from ahead
     gun = GunConfig(particle="e-", energy=[5.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
     primaries = sample_primaries(gun, 20, np.random.default_rng(0))
     out = run_program(torch_call(model.export_module()),

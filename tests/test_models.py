@@ -417,6 +417,16 @@ def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_fra
         assert lat[i, g] == pytest.approx(u[mine].mean(), abs=1e-9)
         assert lat[i, 2 + 2 * g:4 + 2 * g] == pytest.approx(
             [np.cos(phi[far]).mean(), np.sin(phi[far]).mean()], abs=1e-9)
+    # training frames leave the hit out of its group's azimuth vector
+    mine = (hd.hit_pair // hd.n_layers == 0) & (group[hd.hit_pair % hd.n_layers] == 0)
+    far = np.flatnonzero(mine & (hd.hit_u > np.log(AXIS_MM + R0_MM)))
+    near = np.flatnonzero(mine & (hd.hit_u <= np.log(AXIS_MM + R0_MM)))[:1]
+    vectors = np.stack([hd.hit_cos[far], hd.hit_sin[far]], -1)
+    frames = hd.hit_frames(2, np.concatenate([far[:2], near]))
+    for k in (0, 1):
+        rest = vectors.sum(0) - vectors[k]
+        assert frames[k] == pytest.approx(rest / np.linalg.norm(rest))
+    assert frames[2] == pytest.approx(lat[0, 2:4] / np.linalg.norm(lat[0, 2:4]))
     # a group without hits: the mean width of the showers with some, no azimuth vector
     assert np.all(lat[~has[:, 1], 1] == pytest.approx(lat[has[:, 1], 1].mean()))
     assert np.all(lat[~has[:, 1], 4:6] == 0)

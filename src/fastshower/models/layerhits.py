@@ -484,28 +484,56 @@ class HitData(TrainingData):
         self.bounds = np.searchsorted(self.hit_pair, np.stack([self.pairs, self.pairs + 1]))
         self.pair_central = np.add.reduceat(self.hit_central, self.bounds[0]) > 0
         self.n_layers = n_layers
-        self._lateral: dict[int, np.ndarray] = {}
+        self._lateral: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def lateral(self, groups: int) -> np.ndarray:
         """(n, 3G) the showers' lateral latents for G layer groups (layer_groups): per group
         the mean u of its hits (where it has none, the mean over the showers that have some),
         then per group the mean (cos, sin) of the azimuths (from the primary's transverse
         direction) of its hits beyond AXIS_MM (0 if none)."""
+        return self._lateral_sums(groups)[0]
+
+    def _lateral_sums(self, groups: int) -> tuple[np.ndarray, np.ndarray]:
+        """lateral(groups) and the sums (n * G, 2) of (cos, sin) of each (shower, group)'s
+        hits beyond AXIS_MM, key shower * G + group."""
         if groups not in self._lateral:
             n = len(self)
-            key = (self.hit_pair // self.n_layers) * groups \
-                + layer_groups(self.n_layers, groups)[self.hit_pair % self.n_layers]
+            key = self._group_key(groups)
             count = np.bincount(key, minlength=n * groups).reshape(n, groups)
             width = np.bincount(key, self.hit_u, n * groups).reshape(n, groups)
             width = width / np.maximum(count, 1)
             fill = width.sum(0) / np.maximum((count > 0).sum(0), 1)
             width = np.where(count > 0, width, fill)
-            far = self.hit_u > np.log(AXIS_MM + R0_MM)
+            far = self._far()
             n_far = np.maximum(np.bincount(key[far], minlength=n * groups), 1)
-            dipole = np.stack([np.bincount(key[far], w[far], n * groups) / n_far
-                               for w in (self.hit_cos, self.hit_sin)], -1)
-            self._lateral[groups] = np.concatenate([width, dipole.reshape(n, 2 * groups)], -1)
+            sums = np.stack([np.bincount(key[far], w[far], n * groups)
+                             for w in (self.hit_cos, self.hit_sin)], -1)
+            dipole = (sums / n_far[:, None]).reshape(n, 2 * groups)
+            self._lateral[groups] = np.concatenate([width, dipole], -1), sums
         return self._lateral[groups]
+
+    def _group_key(self, groups: int, hit=slice(None)) -> np.ndarray:
+        """shower * G + layer group of the hits ``hit`` (all by default)."""
+        pair = self.hit_pair[hit]
+        return (pair // self.n_layers) * groups \
+            + layer_groups(self.n_layers, groups)[pair % self.n_layers]
+
+    def _far(self, hit=slice(None)) -> np.ndarray:
+        """Whether the hits ``hit`` lie beyond AXIS_MM (those of the azimuth vectors)."""
+        return self.hit_u[hit] > np.log(AXIS_MM + R0_MM)
+
+    def hit_frames(self, groups: int, hit: np.ndarray) -> np.ndarray:
+        """(len(hit), 2) the azimuth frames of the hits ``hit`` in training, as (cos, sin) from
+        the primary's transverse direction: the direction of their group's azimuth vector
+        without the hit itself ((1, 0) where the rest has none). Leave one out: with the hit,
+        the frame leans towards it, and the azimuth law learnt in such frames would add the
+        vector's sampling noise to the generated showers a second time."""
+        sums = self._lateral_sums(groups)[1][self._group_key(groups, hit)]
+        rest = sums - np.where(self._far(hit)[:, None],
+                               np.stack([self.hit_cos[hit], self.hit_sin[hit]], -1), 0.0)
+        length = np.hypot(rest[:, 0], rest[:, 1])
+        return np.where(length[:, None] > 1e-9, rest / np.maximum(length, 1e-9)[:, None],
+                        [1.0, 0.0])
 
     def flow_extra(self, cfg: LayerHitsConfig, index: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray | None:
@@ -629,18 +657,18 @@ class LayerHits(LayerFlowGenerator):
             self.pair_context(self.context(data.primaries.subset(event)),
                               torch.from_numpy(data.e_layer[event].sum(1)).float(),
                               torch.from_numpy(data.primaries.energy_mev[event]).float()))
-        g = self.cfg.lateral_groups  # the true latents; frames in (ahead, perpendicular)
+        g = self.cfg.lateral_groups  # the true latents
         extra = torch.from_numpy(data.lateral(g)[event] if g else np.zeros((len(event), 0)))
-        f, frame = self.lateral_pairs(extra.float(), torch.from_numpy(layer), f,
-                                      torch.tensor([1.0, 0.0]))
+        f, _ = self.lateral_pairs(extra.float(), torch.from_numpy(layer), f, torch.zeros(2))
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
         log_w, mean, log_sigma, tilt, *central_logit = self.hits.mixture(f)
         radial, tilt = (log_w[hit_pair], mean[hit_pair], log_sigma[hit_pair]), tilt[hit_pair]
         radius = -_log_prob(radial, u).sum()
         cos_ahead = torch.from_numpy(data.hit_cos[hit]).float()
-        cos = (torch.from_numpy(np.stack([data.hit_cos[hit], data.hit_sin[hit]], -1)).float()
-               * frame[hit_pair]).sum(-1)
+        cos = cos_ahead if not g else torch.from_numpy(  # in the frames, leaving the hit out
+            (np.stack([data.hit_cos[hit], data.hit_sin[hit]], -1)
+             * data.hit_frames(g, hit)).sum(-1)).float()
         azimuth = -torch.log1p(2 * anisotropy(tilt, u) * cos).sum()
         central = torch.from_numpy(data.hit_central[hit]).float()
         y = torch.from_numpy(data.hit_log_e[hit]).float()

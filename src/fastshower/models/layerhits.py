@@ -24,6 +24,13 @@ Azimuths around the shifted axis follow p(phi) = (1 + 2 a cos phi) / 2 pi from t
 transverse direction, a learned per pair and radius (``anisotropy``); the energy network sees
 each hit's cos phi too.
 
+With ``lateral_groups`` the flow also draws shower-level lateral latents: for groups of
+consecutive layers the mean u of their hits and the mean unit vector of the azimuths of their
+hits beyond AXIS_MM. The hit networks see their group's, azimuths are measured from its
+vector's direction (training: the vector of the other hits of the group, leave one out) and the
+energy network sees cos from both that direction and the primary's. A layer's hits then move
+with the shower's own width and lopsidedness, as sub-showers make them (pions: docs/models.md).
+
 Approximations, named: the azimuth law has one harmonic; a core cell's probability uses the
 density at its centre (its radius floored at half the cell size); core cells are included
 independently (then at most N kept); tail points that land on a taken cell are redrawn, which

@@ -437,6 +437,7 @@ def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_fra
     model = load_generator(tmp / "lat", geom)
     assert len(model.norms["flow_mean"]) == 2 * len(geom.layers) + 2 + 6
     assert model.hits.energy_hit.in_features == 4  # cos in the latent's frame and from ahead
+    assert model.hits.energy_pair.in_features == model.hits.radial[0].in_features - 2
     gun = GunConfig(particle="e-", energy=[5.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
     primaries = sample_primaries(gun, 20, np.random.default_rng(0))
     out = run_program(torch_call(model.export_module()),

@@ -103,15 +103,18 @@ def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
 
 
 class HitNet(nn.Module):
-    """Per (shower, layer) pair features (n, F) -> radial mixture (logits, means, log sigmas
-    (n, K) each); per hit (its pair's features and hit_inputs) -> a mixture of Gaussians in
-    ln(e / mean hit energy). The energy network's first layer is split so that the pair's share
-    is computed once per pair."""
+    """Per (shower, layer) pair features (n, F + lateral) -> radial mixture (logits, means, log
+    sigmas (n, K) each); per hit (its pair's first F features and hit_inputs) -> a mixture of
+    Gaussians in ln(e / mean hit energy). The energy network's first layer is split so that the
+    pair's share is computed once per pair. It does not see the ``lateral`` last features (the
+    lateral latents' terms): with them it learnt the training showers one by one (pions:
+    training energy NLL 0.994 vs 1.006 without, validation 1.023 vs 0.998)."""
 
-    def __init__(self, features: int, cfg: LayerHitsConfig):
+    def __init__(self, features: int, cfg: LayerHitsConfig, lateral: int = 0):
         super().__init__()
-        self.k, self.central = cfg.components, cfg.central_hit
-        self.radial = _mlp(features, 3 * cfg.components + 2 + int(cfg.central_hit), cfg.hidden)
+        self.k, self.central, self.features = cfg.components, cfg.central_hit, features
+        self.radial = _mlp(features + lateral, 3 * cfg.components + 2 + int(cfg.central_hit),
+                           cfg.hidden)
         self.energy_pair = nn.Linear(features, cfg.energy_hidden)
         self.energy_hit, self.energy = energy_layers(cfg.energy_hidden, cfg.energy_components,
                                                      energy_inputs(cfg))
@@ -127,8 +130,12 @@ class HitNet(nn.Module):
 
     def energy_mixture(self, f: torch.Tensor, pair: torch.Tensor, x: torch.Tensor):
         """The mixture of each hit (pair: its row of the pair features f; x: hit_inputs)."""
-        return energy_mixture(energy_out(self.energy_hit, self.energy, self.energy_pair(f)[pair],
+        return energy_mixture(energy_out(self.energy_hit, self.energy, self.pair_share(f)[pair],
                                          x))
+
+    def pair_share(self, f: torch.Tensor) -> torch.Tensor:
+        """(..., H) the pairs' share of the energy network's first layer."""
+        return self.energy_pair(f[..., :self.features])
 
 
 def energy_inputs(cfg: LayerHitsConfig) -> int:
@@ -576,8 +583,8 @@ class LayerHits(LayerFlowGenerator):
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: LayerHitsConfig, norms: dict):
         super().__init__(geom, particles, cfg, norms)
-        self.hits = HitNet(5 + self.context_dim + cfg.shower_response
-                           + 2 * bool(cfg.lateral_groups), cfg)
+        self.hits = HitNet(5 + self.context_dim + cfg.shower_response, cfg,
+                           2 * bool(cfg.lateral_groups))
         g = cfg.lateral_groups
         if g:  # plain tensors (constants of the program), not state
             first = 2 * self.n_layers + 2  # the latents' place in the flow's vector
@@ -743,7 +750,7 @@ class LayerHitsProgram(nn.Module):
         f, frame = self.lateral_pairs(extra[:, None], torch.arange(n_layers), f,
                                       _ahead_tensor(direction)[:, None])
         return (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
-                self.hits.energy_pair(f), frame)
+                self.hits.pair_share(f), frame)
 
 
 def _ahead_tensor(direction: torch.Tensor) -> torch.Tensor:

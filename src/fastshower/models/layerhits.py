@@ -107,8 +107,8 @@ class HitNet(nn.Module):
     sigmas (n, K) each); per hit (its pair's first F features and hit_inputs) -> a mixture of
     Gaussians in ln(e / mean hit energy). The energy network's first layer is split so that the
     pair's share is computed once per pair. It does not see the ``lateral`` last features (the
-    lateral latents' terms): with them it learnt the training showers one by one (pions:
-    training energy NLL 0.994 vs 1.006 without, validation 1.023 vs 0.998)."""
+    lateral latents' terms), which it did not use (pions, the same validation pairs: energy NLL
+    1.0420 without, 1.0418 with them at step 1,250)."""
 
     def __init__(self, features: int, cfg: LayerHitsConfig, lateral: int = 0):
         super().__init__()

@@ -392,7 +392,14 @@ def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_fra
     """lateral_groups: per layer group the mean u of the hits and the mean unit vector of the
     azimuths beyond AXIS_MM join the flow's vector (checked against a direct computation); a
     model with them trains, generates and exports; its azimuth frames turn with the latent."""
-    from fastshower.models.layerhits import AXIS_MM, R0_MM, HitData, _ahead, layer_groups
+    from fastshower.models.layerhits import (
+        AXIS_MM,
+        R0_MM,
+        HitData,
+        _ahead,
+        layer_groups,
+        turned,
+    )
 
     geom, gpath, data, batch, tmp = sample
     hd = HitData(batch, geom)
@@ -450,11 +457,12 @@ def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_fra
     extra = torch.zeros(1, 6)
     extra[0, 4:6] = torch.tensor([0.0, 0.5])  # the second group: 90 degrees from ahead
     last = torch.tensor([len(geom.layers) - 1])
-    inputs, frame = model.lateral_pairs(extra, last, torch.zeros(1, 3),
-                                        torch.tensor([[0.0, 1.0]]))
+    ahead = torch.tensor([[0.0, 1.0]])
+    inputs, unit = model.lateral_pairs(extra, last, torch.zeros(1, 3))
+    frame = turned(ahead, unit)
     assert frame[0].tolist() == pytest.approx([-1.0, 0.0]) and inputs[0, -1] == pytest.approx(0.5)
-    _, frame = model.lateral_pairs(torch.zeros(1, 6), last, torch.zeros(1, 3),
-                                   torch.tensor([[0.0, 1.0]]))
+    _, unit = model.lateral_pairs(torch.zeros(1, 6), last, torch.zeros(1, 3))
+    frame = turned(ahead, unit)
     assert frame[0].tolist() == pytest.approx([0.0, 1.0])  # no vector: the primary's direction
     from fastshower.inference.onnx import OnnxGenerator, export_model
 

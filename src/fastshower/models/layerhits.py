@@ -625,16 +625,16 @@ class LayerHits(LayerFlowGenerator):
         return torch.cat([ctx, ((r - self.norms["response_mean"])
                                 / self.norms["response_std"])[:, None]], -1)
 
-    def lateral_pairs(self, extra: torch.Tensor, layer: torch.Tensor, f: torch.Tensor,
-                      ahead: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def lateral_pairs(self, extra: torch.Tensor, layer: torch.Tensor,
+                      f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pair inputs f (..., F) with, given lateral latents, their groups' (lateral_terms)
-        appended, and the azimuth frames (..., 2) of the pairs: unit vectors in the layer plane
-        from the showers' lateral latents ``extra`` (..., 3G) (unscaled) and the primaries'
-        transverse directions ``ahead`` (..., 2); ``ahead`` itself without latents. ``layer``
-        (...) broadcasts against extra's and ahead's leading axes."""
+        appended, and the directions (..., 2) of the pairs' azimuth frames as (cos, sin) from
+        the primary's transverse direction ((1, 0) without latents), from the showers' lateral
+        latents ``extra`` (..., 3G) (unscaled). ``layer`` (...) broadcasts against extra's
+        leading axes."""
         g = self.cfg.lateral_groups
         if not g:
-            return f, ahead.expand(*f.shape[:-1], 2)
+            return f, torch.tensor([1.0, 0.0]).expand(*f.shape[:-1], 2)
         group = self._group[layer].expand(f.shape[:-1])
         extra = extra.expand(*f.shape[:-1], -1)
 
@@ -644,10 +644,7 @@ class LayerHits(LayerFlowGenerator):
         inputs, unit = lateral_terms(take(group), torch.stack([take(g + 2 * group),
                                                                take(g + 2 * group + 1)], -1),
                                      *(n[group] for n in self._width_norm))
-        ahead = ahead.expand(*f.shape[:-1], 2)
-        perp = torch.stack([-ahead[..., 1], ahead[..., 0]], -1)
-        frame = unit[..., :1] * ahead + unit[..., 1:] * perp
-        return torch.cat([f, inputs], -1), frame
+        return torch.cat([f, inputs], -1), unit
 
     def forward(self, data: HitData, rng: np.random.Generator, scale: int = 1,
                 shard: tuple[int, int] = (0, 1)) -> dict[str, tuple[torch.Tensor, float]]:
@@ -674,7 +671,7 @@ class LayerHits(LayerFlowGenerator):
                               torch.from_numpy(data.primaries.energy_mev[event]).float()))
         g = self.cfg.lateral_groups  # the true latents
         extra = torch.from_numpy(data.lateral(g)[event] if g else np.zeros((len(event), 0)))
-        f, _ = self.lateral_pairs(extra.float(), torch.from_numpy(layer), f, torch.zeros(2))
+        f, _ = self.lateral_pairs(extra.float(), torch.from_numpy(layer), f)
         hit_pair = torch.from_numpy(np.repeat(np.arange(len(pick)), counts))
         u = torch.from_numpy(data.hit_u[hit]).float()
         log_w, mean, log_sigma, tilt, *central_logit = self.hits.mixture(f)
@@ -748,10 +745,17 @@ class LayerHitsProgram(nn.Module):
         ax, ay = line_at(self.layer_z[None, :], *position[:, :, None].unbind(1),
                          *direction[:, :, None].unbind(1))  # (P, L)
         axis = torch.stack([ax + centre[:, 0:1], ay + centre[:, 1:2]], -1)
-        f, frame = self.lateral_pairs(extra[:, None], torch.arange(n_layers), f,
-                                      _ahead_tensor(direction)[:, None])
+        f, unit = self.lateral_pairs(extra[:, None], torch.arange(n_layers), f)
+        frame = turned(_ahead_tensor(direction)[:, None], unit)
         return (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
                 self.hits.pair_share(f), frame)
+
+
+def turned(ahead: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """(..., 2) unit vectors in the layer plane from directions ``unit`` (..., 2) given as
+    (cos, sin) from the unit vectors ``ahead`` (..., 2) (broadcast)."""
+    perp = torch.stack([-ahead[..., 1], ahead[..., 0]], -1)
+    return unit[..., :1] * ahead + unit[..., 1:] * perp
 
 
 def _ahead_tensor(direction: torch.Tensor) -> torch.Tensor:

@@ -471,6 +471,90 @@ def test_layerhits_lateral_latents_are_drawn_by_the_flow_and_set_the_azimuth_fra
     assert abs(len(o_ids) - len(ids)) <= 2
 
 
+def test_layerhits_core_share_latent_is_drawn_by_the_flow_and_imposed_on_the_hits(sample):
+    """core_share: per layer group the share of the energy within SHARE_MM of the shifted axis
+    joins the flow's vector (checked against a direct computation); impose_shares reaches a
+    reachable share and only approaches one out of reach; generated showers carry the flow's
+    shares."""
+    from fastshower.models.layerhits import (
+        R0_MM,
+        SHARE_MM,
+        HitData,
+        LayerHitsConfig,
+        impose_shares,
+        layer_groups,
+        share_of,
+    )
+
+    geom, gpath, data, batch, tmp = sample
+    with pytest.raises(ValueError, match="lateral_groups"):
+        LayerHitsConfig(core_share=True)
+    hd = HitData(batch, geom)
+    x = hd.core_shares(2)
+    group = layer_groups(len(geom.layers), 2)[hd.hit_pair % hd.n_layers]
+    event, core = hd.hit_pair // hd.n_layers, np.exp(hd.hit_u) - R0_MM < SHARE_MM
+    deep = np.unique(event[group == 1])
+    assert 0 < len(deep) < len(batch)
+    for i, g in [(0, 0), (5, 0), (deep[0], 1), (deep[-1], 1)]:
+        mine = (event == i) & (group == g)
+        assert share_of(x[i, g]) == pytest.approx(
+            hd.hit_e[mine & core].sum() / hd.hit_e[mine].sum(), abs=1e-9)
+    empty = ~np.isin(np.arange(len(batch)), deep)  # no hits: the mean of the others' latents
+    assert np.all(x[empty, 1] == pytest.approx(x[deep, 1].mean()))
+    # bisection: two groups of two pairs; the second group's target is out of reach (its core
+    # hits could carry 0.9 of the energy only with a factor beyond exp(SHARE_SHIFT))
+    e = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 0.01, 1.0])
+    is_core = np.array([True, False, True, False, True, True, False])
+    pair = np.array([0, 0, 1, 1, 2, 3, 3])
+    e_pair, key = np.array([4.0, 2.0, 1.0, 3.0]), np.array([0, 0, 1, 1])
+    out = impose_shares(e, is_core, pair, e_pair, key, np.array([0.3, 0.9]))
+    out *= (e_pair / np.bincount(pair, out, 4))[pair]
+    share = np.bincount(key[pair], out * is_core, 2) / np.bincount(key[pair], out, 2)
+    assert share[0] == pytest.approx(0.3, abs=1e-5)
+    assert 0.26 < share[1] < 0.9  # 1.0 (pair 2, all core) + 3 * 0.01 e^4 / (1 + 0.01 e^4)
+    assert np.all(out[~is_core] > 0)
+    cfg = TrainConfig(model="layerhits", max_steps=16, val_every=8, val_showers=20,
+                      warmup_steps=2, layerhits={"flow_hidden": 32, "flow_transforms": 2,
+                                                 "hidden": 16, "lateral_groups": 2,
+                                                 "core_share": True})
+    train(data, gpath, tmp / "share", cfg, show_progress=False)
+    model = load_generator(tmp / "share", geom)
+    assert len(model.norms["flow_mean"]) == 2 * len(geom.layers) + 2 + 8
+    gun = GunConfig(particle="gamma", energy=[8.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
+    primaries = sample_primaries(gun, 20, np.random.default_rng(0))
+    out = run_program(torch_call(model.export_module()),
+                      primaries_inputs(primaries, model.particles),
+                      program_spec(model.export_module()), np.random.default_rng(1))
+    assert out["share"].shape == (20, 2)
+    host = model.host(model.export_side(), geom)
+
+    def group_shares(out):  # the same rng: the same cells and drawn energies
+        ev, cell, energy = host(out, primaries, np.random.default_rng(2)).flat()
+        layer = geom.cells["layer"][cell]
+        r = np.hypot(geom.cells["x"][cell] - out["axis"][ev, layer, 0],
+                     geom.cells["y"][cell] - out["axis"][ev, layer, 1])
+        k = ev * 2 + layer_groups(len(geom.layers), 2)[layer]
+        total = np.bincount(k, energy, 40)
+        return np.bincount(k, energy * (r < SHARE_MM), 40) / np.maximum(total, 1e-300), \
+            np.bincount(ev * len(geom.layers) + layer, energy, 20 * len(geom.layers)), total > 0
+
+    got, e_layer, has = group_shares(out)
+    free, e_free, _ = group_shares({k: v for k, v in out.items() if k != "share"})
+    want = share_of(out["share"].astype(np.float64)).ravel()
+    # every group's share moves to the flow's, reaching it where it is within reach (the
+    # threshold floor moves it by little); the layer energies stay the flow's
+    assert np.all(np.abs(got - want)[has] <= np.abs(free - want)[has] + 1e-3)
+    assert np.mean(np.abs(got - want)[has] < 0.01) > 0.4 > np.mean(np.abs(free - want)[has]
+                                                                    < 0.01)
+    np.testing.assert_allclose(e_layer, e_free, rtol=0.02, atol=1.0)
+    from fastshower.inference.onnx import OnnxGenerator, export_model
+
+    onnx = OnnxGenerator(export_model(model, tmp / "share_onnx"), geom)
+    o_event, o_ids, _ = onnx.sample(primaries, np.random.default_rng(1)).flat()
+    t_event, t_ids, _ = model.sample(primaries, np.random.default_rng(1)).flat()
+    assert abs(len(o_ids) - len(t_ids)) <= 2
+
+
 def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     """place_hits on a known radial law: n distinct cells per layer, and the share of hits
     beyond the core radius is the law's P(r > core) (core by cells, tail by points), their

@@ -30,12 +30,16 @@ hits beyond AXIS_MM. The hit networks see their group's, azimuths are measured f
 vector's direction (training: the vector of the other hits of the group, leave one out) and the
 energy network sees cos from both that direction and the primary's. A layer's hits then move
 with the shower's own width and lopsidedness, as sub-showers make them (pions: docs/models.md).
+With ``core_share`` the flow also draws each group's share of its energy within SHARE_MM of
+the shifted axis, and the placement imposes it (impose_shares): a pion's core share is set by
+its pi0 content, a shower-level quantity that independent hit energies cannot follow.
 
 Approximations, named: the azimuth law has one harmonic; a core cell's probability uses the
 density at its centre (its radius floored at half the cell size); core cells are included
 independently (then at most N kept); tail points that land on a taken cell are redrawn, which
 thins the tail just beyond the core slightly; no core when the axis point falls outside every
-cell; hit times are times of flight.
+cell; hit times are times of flight; the core share is imposed by one factor on the core
+hits' energies per layer group, capped (SHARE_SHIFT).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from scipy import special
 from scipy.spatial import cKDTree
 from torch import nn
@@ -65,6 +69,9 @@ from fastshower.simhits import Primaries, ShowerBatch
 R0_MM = 1.0  # u = ln(r + R0): regular at the axis
 DIPOLE_NOISE = 0.05  # dequantises the lateral azimuth vectors (of one hit: on the circle)
 AXIS_MM = 15.0  # mm: the core whose shift is the flow's centre (core_shift)
+SHARE_MM = 20.0  # mm: the radius of the core energy share (validation's core fraction's)
+SHARE_FLOOR = 0.01  # share latent: logit((s + floor) / (1 + 2 floor)), finite at s = 0 and 1
+SHARE_SHIFT = 4.0  # the largest shift of a group's core log-odds that impose_shares makes
 WIDE_CORE = 4.0  # core radii of at least this many circumradii: tail drawn from inside it
 HOST_BLOCK = 128  # showers placed together by the host step
 
@@ -95,6 +102,18 @@ class LayerHitsConfig(LayerFlowConfig):
     # given the layer quantities: showers came out alike laterally (pions at 50 GeV: the spread
     # of the width 15.4 vs 21.5 mm, of the centre 7 vs 11 mm; docs/models.md)
     lateral_groups: int = Field(0, ge=0)
+    # with the lateral latents, the flow also draws each group's share of its energy within
+    # SHARE_MM of the shifted axis, which the placement then imposes on the hits' energies
+    # (energy_shares). Without it the hits' energies are drawn independently given the layer
+    # quantities: the share's spread came out too small (pions at 50 GeV: the spread of the
+    # core fraction 0.089 vs 0.135 in Geant4; docs/models.md)
+    core_share: bool = False
+
+    @model_validator(mode="after")
+    def _share_needs_groups(self) -> LayerHitsConfig:
+        if self.core_share and not self.lateral_groups:
+            raise ValueError("core_share needs lateral_groups > 0 (its layer groups)")
+        return self
 
 
 def _mlp(n_in: int, n_out: int, hidden: int) -> nn.Sequential:
@@ -472,6 +491,38 @@ def lateral_terms(width: torch.Tensor, vector: torch.Tensor, mean: torch.Tensor,
     return torch.stack([(width - mean) / std, length], -1), unit
 
 
+def share_logit(share: np.ndarray) -> np.ndarray:
+    """The flow's variable for a core energy share in [0, 1]: logit((s + f) / (1 + 2 f)),
+    f = SHARE_FLOOR (groups with all or none of their energy in the core stay finite)."""
+    return np.log((share + SHARE_FLOOR) / (1.0 - share + SHARE_FLOOR))
+
+
+def share_of(logit: np.ndarray) -> np.ndarray:
+    """The core energy share of the flow's variable (share_logit's inverse, clipped to [0, 1])."""
+    return np.clip((1 + 2 * SHARE_FLOOR) * special.expit(logit) - SHARE_FLOOR, 0.0, 1.0)
+
+
+def impose_shares(e: np.ndarray, core: np.ndarray, pair: np.ndarray, e_pair: np.ndarray,
+                  key: np.ndarray, share: np.ndarray, steps: int = 24) -> np.ndarray:
+    """Hit energies e (h,) with the core hits' (``core`` (h,) bool) scaled by one factor per
+    (shower, layer group), so that once every pair's hits are rescaled to its energy e_pair (p,)
+    each group's energy has the core share ``share`` (k,); ``pair`` (h,) is each hit's pair,
+    ``key`` (p,) each pair's group. The factor is found by bisection in its log, which shifts
+    the log-odds of every pair's own core share alike; it is capped at exp(+-SHARE_SHIFT): a
+    share out of reach (a group with little core or halo) is approached, not forced."""
+    core_e = np.bincount(pair, e * core, len(e_pair))
+    own = core_e / np.maximum(np.bincount(pair, e, len(e_pair)), 1e-300)
+    with np.errstate(divide="ignore"):
+        own = special.logit(own)  # -inf / +inf: pairs with no halo / core energy keep theirs
+    goal = share * np.bincount(key, e_pair, len(share))
+    lo, hi = np.full(len(share), -SHARE_SHIFT), np.full(len(share), SHARE_SHIFT)
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        low = np.bincount(key, e_pair * special.expit(own + mid[key]), len(share)) < goal
+        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
+    return e * np.where(core, np.exp(0.5 * (lo + hi))[key][pair], 1.0)
+
+
 class HitData(TrainingData):
     """FlowGNN's training data plus every hit's u, cos and sin of its azimuth from the
     primary's transverse direction, ln(e / mean hit energy) and whether its cell is the one
@@ -491,7 +542,8 @@ class HitData(TrainingData):
         pair = self.hit_event * n_layers + layer
         order = np.argsort(pair, kind="stable")
         self.hit_pair, self.hit_u = pair[order], np.log(r[order] + R0_MM)
-        self.hit_log_e = np.log(self.hit_energy[order] / mean_e[order])
+        self.hit_e = self.hit_energy[order]
+        self.hit_log_e = np.log(self.hit_e / mean_e[order])
         self.hit_central = central[order]
         self.hit_cos = _cos(dx, dy, r, ahead)[order]
         self.hit_sin = _cos(dx, dy, r, ahead @ np.array([[0.0, 1.0], [-1.0, 0.0]]))[order]
@@ -527,6 +579,18 @@ class HitData(TrainingData):
             self._lateral[groups] = np.concatenate([width, dipole], -1), sums
         return self._lateral[groups]
 
+    def core_shares(self, groups: int) -> np.ndarray:
+        """(n, G) share_logit of each (shower, layer group)'s share of its energy within
+        SHARE_MM of the shifted axis (where a group has no hits, the mean over the showers that
+        have some)."""
+        n, key = len(self), self._group_key(groups)
+        total = np.bincount(key, self.hit_e, n * groups).reshape(n, groups)
+        core = np.bincount(key, self.hit_e * (self.hit_u < np.log(SHARE_MM + R0_MM)),
+                           n * groups).reshape(n, groups)
+        x = share_logit(core / np.maximum(total, 1e-300))
+        fill = (x * (total > 0)).sum(0) / np.maximum((total > 0).sum(0), 1)
+        return np.where(total > 0, x, fill)
+
     def _group_key(self, groups: int, hit=slice(None)) -> np.ndarray:
         """shower * G + layer group of the hits ``hit`` (all by default)."""
         pair = self.hit_pair[hit]
@@ -553,14 +617,18 @@ class HitData(TrainingData):
     def flow_extra(self, cfg: LayerHitsConfig, index: np.ndarray,
                    rng: np.random.Generator) -> np.ndarray | None:
         """The lateral latents of showers ``index`` (see lateral), dequantised: widths by
-        uniform noise of +-0.05, the azimuth vectors by Gaussian noise of DIPOLE_NOISE."""
+        uniform noise of +-0.05, the azimuth vectors by Gaussian noise of DIPOLE_NOISE; with
+        ``core_share`` then the groups' core_shares (uniform noise of +-0.05)."""
         g = cfg.lateral_groups
         if not g:
             return None
         x = self.lateral(g)[index]
         noise = np.concatenate([rng.uniform(-0.05, 0.05, (len(x), g)),
                                 rng.normal(0, DIPOLE_NOISE, (len(x), 2 * g))], -1)
-        return x + noise
+        if not cfg.core_share:
+            return x + noise
+        shares = self.core_shares(g)[index] + rng.uniform(-0.05, 0.05, (len(x), g))
+        return np.concatenate([x + noise, shares], -1)
 
 
 class LayerHits(LayerFlowGenerator):
@@ -723,7 +791,8 @@ class LayerHitsProgram(nn.Module):
     weights, means, log sigmas in u; the azimuth law's tilt; with ``central_hit`` the logit of
     the probability that the cell under the axis point is a hit) and the energy network's pair
     share energy_pair (P, L, H), the azimuth frame (P, L, 2) (unit vectors from which azimuths
-    are measured: LayerHits.lateral_pairs). The flow and networks are the model's, shared."""
+    are measured: LayerHits.lateral_pairs) and, with ``core_share``, the groups' core share
+    latents share (P, G) (share_logit). The flow and networks are the model's, shared."""
 
     output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair", "frame")
     chunk = 1024  # showers per call: ~50 kB of outputs each, the flow's overhead amortised
@@ -734,6 +803,9 @@ class LayerHitsProgram(nn.Module):
         self.pair_context, self.lateral_pairs = model.pair_context, model.lateral_pairs
         register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
         self.noise = {"z": ("normal", (self.level.flow_dim,))}
+        self.shares = model.cfg.lateral_groups if model.cfg.core_share else 0
+        if self.shares:
+            self.output_names = (*self.output_names, "share")
 
     def forward(self, energy, position, direction, particle, z):
         ctx, e_layer, hits, centre, extra = self.level(energy, direction, particle, z)
@@ -747,8 +819,9 @@ class LayerHitsProgram(nn.Module):
         axis = torch.stack([ax + centre[:, 0:1], ay + centre[:, 1:2]], -1)
         f, unit = self.lateral_pairs(extra[:, None], torch.arange(n_layers), f)
         frame = turned(_ahead_tensor(direction)[:, None], unit)
-        return (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
-                self.hits.pair_share(f), frame)
+        out = (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
+               self.hits.pair_share(f), frame)
+        return (*out, extra[:, -self.shares:]) if self.shares else out
 
 
 def turned(ahead: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
@@ -825,5 +898,10 @@ class Placement:
         e = np.exp(_draw(self.energy_mixture(h_pair, hit_inputs(u, central, cos, cos_ahead)),
                          rng))
         e_pair = out["e_layer"][event, layer].astype(np.float64)
+        if "share" in out:  # the flow's core share of each layer group
+            groups = out["share"].shape[1]
+            key = event * groups + layer_groups(out["hits"].shape[1], groups)[layer]
+            e = impose_shares(e, u < np.log(SHARE_MM + R0_MM), pair, e_pair, key,
+                              share_of(out["share"].astype(np.float64)).ravel())
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
         return event[pair], cell, np.maximum(e, self.threshold[cell])

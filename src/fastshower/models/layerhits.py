@@ -104,9 +104,10 @@ class LayerHitsConfig(LayerFlowConfig):
     lateral_groups: int = Field(0, ge=0)
     # with the lateral latents, the flow also draws each group's share of its energy within
     # SHARE_MM of the shifted axis, which the placement then imposes on the hits' energies
-    # (energy_shares). Without it the hits' energies are drawn independently given the layer
-    # quantities: the share's spread came out too small (pions at 50 GeV: the spread of the
-    # core fraction 0.089 vs 0.135 in Geant4; docs/models.md)
+    # (impose_shares). Without it the hits' energies are drawn independently given the layer
+    # quantities and the share's spread came out too small (pions at 50 GeV: the spread of the
+    # core fraction 0.096 vs 0.135 in Geant4, with it 0.120; held-out AUC 0.765 -> 0.632-0.676;
+    # docs/models.md)
     core_share: bool = False
 
     @model_validator(mode="after")

@@ -550,8 +550,8 @@ def test_layerhits_core_share_latent_is_drawn_by_the_flow_and_imposed_on_the_hit
     from fastshower.inference.onnx import OnnxGenerator, export_model
 
     onnx = OnnxGenerator(export_model(model, tmp / "share_onnx"), geom)
-    o_event, o_ids, _ = onnx.sample(primaries, np.random.default_rng(1)).flat()
-    t_event, t_ids, _ = model.sample(primaries, np.random.default_rng(1)).flat()
+    _, o_ids, _ = onnx.sample(primaries, np.random.default_rng(1)).flat()
+    _, t_ids, _ = model.sample(primaries, np.random.default_rng(1)).flat()
     assert abs(len(o_ids) - len(t_ids)) <= 2
 
 

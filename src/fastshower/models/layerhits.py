@@ -503,6 +503,12 @@ def share_of(logit: np.ndarray) -> np.ndarray:
     return np.clip((1 + 2 * SHARE_FLOOR) * special.expit(logit) - SHARE_FLOOR, 0.0, 1.0)
 
 
+def in_share_core(u: np.ndarray) -> np.ndarray:
+    """Whether hits at u = ln(r + R0_MM) lie within SHARE_MM of the shifted axis (the core of
+    the core share, in training and in the placement alike)."""
+    return u < np.log(SHARE_MM + R0_MM)
+
+
 def impose_shares(e: np.ndarray, core: np.ndarray, pair: np.ndarray, e_pair: np.ndarray,
                   key: np.ndarray, share: np.ndarray, steps: int = 24) -> np.ndarray:
     """Hit energies e (h,) with the core hits' (``core`` (h,) bool) scaled by one factor per
@@ -553,6 +559,7 @@ class HitData(TrainingData):
         self.pair_central = np.add.reduceat(self.hit_central, self.bounds[0]) > 0
         self.n_layers = n_layers
         self._lateral: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._shares: dict[int, np.ndarray] = {}
 
     def lateral(self, groups: int) -> np.ndarray:
         """(n, 3G) the showers' lateral latents for G layer groups (layer_groups): per group
@@ -583,14 +590,16 @@ class HitData(TrainingData):
     def core_shares(self, groups: int) -> np.ndarray:
         """(n, G) share_logit of each (shower, layer group)'s share of its energy within
         SHARE_MM of the shifted axis (where a group has no hits, the mean over the showers that
-        have some)."""
-        n, key = len(self), self._group_key(groups)
-        total = np.bincount(key, self.hit_e, n * groups).reshape(n, groups)
-        core = np.bincount(key, self.hit_e * (self.hit_u < np.log(SHARE_MM + R0_MM)),
-                           n * groups).reshape(n, groups)
-        x = share_logit(core / np.maximum(total, 1e-300))
-        fill = (x * (total > 0)).sum(0) / np.maximum((total > 0).sum(0), 1)
-        return np.where(total > 0, x, fill)
+        have some). Computed once per G: flow_extra asks for it at every training step."""
+        if groups not in self._shares:
+            n, key = len(self), self._group_key(groups)
+            total = np.bincount(key, self.hit_e, n * groups).reshape(n, groups)
+            core = np.bincount(key, self.hit_e * in_share_core(self.hit_u),
+                               n * groups).reshape(n, groups)
+            x = share_logit(core / np.maximum(total, 1e-300))
+            fill = (x * (total > 0)).sum(0) / np.maximum((total > 0).sum(0), 1)
+            self._shares[groups] = np.where(total > 0, x, fill)
+        return self._shares[groups]
 
     def _group_key(self, groups: int, hit=slice(None)) -> np.ndarray:
         """shower * G + layer group of the hits ``hit`` (all by default)."""
@@ -902,7 +911,7 @@ class Placement:
         if "share" in out:  # the flow's core share of each layer group
             groups = out["share"].shape[1]
             key = event * groups + layer_groups(out["hits"].shape[1], groups)[layer]
-            e = impose_shares(e, u < np.log(SHARE_MM + R0_MM), pair, e_pair, key,
+            e = impose_shares(e, in_share_core(u), pair, e_pair, key,
                               share_of(out["share"].astype(np.float64)).ravel())
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
         return event[pair], cell, np.maximum(e, self.threshold[cell])

@@ -14,13 +14,20 @@ from torch_geometric.data import Batch
 
 from fastshower.data.cache import preprocess, read_split
 from fastshower.data.graphs import to_batch
+from fastshower.data.transform import TransformConfig
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
 from fastshower.models.regression import EnergyGNN, RegressionConfig, em_layers, high_level
 from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig
 from fastshower.simulation.jobs import simulate
-from fastshower.training.regress import RegressionRun, read_cache_split, regress_showers
+from fastshower.training.regress import (
+    RegressionRun,
+    evaluate,
+    read_cache_split,
+    read_held_out,
+    regress_showers,
+)
 from fastshower.validation.report import validate
 
 
@@ -85,6 +92,13 @@ def test_regress_train_evaluate_and_validation_use(cache):
     for name, r in result.items():  # every method measures these photons' energy to 15 %
         assert abs(r["response"] - 1) < 0.15 and r["mean_relative_error"] < 0.15, (name, r)
     assert (tmp / "eval" / "regression.png").stat().st_size > 20000
+    # on every shower of another cache (here the same photons split otherwise: its own scaler)
+    other = preprocess(tmp / "gamma", gpath, tmp / "cache_other", fractions=(0.5, 0.25, 0.25),
+                       show_progress=False)
+    held = evaluate(runs, folder, gpath, tmp / "eval_held", held_out=other)
+    assert held["n_test"] == 150 and held["held_out"] == str(other)
+    for name, r in held["methods"].items():
+        assert abs(r["response"] - 1) < 0.15 and r["mean_relative_error"] < 0.15, (name, r)
     # in the validation report: the same Geant4 sample on both sides gives the same numbers
     m = validate(tmp / "gamma", tmp / "gamma", gpath, tmp / "val",
                  regressor=RegressionRun(runs[0], geom))
@@ -97,9 +111,13 @@ def test_regress_train_evaluate_and_validation_use(cache):
 
 
 def test_regression_refuses_what_it_cannot_use(cache):
-    geom, gpath, _, tmp = cache
+    geom, gpath, folder, tmp = cache
     with pytest.raises(FastShowerError, match="not a graph cache"):
         read_cache_split(tmp / "gamma", "train", geom)
+    other = preprocess(tmp / "gamma", gpath, tmp / "cache_1mip",
+                       TransformConfig(threshold_mip=1.0), show_progress=False)
+    with pytest.raises(FastShowerError, match="same options"):
+        read_held_out(other, folder, geom)
     res = subprocess.run([sys.executable, "-m", "fastshower", "regress", "train", "--cache",
                           str(tmp), "--out", str(tmp / "x"), "--geometry", str(gpath), "--set",
                           "conv=transformer"], capture_output=True, text=True, timeout=600)

@@ -549,12 +549,15 @@ def regress_evaluate(
     out: Annotated[Path, typer.Option(help="Output folder: regression.json, regression.png.")],
     geometry: Annotated[Path, typer.Option(help="Geometry file of the sample.")] = (
         DEFAULT_GEOMETRY),
+    held_out: Annotated[Path | None, typer.Option(
+        help="Evaluate on every shower of this cache (another sample, preprocessed with the "
+             "same options) instead of the test split.")] = None,
 ) -> None:
     """Response and resolution vs energy: the GNN run(s), a linear calibrated energy sum and a
-    DNN on high-level variables, on the same test split."""
+    DNN on high-level variables, on the same test split (or a held-out sample)."""
     from fastshower.training.regress import evaluate
 
-    result = evaluate(runs.split(","), cache, geometry, out)
+    result = evaluate(runs.split(","), cache, geometry, out, held_out=held_out)
     table = Table("method", "response", "resolution", "mean |1 - E/E_true|")
     for name, r in result["methods"].items():
         table.add_row(name, f"{r['response']:.4f}", f"{r['resolution']:.4f}",

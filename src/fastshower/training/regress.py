@@ -21,6 +21,7 @@ from torch_geometric.loader import DataLoader
 
 from fastshower.data.cache import read_manifest, read_split
 from fastshower.data.graphs import Scaler, to_batch, to_data_list
+from fastshower.data.splits import SPLITS
 from fastshower.data.transform import GraphChunk, TransformConfig, to_chunk
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry, load
@@ -60,6 +61,20 @@ def read_cache_split(cache: str | Path, split: str, geom: Geometry) -> tuple[lis
     geom.require_same(manifest["geometry_hash"], str(cache))
     chunk = read_split(cache, split)
     return attach(chunk, Scaler.from_dict(manifest["scaler"]), em_layers(geom)), manifest
+
+
+def read_held_out(held_out: str | Path, cache: str | Path, geom: Geometry) -> list[Data]:
+    """Every shower of ``held_out`` (a cache of another sample, all its splits), scaled as the
+    training ``cache``'s graphs were; both caches must share geometry and transform."""
+    manifest, theirs = read_manifest(cache), read_manifest(held_out)
+    geom.require_same(theirs["geometry_hash"], str(held_out))
+    if theirs["transform"] != manifest["transform"]:
+        raise FastShowerError(f"{held_out} was preprocessed with {theirs['transform']}, the "
+                              f"training cache {cache} with {manifest['transform']}: preprocess "
+                              "the held-out sample with the same options")
+    scaler, em = Scaler.from_dict(manifest["scaler"]), em_layers(geom)
+    return [g for split in SPLITS if theirs["counts"][split]
+            for g in attach(read_split(held_out, split), scaler, em)]
 
 
 @torch.no_grad()
@@ -210,15 +225,17 @@ def _fit_dnn(tr, va, seed: int, epochs: int = 1000) -> HighLevelDNN:
 
 
 def evaluate(runs: list[str], cache: str | Path, geometry: str | Path, out: str | Path,
-             n_bins: int = 5, seed: int = 0) -> dict:
-    """Response and resolution vs energy on the test split: each GNN run, the linear calibrated
-    energy sum and the high-level DNN (both fitted on the same training split); plots."""
+             n_bins: int = 5, seed: int = 0, held_out: str | Path | None = None) -> dict:
+    """Response and resolution vs energy on the test split (or on every shower of a
+    ``held_out`` cache): each GNN run, the linear calibrated energy sum and the high-level DNN
+    (both fitted on the training split of ``cache``); plots."""
     geom = load(geometry)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tr, _ = read_cache_split(cache, "train", geom)
     va, _ = read_cache_split(cache, "val", geom)
-    te, _ = read_cache_split(cache, "test", geom)
+    te = (read_held_out(held_out, cache, geom) if held_out is not None
+          else read_cache_split(cache, "test", geom)[0])
     e_true = torch.cat([g.e_true for g in te]).numpy()
     edges = np.geomspace(e_true.min(), e_true.max() * 1.0001, n_bins + 1)
     hl_tr, e_tr = torch.cat([g.hl for g in tr]).numpy(), torch.cat([g.e_true for g in tr]).numpy()
@@ -236,14 +253,15 @@ def evaluate(runs: list[str], cache: str | Path, geometry: str | Path, out: str 
         preds[name] = predict(model, te)
         histories[name] = read_history(run)
     results = {name: response_resolution(p, e_true, edges) for name, p in preds.items()}
-    results_meta = {"cache": str(cache), "n_test": len(te), "linear_coefficients": coef.tolist(),
+    results_meta = {"cache": str(cache), "held_out": None if held_out is None else str(held_out),
+                    "n_test": len(te), "linear_coefficients": coef.tolist(),
                     "runs": runs, "methods": results}
     (out / "regression.json").write_text(json.dumps(results_meta, indent=2))
-    _plot(results, histories, out)
+    _plot(results, histories, out, "held-out sample" if held_out is not None else "test split")
     return results_meta
 
 
-def _plot(results: dict, histories: dict, out: Path) -> None:
+def _plot(results: dict, histories: dict, out: Path, shown: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +277,7 @@ def _plot(results: dict, histories: dict, out: Path) -> None:
                      label=f"{name} train")
         axes[2].plot([r["epoch"] for r in h], [r["val_loss"] for r in h], label=f"{name} val")
     axes[0].set(xscale="log", xlabel="E true (GeV)", ylabel="σ(E/E_true) / <E/E_true>",
-                title="resolution (test split)")
+                title=f"resolution ({shown})")
     axes[1].set(xscale="log", xlabel="E true (GeV)", ylabel="<E/E_true>", title="response")
     axes[1].axhline(1.0, color="grey", lw=0.5)
     axes[2].set(xlabel="epoch", ylabel="mean |1 - E/E_true|", title="training curves",

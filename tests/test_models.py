@@ -555,6 +555,91 @@ def test_layerhits_core_share_latent_is_drawn_by_the_flow_and_imposed_on_the_hit
     assert abs(len(o_ids) - len(t_ids)) <= 2
 
 
+def test_layerhits_halo_lean_latent_is_drawn_by_the_flow_and_imposed_on_the_hits(sample):
+    """halo_lean: per layer group the energy-weighted mean cos (from the primary's transverse
+    direction) of the hits beyond SHARE_MM joins the flow's vector after the core shares;
+    impose_leans reaches a reachable lean keeping each pair's halo and core energies;
+    generated showers carry the flow's leans and shares."""
+    from fastshower.models.layerhits import (
+        HitData,
+        LayerHitsConfig,
+        impose_leans,
+        in_share_core,
+        layer_groups,
+        share_of,
+    )
+
+    geom, gpath, data, batch, tmp = sample
+    with pytest.raises(ValueError, match="halo_lean needs lateral_groups"):
+        LayerHitsConfig(halo_lean=True)
+    hd = HitData(batch, geom)
+    x = hd.halo_leans(2)
+    group = layer_groups(len(geom.layers), 2)[hd.hit_pair % hd.n_layers]
+    event, halo = hd.hit_pair // hd.n_layers, ~in_share_core(hd.hit_u)
+    for i in (0, 3, 7):
+        mine = (event == i) & (group == 0) & halo
+        assert x[i, 0] == pytest.approx((hd.hit_e * hd.hit_cos)[mine].sum()
+                                        / hd.hit_e[mine].sum(), abs=1e-9)
+    assert np.all(np.abs(x) <= 1)
+    # bisection: group 0 (pairs 0, 1) reachable, group 1 (pair 2: one halo hit) out of reach
+    e = np.array([5.0, 1.0, 2.0, 3.0, 4.0, 1.0, 6.0, 1.0])
+    halo = np.array([False, True, True, True, True, False, True, False])
+    cos = np.array([0.0, 0.9, -0.5, -0.9, 0.3, 0.0, 0.2, 0.0])
+    pair, key = np.array([0, 0, 0, 1, 1, 2, 2, 3]), np.array([0, 0, 1, 1])
+    out = impose_leans(e, halo, cos, pair, key, np.array([0.4, 0.9]))
+    lean = np.bincount(key[pair], out * cos * halo, 2) / np.bincount(key[pair], out * halo, 2)
+    assert lean[0] == pytest.approx(0.4, abs=1e-5) and lean[1] == pytest.approx(0.2)
+    np.testing.assert_allclose(np.bincount(pair, out * halo), np.bincount(pair, e * halo))
+    np.testing.assert_array_equal(out[~halo], e[~halo])
+    weak = impose_leans(e, halo, cos, pair, key, np.array([0.89, 0.0]))  # needs b > LEAN_TILT
+    assert 0.4 < np.bincount(key[pair], weak * cos * halo, 2)[0] / 10 < 0.89
+
+    cfg = TrainConfig(model="layerhits", max_steps=16, val_every=8, val_showers=20,
+                      warmup_steps=2, layerhits={"flow_hidden": 32, "flow_transforms": 2,
+                                                 "hidden": 16, "lateral_groups": 2,
+                                                 "core_share": True, "halo_lean": True})
+    train(data, gpath, tmp / "lean", cfg, show_progress=False)
+    model = load_generator(tmp / "lean", geom)
+    assert len(model.norms["flow_mean"]) == 2 * len(geom.layers) + 2 + 10
+    gun = GunConfig(particle="gamma", energy=[8.0], eta=(2.0, 2.0), phi_deg=(90.0, 90.0))
+    primaries = sample_primaries(gun, 20, np.random.default_rng(0))
+    out = run_program(torch_call(model.export_module()),
+                      primaries_inputs(primaries, model.particles),
+                      program_spec(model.export_module()), np.random.default_rng(1))
+    assert out["share"].shape == out["lean"].shape == (20, 2)
+    host = model.host(model.export_side(), geom)
+
+    def group_latents(out):  # the same rng: the same cells and drawn energies
+        ev, cell, energy = host(out, primaries, np.random.default_rng(2)).flat()
+        layer = geom.cells["layer"][cell]
+        dx, dy = (geom.cells[c][cell] - out["axis"][ev, layer, i] for i, c in enumerate("xy"))
+        r = np.hypot(dx, dy)
+        ahead_cos = dy / np.maximum(r, 1e-9)  # phi = 90 degrees: the primary leans along +y
+        k = ev * 2 + layer_groups(len(geom.layers), 2)[layer]
+        far = energy * (r >= 20.0)
+        return (np.bincount(k, far * ahead_cos, 40) / np.maximum(np.bincount(k, far, 40), 1e-300),
+                np.bincount(k, energy * (r < 20.0), 40) / np.maximum(np.bincount(k, energy, 40),
+                                                                     1e-300),
+                np.bincount(ev * len(geom.layers) + layer, energy, 20 * len(geom.layers)),
+                np.bincount(k, far, 40) > 0)
+
+    lean, share, e_layer, has = group_latents(out)
+    free, share_free, e_free, _ = group_latents({k: v for k, v in out.items() if k != "lean"})
+    want = out["lean"].astype(np.float64).ravel()
+    assert np.all(np.abs(lean - want)[has] <= np.abs(free - want)[has] + 1e-3)
+    assert np.mean(np.abs(lean - want)[has] < 0.01) > 0.4 > np.mean(np.abs(free - want)[has]
+                                                                     < 0.01)
+    np.testing.assert_allclose(share, share_free, atol=0.01)  # the shares stay imposed
+    np.testing.assert_allclose(e_layer, e_free, rtol=0.02, atol=1.0)
+    assert np.any(np.abs(share_of(out["share"].astype(np.float64)).ravel() - share) < 0.01)
+    from fastshower.inference.onnx import OnnxGenerator, export_model
+
+    onnx = OnnxGenerator(export_model(model, tmp / "lean_onnx"), geom)
+    _, o_ids, _ = onnx.sample(primaries, np.random.default_rng(1)).flat()
+    _, t_ids, _ = model.sample(primaries, np.random.default_rng(1)).flat()
+    assert abs(len(o_ids) - len(t_ids)) <= 2
+
+
 def test_layerhits_places_n_distinct_cells_with_the_mixtures_radial_law():
     """place_hits on a known radial law: n distinct cells per layer, and the share of hits
     beyond the core radius is the law's P(r > core) (core by cells, tail by points), their

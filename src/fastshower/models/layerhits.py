@@ -72,7 +72,6 @@ AXIS_MM = 15.0  # mm: the core whose shift is the flow's centre (core_shift)
 SHARE_MM = 20.0  # mm: the radius of the core energy share (validation's core fraction's)
 SHARE_FLOOR = 0.01  # share latent: logit((s + floor) / (1 + 2 floor)), finite at s = 0 and 1
 SHARE_SHIFT = 4.0  # the largest shift of a group's core log-odds that impose_shares makes
-LEAN_TILT = 3.0  # the largest tilt exp(+-b cos) that impose_leans gives the halo's energies
 WIDE_CORE = 4.0  # core radii of at least this many circumradii: tail drawn from inside it
 HOST_BLOCK = 128  # showers placed together by the host step
 
@@ -110,16 +109,11 @@ class LayerHitsConfig(LayerFlowConfig):
     # core fraction 0.096 vs 0.135 in Geant4, with it 0.120; held-out AUC 0.765 -> 0.632-0.676;
     # docs/models.md)
     core_share: bool = False
-    # with the lateral latents, the flow also draws each group's halo lean: the energy-weighted
-    # mean cos of the azimuth (from the primary's transverse direction) of its hits beyond
-    # SHARE_MM, which the placement imposes by tilting the halo's energies (impose_leans)
-    halo_lean: bool = False
 
     @model_validator(mode="after")
-    def _latents_need_groups(self) -> LayerHitsConfig:
-        for name in ("core_share", "halo_lean"):
-            if getattr(self, name) and not self.lateral_groups:
-                raise ValueError(f"{name} needs lateral_groups > 0 (its layer groups)")
+    def _share_needs_groups(self) -> LayerHitsConfig:
+        if self.core_share and not self.lateral_groups:
+            raise ValueError("core_share needs lateral_groups > 0 (its layer groups)")
         return self
 
 
@@ -536,31 +530,6 @@ def impose_shares(e: np.ndarray, core: np.ndarray, pair: np.ndarray, e_pair: np.
     return e * np.where(core, np.exp(0.5 * (lo + hi))[key][pair], 1.0)
 
 
-def impose_leans(e: np.ndarray, halo: np.ndarray, cos: np.ndarray, pair: np.ndarray,
-                 key: np.ndarray, lean: np.ndarray, steps: int = 24) -> np.ndarray:
-    """Hit energies e (h,) with the halo hits' (``halo`` (h,) bool) tilted by exp(b cos), one b
-    per (shower, layer group) and each pair's halo energy kept, so that each group's halo has
-    the energy-weighted mean ``cos`` (h,) ``lean`` (k,); ``pair`` (h,) is each hit's pair,
-    ``key`` (p,) each pair's group. Layer energies and core shares are unchanged. b is found
-    by bisection (every pair's mean grows with it) and capped at +-LEAN_TILT: a lean out of
-    reach (a halo of few hits) is approached, not forced."""
-    n_pairs = len(key)
-    e_halo = np.where(halo, e, 0.0)
-    halo_pair = np.bincount(pair, e_halo, n_pairs)
-    goal = lean * np.maximum(np.bincount(key, halo_pair, len(lean)), 1e-300)
-    lo, hi = np.full(len(lean), -LEAN_TILT), np.full(len(lean), LEAN_TILT)
-
-    def tilted(b: np.ndarray) -> np.ndarray:
-        w = e_halo * np.exp(b[key][pair] * cos)
-        return w * (halo_pair / np.maximum(np.bincount(pair, w, n_pairs), 1e-300))[pair]
-
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        low = np.bincount(key[pair], tilted(mid) * cos, len(lean)) < goal
-        lo, hi = np.where(low, mid, lo), np.where(low, hi, mid)
-    return np.where(halo, tilted(0.5 * (lo + hi)), e)
-
-
 class HitData(TrainingData):
     """FlowGNN's training data plus every hit's u, cos and sin of its azimuth from the
     primary's transverse direction, ln(e / mean hit energy) and whether its cell is the one
@@ -591,7 +560,6 @@ class HitData(TrainingData):
         self.n_layers = n_layers
         self._lateral: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self._shares: dict[int, np.ndarray] = {}
-        self._leans: dict[int, np.ndarray] = {}
 
     def lateral(self, groups: int) -> np.ndarray:
         """(n, 3G) the showers' lateral latents for G layer groups (layer_groups): per group
@@ -633,20 +601,6 @@ class HitData(TrainingData):
             self._shares[groups] = np.where(total > 0, x, fill)
         return self._shares[groups]
 
-    def halo_leans(self, groups: int) -> np.ndarray:
-        """(n, G) each (shower, layer group)'s energy-weighted mean cos of the azimuths (from the
-        primary's transverse direction) of its hits beyond SHARE_MM (where a group has no such
-        hits, the mean over the showers that have some). Computed once per G."""
-        if groups not in self._leans:
-            n, key = len(self), self._group_key(groups)
-            e = self.hit_e * ~in_share_core(self.hit_u)
-            total = np.bincount(key, e, n * groups).reshape(n, groups)
-            x = np.bincount(key, e * self.hit_cos, n * groups).reshape(n, groups)
-            x = x / np.maximum(total, 1e-300)
-            fill = x.sum(0) / np.maximum((total > 0).sum(0), 1)
-            self._leans[groups] = np.where(total > 0, x, fill)
-        return self._leans[groups]
-
     def _group_key(self, groups: int, hit=slice(None)) -> np.ndarray:
         """shower * G + layer group of the hits ``hit`` (all by default)."""
         pair = self.hit_pair[hit]
@@ -674,18 +628,17 @@ class HitData(TrainingData):
                    rng: np.random.Generator) -> np.ndarray | None:
         """The lateral latents of showers ``index`` (see lateral), dequantised: widths by
         uniform noise of +-0.05, the azimuth vectors by Gaussian noise of DIPOLE_NOISE; with
-        ``core_share`` then the groups' core_shares, with ``halo_lean`` then their halo_leans
-        (uniform noise of +-0.05 each)."""
+        ``core_share`` then the groups' core_shares (uniform noise of +-0.05)."""
         g = cfg.lateral_groups
         if not g:
             return None
         x = self.lateral(g)[index]
         noise = np.concatenate([rng.uniform(-0.05, 0.05, (len(x), g)),
                                 rng.normal(0, DIPOLE_NOISE, (len(x), 2 * g))], -1)
-        more = [latent(g)[index] + rng.uniform(-0.05, 0.05, (len(x), g))
-                for latent, wanted in ((self.core_shares, cfg.core_share),
-                                       (self.halo_leans, cfg.halo_lean)) if wanted]
-        return np.concatenate([x + noise, *more], -1)
+        if not cfg.core_share:
+            return x + noise
+        shares = self.core_shares(g)[index] + rng.uniform(-0.05, 0.05, (len(x), g))
+        return np.concatenate([x + noise, shares], -1)
 
 
 class LayerHits(LayerFlowGenerator):
@@ -849,8 +802,7 @@ class LayerHitsProgram(nn.Module):
     the probability that the cell under the axis point is a hit) and the energy network's pair
     share energy_pair (P, L, H), the azimuth frame (P, L, 2) (unit vectors from which azimuths
     are measured: LayerHits.lateral_pairs) and, with ``core_share``, the groups' core share
-    latents share (P, G) (share_logit), with ``halo_lean`` their halo leans lean (P, G). The
-    flow and networks are the model's, shared."""
+    latents share (P, G) (share_logit). The flow and networks are the model's, shared."""
 
     output_names = ("e_layer", "hits", "axis", "mixture", "energy_pair", "frame")
     chunk = 1024  # showers per call: ~50 kB of outputs each, the flow's overhead amortised
@@ -861,11 +813,9 @@ class LayerHitsProgram(nn.Module):
         self.pair_context, self.lateral_pairs = model.pair_context, model.lateral_pairs
         register_buffers(self, {"depth": model.depth, "layer_z": layer_z(model.geom)})
         self.noise = {"z": ("normal", (self.level.flow_dim,))}
-        cfg = model.cfg
-        self.latents = tuple(name for name, wanted in (("share", cfg.core_share),
-                                                       ("lean", cfg.halo_lean)) if wanted)
-        self.output_names = (*self.output_names, *self.latents)
-        self.groups = cfg.lateral_groups
+        self.shares = model.cfg.lateral_groups if model.cfg.core_share else 0
+        if self.shares:
+            self.output_names = (*self.output_names, "share")
 
     def forward(self, energy, position, direction, particle, z):
         ctx, e_layer, hits, centre, extra = self.level(energy, direction, particle, z)
@@ -881,9 +831,7 @@ class LayerHitsProgram(nn.Module):
         frame = turned(_ahead_tensor(direction)[:, None], unit)
         out = (e_layer, hits, axis, torch.cat(self.hits.mixture(f), -1),
                self.hits.pair_share(f), frame)
-        last = extra.shape[1] - self.groups * len(self.latents)  # the latents close the vector
-        return (*out, *(extra[:, last + k * self.groups:last + (k + 1) * self.groups]
-                        for k in range(len(self.latents))))
+        return (*out, extra[:, -self.shares:]) if self.shares else out
 
 
 def turned(ahead: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
@@ -955,19 +903,15 @@ class Placement:
             self.geom, self.stencil, self.side["core_mm"], rng, self.side["core_hits_per_cell"],
             p_central)
         cos_ahead = (_polar(self.geom, cell, axis[pair], ahead[event][pair])[1]
-                     if self.side.get("energy_inputs", 3) == 4 or "lean" in out else None)
+                     if self.side.get("energy_inputs", 3) == 4 else None)
         h_pair = out["energy_pair"][event, layer][pair]
         e = np.exp(_draw(self.energy_mixture(h_pair, hit_inputs(u, central, cos, cos_ahead)),
                          rng))
         e_pair = out["e_layer"][event, layer].astype(np.float64)
-        if "share" in out or "lean" in out:  # each layer group's latents, from the flow
-            groups = next(out[k] for k in ("share", "lean") if k in out).shape[1]
+        if "share" in out:  # the flow's core share of each layer group
+            groups = out["share"].shape[1]
             key = event * groups + layer_groups(out["hits"].shape[1], groups)[layer]
-        if "share" in out:
             e = impose_shares(e, in_share_core(u), pair, e_pair, key,
                               share_of(out["share"].astype(np.float64)).ravel())
         e *= (e_pair / np.maximum(np.bincount(pair, e, len(n)), 1e-12))[pair]
-        if "lean" in out:  # after the rescale: it keeps every pair's halo energy
-            e = impose_leans(e, ~in_share_core(u), cos_ahead, pair, key,
-                             out["lean"].astype(np.float64).ravel())
         return event[pair], cell, np.maximum(e, self.threshold[cell])

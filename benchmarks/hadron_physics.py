@@ -1,10 +1,12 @@
-"""Physics of the offline hadronic mode (issue 20): pi- against e- in the HGCAL-like CE-E + CE-H
-(region widened to a 300 mm radius, as the hadron samples): e/pi, resolution, lateral and
-longitudinal containment, longitudinal profile in lambda_I, CPU per shower, and the systematic
-scans of the synthetic neutron data (capture x3 and x1/3, elastic and inelastic +-30 %).
+"""Physics of the offline hadronic mode (issue 20): pi-, pi+ and protons against e- in the
+HGCAL-like CE-E + CE-H (region widened to a 300 mm radius, as the hadron samples): e/h,
+resolution, lateral and longitudinal containment, longitudinal profile in lambda_I, CPU per
+shower, and the systematic scans of the synthetic neutron data on pi- (capture x3 and x1/3,
+elastic and inelastic +-30 %).
 
 Energies are at the EM scale: cells weighted by dE/dx (geometry.showers.dedx_weights) and
-divided by the electrons' weighted response at the same energy, so pi/e = 1 / (e/pi).
+divided by the electrons' weighted response at the same energy, so h/e = 1 / (e/h). The gun's
+energy is the kinetic energy (Geant4's particle gun), so a proton's rest mass is not counted.
 Run it with --physics full (and GEANT4_DATA_DIR set) to measure the same numbers with the real
 datasets. Usage: python benchmarks/hadron_physics.py [--scale 1] [--physics offline]
 [--out docs/figures]; writes OUT/hadron_physics{.json,.png}.
@@ -38,6 +40,9 @@ from fastshower.validation.observables import (  # noqa: E402
 ENERGIES = (10.0, 20.0, 50.0, 100.0)
 N_PION = {10.0: 200, 20.0: 300, 50.0: 100, 100.0: 60}
 N_ELECTRON = {10.0: 40, 20.0: 30, 50.0: 20, 100.0: 12}
+PARTICLES = ("e-", "pi-", "pi+", "proton")  # the order fixes each particle's seeds
+HADRONS = PARTICLES[1:]
+LABELS = {"e-": "e$^-$", "pi-": r"$\pi^-$", "pi+": r"$\pi^+$", "proton": "p"}
 SCAN_ENERGY = 20.0  # GeV: the systematic scans, pi- with the nominal run's seeds
 SCANS = {"capture x3": {"cap": 3.0}, "capture x1/3": {"cap": 1 / 3},
          "elastic +30%": {"el": 1.3}, "elastic -30%": {"el": 0.7},
@@ -98,13 +103,14 @@ def main() -> None:
     geom = build_geometry("hgcal", {"roi_radius": REGION_MM})
     gpath = save(geom, tmp / "g.h5")
     points = [("e-", e, max(4, int(N_ELECTRON[e] * args.scale)), "nominal") for e in ENERGIES]
-    points += [("pi-", e, max(4, int(N_PION[e] * args.scale)), "nominal") for e in ENERGIES]
+    points += [(h, e, max(4, int(N_PION[e] * args.scale)), "nominal")
+               for h in HADRONS for e in ENERGIES]
     points += [("pi-", SCAN_ENERGY, max(4, int(N_PION[SCAN_ENERGY] * args.scale)), scan)
                for scan in SCANS]
     specs = []
     for particle, energy, n, scan in points:
         for half in range(2):  # two processes per point; a scan shares the nominal's seeds
-            seed = 1000 + 10 * ENERGIES.index(energy) + 2 * (particle == "pi-") + half
+            seed = 1000 + 10 * ENERGIES.index(energy) + 2 * PARTICLES.index(particle) + half
             specs.append(_spec(gpath, tmp, particle, energy, n // 2, seed, half, args.physics,
                                scan))
     with mp.get_context("spawn").Pool(2, maxtasksperchild=1) as pool:  # one Geant4 per process
@@ -129,7 +135,7 @@ def main() -> None:
         r["response_em_scale_err"] = float(np.hypot(
             r["weighted_mean_err_mev"] / scale, r["response_em_scale"]
             * electron[r["energy_gev"]]["weighted_mean_err_mev"] / scale))
-        r["e_over_pi"] = 1 / r["response_em_scale"]
+        r["e_over_h"] = 1 / r["response_em_scale"]
     nominal = next(r for r in rows if r["particle"] == "pi-" and r["energy_gev"] == SCAN_ENERGY
                    and r["scan"] == "nominal")
     for r in rows:
@@ -142,8 +148,8 @@ def main() -> None:
     (out / "hadron_physics.json").write_text(json.dumps(result, indent=2))
     plot(result, out)
     for r in rows:
-        print(f"{r['particle']:4s} {r['energy_gev']:5.0f} GeV {r['scan']:15s} n={r['n']:4d} "
-              f"pi/e={r['response_em_scale']:.3f}±{r['response_em_scale_err']:.3f} "
+        print(f"{r['particle']:6s} {r['energy_gev']:5.0f} GeV {r['scan']:15s} n={r['n']:4d} "
+              f"h/e={r['response_em_scale']:.3f}±{r['response_em_scale_err']:.3f} "
               f"σ/E={100 * r['resolution']:.1f}% σ68={100 * r['resolution_68']:.1f}% "
               f"<150mm={r['visible_within_mm']['150']:.3f} "
               f"<250mm={r['visible_within_mm']['250']:.3f} escaped={r['escaped_fraction']:.3f} "
@@ -155,35 +161,38 @@ def main() -> None:
 def plot(result: dict, out: Path) -> None:
     plt.style.use(mplhep.style.CMS)
     rows = [r for r in result["points"] if r["scan"] == "nominal"]
-    pions = [r for r in rows if r["particle"] == "pi-"]
-    e = np.array([r["energy_gev"] for r in pions])
+    hadrons = {h: [r for r in rows if r["particle"] == h] for h in HADRONS}
     depth = np.array(result["layer_depth_lambda"])
     step = np.gradient(depth)  # lambda_I per layer
     fig, axes = plt.subplots(1, 4, figsize=(32, 7))
-    axes[0].errorbar(e, [r["e_over_pi"] for r in pions],
-                     [r["response_em_scale_err"] * r["e_over_pi"] ** 2 for r in pions], fmt="o")
-    axes[0].set(xscale="log", xlabel="E [GeV]", ylabel="e/π (dE/dx-weighted)")
-    axes[1].plot(e, [100 * r["resolution"] for r in pions], "o", label="σ/mean")
-    axes[1].plot(e, [100 * r["resolution_68"] for r in pions], "s", label="σ68/median")
+    for (h, pts), marker in zip(hadrons.items(), "os^", strict=False):
+        e = np.array([r["energy_gev"] for r in pts])
+        axes[0].errorbar(e, [r["e_over_h"] for r in pts],
+                         [r["response_em_scale_err"] * r["e_over_h"] ** 2 for r in pts],
+                         fmt=marker, label=LABELS[h])
+        axes[1].plot(e, [100 * r["resolution"] for r in pts], marker,
+                     label=f"{LABELS[h]} σ/mean")
+    axes[0].set(xscale="log", xlabel="E (kinetic) [GeV]", ylabel="e/h (dE/dx-weighted)")
+    pions = hadrons["pi-"]
     x = np.geomspace(8, 120, 50)
     a = np.median([r["resolution"] * np.sqrt(r["energy_gev"]) for r in pions])
-    axes[1].plot(x, 100 * a / np.sqrt(x), "-", label=f"{100 * a:.0f}%/√E")
-    axes[1].set(xscale="log", xlabel="E [GeV]", ylabel="π- resolution [%]")
+    axes[1].plot(x, 100 * a / np.sqrt(x), "-", label=f"{LABELS['pi-']} {100 * a:.0f}%/√E")
+    axes[1].set(xscale="log", xlabel="E (kinetic) [GeV]", ylabel="resolution [%]")
     radii = [float(k) for k in pions[0]["visible_within_mm"]]
     for r in pions:
         axes[2].plot(radii, list(r["visible_within_mm"].values()), "o-",
-                     label=f"π- {r['energy_gev']:.0f} GeV")
+                     label=f"{LABELS['pi-']} {r['energy_gev']:.0f} GeV")
     axes[2].axvline(150, color="grey", ls="--", label="default region")
     axes[2].set(xlabel="radius around the axis [mm]", ylabel=f"visible fraction (of ≤ "
                 f"{result['region_radius_mm']:.0f} mm)")
     for r in rows:
-        if r["energy_gev"] in (20.0, 100.0):
+        if r["energy_gev"] in (20.0, 100.0) and r["particle"] != "pi+":
             p = np.array(r["profile_weighted_mev"])
             axes[3].step(depth, p / step / p.sum(), where="mid",
-                         label=f"{r['particle']} {r['energy_gev']:.0f} GeV")
+                         label=f"{LABELS[r['particle']]} {r['energy_gev']:.0f} GeV")
     axes[3].set(xlabel=r"depth [$\lambda_I$]", ylabel=r"$dE/d\lambda_I$, dE/dx-weighted "
                 "(normalised)", yscale="log")
-    for ax in axes[1:]:
+    for ax in axes:
         ax.legend(fontsize=14)
     fig.savefig(out / "hadron_physics.png", dpi=70, bbox_inches="tight")
     plt.close(fig)

@@ -38,7 +38,7 @@ from fastshower.validation.observables import (  # noqa: E402
 )
 
 ENERGIES = (10.0, 20.0, 50.0, 100.0)
-N_PION = {10.0: 200, 20.0: 300, 50.0: 100, 100.0: 60}
+N_HADRON = {10.0: 200, 20.0: 300, 50.0: 100, 100.0: 60}
 N_ELECTRON = {10.0: 40, 20.0: 30, 50.0: 20, 100.0: 12}
 PARTICLES = ("e-", "pi-", "pi+", "proton")  # the order fixes each particle's seeds
 HADRONS = PARTICLES[1:]
@@ -103,9 +103,9 @@ def main() -> None:
     geom = build_geometry("hgcal", {"roi_radius": REGION_MM})
     gpath = save(geom, tmp / "g.h5")
     points = [("e-", e, max(4, int(N_ELECTRON[e] * args.scale)), "nominal") for e in ENERGIES]
-    points += [(h, e, max(4, int(N_PION[e] * args.scale)), "nominal")
+    points += [(h, e, max(4, int(N_HADRON[e] * args.scale)), "nominal")
                for h in HADRONS for e in ENERGIES]
-    points += [("pi-", SCAN_ENERGY, max(4, int(N_PION[SCAN_ENERGY] * args.scale)), scan)
+    points += [("pi-", SCAN_ENERGY, max(4, int(N_HADRON[SCAN_ENERGY] * args.scale)), scan)
                for scan in SCANS]
     specs = []
     for particle, energy, n, scan in points:

@@ -11,7 +11,7 @@ from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
 from fastshower.inference.generate import load_generator
 from fastshower.inference.onnx import OnnxGenerator, export_model
-from fastshower.models.gan3d import LAYERS, WINDOW, Gan3D, images, place_image, window_cells
+from fastshower.models.gan3d import LAYERS, WINDOW, Gan3D, Values, images, place_image, window_cells
 from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig, sample_primaries
 from fastshower.simulation.jobs import simulate
@@ -50,13 +50,34 @@ def test_images_follow_the_shower_and_go_back_onto_the_same_cells(grid_sample):
     np.testing.assert_allclose(again, np.where(above, e, 0.0), rtol=1e-6)
 
 
-@pytest.mark.parametrize("response_law", [False, True])
-def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, response_law):
+@pytest.mark.parametrize("kind", ["sqrt", "log"])
+def test_image_values_encode_energies_and_rescale_them(kind):
+    values = Values(kind, threshold_mev=0.1)
+    energy = torch.tensor([1e4, 3e5], dtype=torch.float64)
+    e = torch.tensor([[0.05, 0.1, 2.0, 3e3], [0.0, 0.3, 40.0, 5e4]], dtype=torch.float64)
+    x = values.encode(e, energy)
+    torch.testing.assert_close(values.decode(x, energy), e)
+    torch.testing.assert_close(values.response(x, energy), e.sum(1) / energy)
+    torch.testing.assert_close(values.decode(values.rescale(x, torch.tensor([2.0, 0.5],
+                                                                            dtype=torch.float64)),
+                                             energy), e * torch.tensor([[2.0], [0.5]]))
+    r = torch.tensor([0.02, 0.03], dtype=torch.float64)
+    torch.testing.assert_close(values.response(values.with_response(x, energy, r), energy), r)
+    # the threshold's value is that of a cell of the threshold energy, in every image
+    torch.testing.assert_close(values.decode(values.threshold(x, energy), energy)[:, 0],
+                               torch.full((2,), 0.1, dtype=torch.float64))
+    if kind == "log":  # the readout threshold at ln 2 whatever the shower's energy
+        assert torch.allclose(values.threshold(x, energy), torch.tensor(np.log(2.0)).double())
+
+
+@pytest.mark.parametrize("response_law,values", [(False, "sqrt"), (True, "sqrt"), (True, "log")])
+def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, response_law, values):
     geom, gpath, tmp = grid_sample
     cfg = TrainConfig(model="gan3d", max_steps=6, val_every=3, val_showers=10, warmup_steps=1,
                       patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8,
-                                           "response_law": response_law, "sparse": response_law})
-    run = tmp / f"run_{response_law}"
+                                           "response_law": response_law, "sparse": response_law,
+                                           "values": values})
+    run = tmp / f"run_{response_law}_{values}"
     record = train(str(tmp / "e-"), gpath, run, cfg, show_progress=False)
     assert record["step"] == 6 and np.isfinite(record["val_loss"])
     model = load_generator(run, geom)

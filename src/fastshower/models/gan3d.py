@@ -8,9 +8,9 @@ The image: for each of the first ``LAYERS`` layers (the grid's ECAL), the ``WIND
 The window follows an inclined shower (shower coordinates), so 25 x 25 cells hold it at every
 angle of the sample; a window fixed at the impact point would lose the back of a shower
 inclined by 30 degrees (its axis moves ~15 cells over the ECAL). Cell values are
-``SCALE * (e / E_p) ** POWER``: the square root compresses the range of cell energies (the
-original used a power of 0.85 in later versions); generated cells below the readout threshold
-(half a MIP) are dropped.
+``SCALE * (e / E_p) ** POWER`` (the square root compresses the range of cell energies; the
+original used a power of 0.85 in later versions) or ``ln(1 + e / threshold)`` (``Values``);
+generated cells below the readout threshold (half a MIP) are dropped.
 
 Training (the model owns its loss): both players step together in the trainer's one optimiser
 step. The discriminator's terms use real images and detached fakes; the generator's terms run
@@ -40,7 +40,7 @@ grid's lattice only (square cells).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -79,6 +79,7 @@ class Gan3DConfig(BaseModel):
     # cells below half a MIP cut out of real and generated images (the generator's smoothly),
     # so the discriminator sees, and the response law fills, the cells that become hits
     sparse: bool = False
+    values: Literal["sqrt", "log"] = "sqrt"  # the image's cell values (Values)
 
 
 def _require_grid(geom: Geometry) -> GridSegmentation:
@@ -127,22 +128,64 @@ def per_image(v, x):
     return v.reshape((-1,) + (1,) * (x.ndim - 1))
 
 
-def to_values(e: np.ndarray, energy_mev: np.ndarray) -> np.ndarray:
-    """Cell energies (MeV, (P, ...)) -> image values."""
-    return (SCALE * (e / per_image(energy_mev, e)) ** POWER).astype(np.float32)
+class Values:
+    """Cell energies (MeV) <-> the values of the images that the two networks see, and the
+    image quantities the model needs in those values. Two kinds:
+
+    - ``sqrt``: ``SCALE * (e / E_p) ** POWER``, as the original (a power of 0.85 there in later
+      versions): images in units of the primary's energy; a cell at the readout threshold of
+      a 500 GeV shower is ~1/1,600 of its core cell, too small for either network to see.
+    - ``log``: ``ln(1 + e / e0)`` with ``e0`` the readout threshold (half a MIP, MeV): the
+      threshold is at ln 2 at every energy and a 100 GeV core cell at ~14, so the cells that
+      make the shower's hit count and width weigh in the adversarial game.
+    """
+
+    def __init__(self, kind: str, threshold_mev: float):
+        self.kind, self.e0 = kind, float(threshold_mev)
+
+    def encode(self, e: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """Cell energies (P, ...) MeV of primaries of ``energy`` (P,) MeV -> values."""
+        if self.kind == "log":
+            return torch.log(1 + e / self.e0)
+        return SCALE * (e / per_image(energy, e)) ** POWER
+
+    def decode(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """Values -> cell energies (MeV)."""
+        if self.kind == "log":
+            return self.e0 * (torch.exp(x) - 1)
+        return per_image(energy, x) * (x / SCALE) ** (1 / POWER)
+
+    def response(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """E_dep / E_p (P,) of images (P, ...)."""
+        return self.decode(x, energy).flatten(1).sum(1) / energy
+
+    def rescale(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+        """Images whose every cell energy is multiplied by ``factor`` (P,): the shape kept."""
+        if self.kind == "log":
+            return torch.log(1 + per_image(factor, x) * (torch.exp(x) - 1))
+        return x * per_image(factor ** POWER, x)
+
+    def with_response(self, x: torch.Tensor, energy: torch.Tensor, r: torch.Tensor):
+        """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,)."""
+        return self.rescale(x, r / self.response(x, energy).clamp(min=1e-30))
+
+    def threshold(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """The value of a cell at the readout threshold, shaped to broadcast against ``x``."""
+        return per_image(self.encode(torch.full_like(energy, self.e0), energy), x).to(x.dtype)
 
 
-def from_values(x, energy):
-    """Image values -> cell energies (MeV); numpy or torch."""
-    return per_image(energy, x) * (x / SCALE) ** (1 / POWER)
+def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """``x`` with values below ``threshold`` smoothly cut to zero (a sigmoid step 10 % wide)."""
+    return x * torch.sigmoid((x - threshold) / (0.05 * threshold))
 
 
 class Generator(nn.Module):
     """(latent noise, conditions) -> image (P, LAYERS, WINDOW, WINDOW): a dense layer to
     7^3 x 4C, then transposed 3-D convolutions 7 -> 13 -> 25 and a last convolution; ReLU
-    output (empty cells are exact zeros)."""
+    output (empty cells are exact zeros); ``start``: the last layer's initial bias (log values:
+    above the readout threshold, ln 2, where the soft cut of ``sparse`` passes gradients)."""
 
-    def __init__(self, latent: int, conditions: int, channels: int):
+    def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None):
         super().__init__()
         c = channels
         self.c = c
@@ -151,6 +194,8 @@ class Generator(nn.Module):
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(4 * c, 2 * c, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2), nn.Conv3d(c, 1, 3, padding=1), nn.ReLU())
+        if start is not None:
+            nn.init.constant_(self.net[-2].bias, start)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.dense(torch.cat([z, cond], -1)).reshape(-1, 4 * self.c, 7, 7, 7)
@@ -160,8 +205,8 @@ class Generator(nn.Module):
 class Discriminator(nn.Module):
     """image -> (real/fake logit, ln E_p, ln E_dep (MeV), incidence angle theta (rad)): strided
     3-D convolutions 25 -> 13 -> 7 -> 4, then two dense layers; the image's summed energy also
-    enters the dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the exact
-    response of an image of values SCALE (e / E_p) ** POWER."""
+    enters the dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the image's
+    exact response, given with it."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -173,31 +218,8 @@ class Discriminator(nn.Module):
         self.head = nn.Sequential(nn.Linear(4 * c * 4 ** 3 + 1, 64), nn.LeakyReLU(0.2),
                                   nn.Linear(64, 4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.conv(x[:, None]),
-                                    torch.log(response(x) + 1e-6)[:, None]], -1))
-
-
-def response(x: torch.Tensor) -> torch.Tensor:
-    """E_dep / E_p of images (P, ...) of values SCALE (e / E_p) ** POWER."""
-    return ((x / SCALE) ** (1 / POWER)).flatten(1).sum(1)
-
-
-def with_response(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,): the shape
-    kept, every cell's energy multiplied by the same factor."""
-    return x * per_image((r / response(x).clamp(min=1e-12)) ** POWER, x)
-
-
-def below_threshold(x: torch.Tensor, energy: torch.Tensor, mip_mev: float) -> torch.Tensor:
-    """Image values (P, ...) of a cell at the readout threshold (half a MIP) for primaries of
-    ``energy`` (P,) MeV, shaped to broadcast against ``x``."""
-    return per_image((SCALE * (THRESHOLD_MIP * mip_mev / energy) ** POWER).to(x.dtype), x)
-
-
-def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
-    """``x`` with values below ``threshold`` smoothly cut to zero (a sigmoid step 10 % wide)."""
-    return x * torch.sigmoid((x - threshold) / (0.05 * threshold))
+    def forward(self, x: torch.Tensor, log_response: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.conv(x[:, None]), log_response[:, None]], -1))
 
 
 class ResponseLaw(nn.Module):
@@ -233,20 +255,21 @@ def conditions(energy, direction, particle, log_e: tuple[float, float], n_partic
 
 
 class ImageData:
-    """A split as images: values (N, LAYERS, WINDOW, WINDOW) float32, the primaries, and the
-    regression targets (ln E_p (MeV), ln E_dep / E_p (E_dep: the window's energy), theta)."""
+    """A split as images: cell energies (N, LAYERS, WINDOW, WINDOW) float32 MeV, the
+    primaries, and the regression targets (ln E_p (MeV), ln E_dep / E_p (E_dep: the window's
+    energy), theta)."""
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         p = batch.primaries
         e, self.outside_mev = images(batch, window_cells(geom, p), geom.n_cells)
         self.primaries = p
-        self.values = to_values(e, p.energy_mev)
+        self.energy_mev = e
         self.targets = np.stack([np.log(p.energy_mev),
                                  np.log(e.sum((1, 2, 3)) / p.energy_mev + 1e-9),
                                  _theta(p.direction)], -1).astype(np.float32)
 
     def __len__(self) -> int:
-        return len(self.values)
+        return len(self.energy_mev)
 
 
 class Gan3D(NetworkGenerator):
@@ -282,8 +305,10 @@ class Gan3D(NetworkGenerator):
         super().__init__(geom, particles, cfg, norms)
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight}
-        self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels)
+        self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
+                                   start=1.0 if cfg.values == "log" else None)
         self.discriminator = Discriminator(cfg.channels)
+        self.values = Values(cfg.values, THRESHOLD_MIP * norms.get("mip_mev", 0.0))
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
                                              norms["response_std"])
@@ -331,13 +356,15 @@ class Gan3D(NetworkGenerator):
         rank, world = shard
         index = rng.choice(len(data), min(self.cfg.batch * scale, len(data)),
                            replace=False)[rank::world]
-        real = torch.from_numpy(data.values[index])
+        values = self.values
+        energy = torch.from_numpy(data.primaries.energy_mev[index]).float()
+        real = values.encode(torch.from_numpy(data.energy_mev[index]), energy)
         target = torch.from_numpy(data.targets[index])
         if self.cfg.sparse:  # the cells that become hits; the response is theirs
-            threshold = below_threshold(real, torch.from_numpy(data.primaries.energy_mev[index]),
-                                        self.norms["mip_mev"])
+            threshold = values.threshold(real, energy)
             real = real * (real >= threshold)
-            target = torch.cat([target[:, :1], torch.log(response(real) + 1e-9)[:, None],
+            target = torch.cat([target[:, :1],
+                                torch.log(values.response(real, energy) + 1e-9)[:, None],
                                 target[:, 2:]], -1)
         penalise = self.cfg.r1 > 0 and torch.is_grad_enabled()
         real.requires_grad_(penalise)
@@ -348,11 +375,13 @@ class Gan3D(NetworkGenerator):
             fake = soft_cut(fake, threshold)
         law = torch.zeros(())
         if self.cfg.response_law:  # the shape at the real shower's response; the law by NLL
-            fake = with_response(fake, torch.exp(target[:, 1]))
+            fake = values.with_response(fake, energy, torch.exp(target[:, 1]))
             mean, log_sigma = self.generator.law(cond)
             law = (log_sigma + 0.5 * ((target[:, 1] - mean) / log_sigma.exp()) ** 2).sum()
         bce = nn.functional.binary_cross_entropy_with_logits
-        d_real, d_fake = self.discriminator(real), self.discriminator(fake.detach())
+        log_r = torch.log(values.response(fake, energy) + 1e-6)
+        d_real = self.discriminator(real, torch.log(values.response(real, energy) + 1e-6))
+        d_fake = self.discriminator(fake.detach(), log_r.detach())
         d_adv = (bce(d_real[:, 0], torch.full_like(d_real[:, 0], 0.9), reduction="sum")
                  + bce(d_fake[:, 0], torch.zeros_like(d_fake[:, 0]), reduction="sum"))
         r1 = torch.zeros(())
@@ -360,12 +389,12 @@ class Gan3D(NetworkGenerator):
             grad, = torch.autograd.grad(d_real[:, 0].sum(), real, create_graph=True)
             r1 = 0.5 * self.cfg.r1 * grad.pow(2).sum()
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-        g_out = functional_call(self.discriminator, frozen, (fake,))
+        g_out = functional_call(self.discriminator, frozen, (fake, log_r))
         n = float(len(index))
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),
-                "g_response": ((response(fake) / torch.exp(target[:, 1]) - 1).abs().sum(), n),
+                "g_response": ((torch.exp(log_r - target[:, 1]) - 1).abs().sum(), n),
                 "response_nll": (law, n)}
 
     # ---- generation --------------------------------------------------------------------------
@@ -397,7 +426,7 @@ class Gan3DProgram(nn.Module):
         super().__init__()
         self.generator = model.generator
         self.law = model.generator.law if model.cfg.response_law else None
-        self.mip_mev = model.norms["mip_mev"] if model.cfg.sparse else None
+        self.values, self.sparse = model.values, model.cfg.sparse
         self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
         self.n_particles = len(model.particles)
         self.noise = {"z": ("normal", (model.cfg.latent,))}
@@ -407,12 +436,13 @@ class Gan3DProgram(nn.Module):
     def forward(self, energy, position, direction, particle, z, z_response=None):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
         image = self.generator(z, cond)
-        if self.mip_mev is not None:
-            image = soft_cut(image, below_threshold(image, energy, self.mip_mev))
+        if self.sparse:
+            image = soft_cut(image, self.values.threshold(image, energy))
         if self.law is not None:
             mean, log_sigma = self.law(cond)
-            image = with_response(image, torch.exp(mean + log_sigma.exp() * z_response[:, 0]))
-        return (from_values(image, energy),)
+            image = self.values.with_response(image, energy,
+                                              torch.exp(mean + log_sigma.exp() * z_response[:, 0]))
+        return (self.values.decode(image, energy),)
 
 
 def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry) -> ShowerBatch:

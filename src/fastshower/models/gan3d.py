@@ -281,7 +281,8 @@ class Gan3D(NetworkGenerator):
     config_type = Gan3DConfig
     questions: ClassVar[dict[str, str]] = {
         "data_structure": f"the ECAL as a {LAYERS} x {WINDOW} x {WINDOW} image of cells centred "
-                          "on the primary's line in every layer; values 10 sqrt(e / E)",
+                          "on the primary's line in every layer; values 10 sqrt(e / E) or "
+                          "ln(1 + e / threshold) (option values)",
         "condition_encoding": "ln E standardised, theta (rad), cos and sin phi, particle one-hot",
         "tuning": "adversarial (non-saturating BCE, real labels 0.9, R1 penalty, Adam beta1 "
                   "0.5) plus auxiliary regressions of E, the response E_dep / E and theta by "

@@ -9,6 +9,7 @@ import torch
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
+from fastshower.geometry.showers import axis_points
 from fastshower.inference.generate import load_generator
 from fastshower.inference.onnx import OnnxGenerator, export_model
 from fastshower.models.gan3d import LAYERS, WINDOW, Gan3D, Values, images, place_image, window_cells
@@ -35,6 +36,23 @@ def test_images_follow_the_shower_and_go_back_onto_the_same_cells(grid_sample):
     batch = read_sample(tmp / "e-")[0]
     cells = window_cells(geom, batch.primaries)
     assert cells.shape == (len(batch), LAYERS, WINDOW, WINDOW)
+    # the window's middle cell holds the axis point, and its cells step by one cell along x
+    # and y; a window that leaves the grid is -1 there
+    far = GunConfig(particle="e-", energy=[50.0], theta_deg=(20.0, 30.0), phi_deg=(0.0, 360.0),
+                    aim_mm=(110.0, -120.0, 1500.0))
+    for primaries in (batch.primaries, sample_primaries(far, 20, np.random.default_rng(4))):
+        ids = window_cells(geom, primaries)
+        axis = axis_points(primaries, geom)[:, :LAYERS]
+        middle = geom.lookup(np.broadcast_to(np.arange(LAYERS), axis.shape[:2]), axis[..., 0],
+                             axis[..., 1])
+        assert np.array_equal(ids[..., WINDOW // 2, WINDOW // 2], middle)
+        x, y = geom.cells["x"][ids], geom.cells["y"][ids]
+        valid = ids >= 0
+        for ax, along, across in ((2, x, y), (3, y, x)):
+            both = np.delete(valid, 0, ax) & np.delete(valid, -1, ax)
+            np.testing.assert_allclose(np.diff(along, axis=ax)[both], 5.1, rtol=1e-5)
+            np.testing.assert_allclose(np.diff(across, axis=ax)[both], 0.0, atol=1e-4)
+        assert (ids < 0).any() == (primaries is not batch.primaries)
     e, outside = images(batch, cells, geom.n_cells)
     event, ids, energy = batch.flat()
     ecal = geom.cells["layer"][ids] < LAYERS

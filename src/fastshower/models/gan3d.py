@@ -91,19 +91,38 @@ def _require_grid(geom: Geometry) -> GridSegmentation:
     return seg
 
 
+_ID_TABLES: dict[str, np.ndarray] = {}  # geometry hash -> (LAYERS, nx, ny) cell ids
+
+
+def _ecal_ids(geom: Geometry) -> np.ndarray:
+    """(LAYERS, nx, ny) cell id of lattice position (i, j) of every ECAL layer, -1 where the
+    layer has none: the geometry's lookup of every cell centre, once per geometry."""
+    if geom.hash not in _ID_TABLES:
+        seg = _require_grid(geom)
+        size, nx, ny = (a[:LAYERS] for a in (seg.cell_size, seg.nx, seg.ny))
+        layer, i, j = np.meshgrid(np.arange(LAYERS), np.arange(nx.max()), np.arange(ny.max()),
+                                  indexing="ij")
+        x = (i - nx[layer] / 2 + 0.5) * size[layer]
+        y = (j - ny[layer] / 2 + 0.5) * size[layer]
+        ok = (i < nx[layer]) & (j < ny[layer])
+        _ID_TABLES[geom.hash] = np.where(ok, geom.lookup(layer, x, y), -1)
+    return _ID_TABLES[geom.hash]
+
+
 def window_cells(geom: Geometry, primaries: Primaries) -> np.ndarray:
-    """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid."""
+    """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid.
+    Integer arithmetic on the lattice and one gather (no point lookup per window cell)."""
     seg = _require_grid(geom)
     size, nx, ny = (a[:LAYERS] for a in (seg.cell_size, seg.nx, seg.ny))
+    table = _ecal_ids(geom)
     axis = axis_points(primaries, geom)[:, :LAYERS]
     off = np.arange(WINDOW) - WINDOW // 2
-    i = np.floor(axis[..., 0] / size + nx / 2)[..., None, None] + off[:, None]
-    j = np.floor(axis[..., 1] / size + ny / 2)[..., None, None] + off[None, :]
-    x = (i - nx[:, None, None] / 2 + 0.5) * size[:, None, None]
-    y = (j - ny[:, None, None] / 2 + 0.5) * size[:, None, None]
-    x, y = np.broadcast_arrays(x, y)
-    layer = np.broadcast_to(np.arange(LAYERS)[:, None, None], x.shape)
-    return geom.lookup(layer.ravel(), x.ravel(), y.ravel()).reshape(x.shape)
+    i = (np.floor(axis[..., 0] / size + nx / 2).astype(np.int64)[..., None] + off)[..., None]
+    j = (np.floor(axis[..., 1] / size + ny / 2).astype(np.int64)[..., None] + off)[..., None, :]
+    ok = ((i >= 0) & (i < nx[:, None, None]) & (j >= 0) & (j < ny[:, None, None]))
+    layer = np.arange(LAYERS)[:, None, None]
+    return np.where(ok, table[layer, np.clip(i, 0, table.shape[1] - 1),
+                              np.clip(j, 0, table.shape[2] - 1)], -1)
 
 
 def images(batch: ShowerBatch, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:

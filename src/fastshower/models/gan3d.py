@@ -186,7 +186,7 @@ class Values:
 
     def with_response(self, x: torch.Tensor, energy: torch.Tensor, r: torch.Tensor):
         """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,)."""
-        return self.rescale(x, r / self.response(x, energy).clamp(min=1e-30))
+        return self.rescale(x, r / self.response(x, energy).clamp(min=1e-12))
 
     def threshold(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """The value of a cell at the readout threshold, shaped to broadcast against ``x``."""

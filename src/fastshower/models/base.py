@@ -300,7 +300,7 @@ class NetworkGenerator(torch.nn.Module, ShowerGenerator):
         return {"config": self.cfg.model_dump(), "particles": self.particles,
                 "norms": self.norms, "state_dict": weights}
 
-    @torch.inference_mode()  # no autograd bookkeeping at all: 10 % of a shower at batch 1
+    @torch.inference_mode()  # no autograd bookkeeping: 5 % of a batch-1 run (docs/models.md)
     def sample(self, primaries: Primaries, rng: np.random.Generator) -> ShowerBatch:
         """Showers for the given primaries, placed on the geometry's cells: the export program
         and the host step, as the ONNX Runtime back-end runs them (same seed, same showers)."""

@@ -61,12 +61,25 @@ class GridSegmentation(Segmentation):
     def from_params(cls, d: dict) -> GridSegmentation:
         return cls(**d)
 
+    def index(self, layer, x, y) -> tuple[np.ndarray, np.ndarray]:
+        """Lattice indices (i, j) of points (x, y) in mm on the given layers (outside the
+        layer's 0..nx-1, 0..ny-1 for points off it)."""
+        layer = np.asarray(layer, dtype=np.int64)
+        size = self.cell_size[layer]
+        return (np.floor(np.asarray(x) / size + self.nx[layer] / 2).astype(np.int64),
+                np.floor(np.asarray(y) / size + self.ny[layer] / 2).astype(np.int64))
+
+    def centre(self, layer, i, j) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) in mm of the centres of lattice cells (i, j) on the given layers."""
+        layer = np.asarray(layer, dtype=np.int64)
+        size = self.cell_size[layer]
+        return ((np.asarray(i) - self.nx[layer] / 2 + 0.5) * size,
+                (np.asarray(j) - self.ny[layer] / 2 + 0.5) * size)
+
     def keys(self, layer, x, y) -> np.ndarray:
         layer = np.asarray(layer, dtype=np.int64)
-        size, nx, ny = self.cell_size[layer], self.nx[layer], self.ny[layer]
-        i = np.floor(np.asarray(x) / size + nx / 2).astype(np.int64)
-        j = np.floor(np.asarray(y) / size + ny / 2).astype(np.int64)
-        ok = (i >= 0) & (i < nx) & (j >= 0) & (j < ny)
+        i, j = self.index(layer, x, y)
+        ok = (i >= 0) & (i < self.nx[layer]) & (j >= 0) & (j < self.ny[layer])
         return np.where(ok, pack_key(layer, 0, np.where(ok, i, 0), np.where(ok, j, 0)), -1)
 
 
@@ -88,8 +101,7 @@ def build(cfg: GridConfig):
     for lay, s in zip(layers, per_section, strict=True):
         i, j = np.meshgrid(np.arange(s.nx), np.arange(s.ny), indexing="ij")
         i, j = i.ravel(), j.ravel()
-        x = (i - s.nx / 2 + 0.5) * s.cell_size
-        y = (j - s.ny / 2 + 0.5) * s.cell_size
+        x, y = seg.centre(lay.index, i, j)
         h = s.cell_size / 2
         offsets = np.array([[-h, -h], [h, -h], [h, h], [-h, h]], dtype=np.float32)
         n = len(i)

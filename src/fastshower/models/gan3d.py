@@ -99,13 +99,11 @@ def _ecal_ids(geom: Geometry) -> np.ndarray:
     layer has none: the geometry's lookup of every cell centre, once per geometry."""
     if geom.hash not in _ID_TABLES:
         seg = _require_grid(geom)
-        size, nx, ny = (a[:LAYERS] for a in (seg.cell_size, seg.nx, seg.ny))
+        nx, ny = seg.nx[:LAYERS], seg.ny[:LAYERS]
         layer, i, j = np.meshgrid(np.arange(LAYERS), np.arange(nx.max()), np.arange(ny.max()),
                                   indexing="ij")
-        x = (i - nx[layer] / 2 + 0.5) * size[layer]
-        y = (j - ny[layer] / 2 + 0.5) * size[layer]
         ok = (i < nx[layer]) & (j < ny[layer])
-        _ID_TABLES[geom.hash] = np.where(ok, geom.lookup(layer, x, y), -1)
+        _ID_TABLES[geom.hash] = np.where(ok, geom.lookup(layer, *seg.centre(layer, i, j)), -1)
     return _ID_TABLES[geom.hash]
 
 
@@ -113,12 +111,12 @@ def window_cells(geom: Geometry, primaries: Primaries) -> np.ndarray:
     """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid.
     Integer arithmetic on the lattice and one gather (no point lookup per window cell)."""
     seg = _require_grid(geom)
-    size, nx, ny = (a[:LAYERS] for a in (seg.cell_size, seg.nx, seg.ny))
+    nx, ny = seg.nx[:LAYERS], seg.ny[:LAYERS]
     table = _ecal_ids(geom)
     axis = axis_points(primaries, geom)[:, :LAYERS]
+    i, j = seg.index(np.arange(LAYERS), axis[..., 0], axis[..., 1])  # the axis cells (P, L)
     off = np.arange(WINDOW) - WINDOW // 2
-    i = (np.floor(axis[..., 0] / size + nx / 2).astype(np.int64)[..., None] + off)[..., None]
-    j = (np.floor(axis[..., 1] / size + ny / 2).astype(np.int64)[..., None] + off)[..., None, :]
+    i, j = (i[..., None] + off)[..., None], (j[..., None] + off)[..., None, :]
     ok = ((i >= 0) & (i < nx[:, None, None]) & (j >= 0) & (j < ny[:, None, None]))
     layer = np.arange(LAYERS)[:, None, None]
     return np.where(ok, table[layer, np.clip(i, 0, table.shape[1] - 1),

@@ -83,6 +83,15 @@ class GridSegmentation(Segmentation):
         return np.where(ok, pack_key(layer, 0, np.where(ok, i, 0), np.where(ok, j, 0)), -1)
 
 
+def lattice_cells(geom) -> np.ndarray:
+    """(layers, max nx, max ny) cell id of every lattice position (i, j) of every layer of a
+    grid geometry ``geom``, -1 where a layer has fewer cells: its lookup of each cell centre."""
+    seg = geom.segmentation
+    layer, i, j = np.indices((len(geom.layers), int(seg.nx.max()), int(seg.ny.max())))
+    inside = (i < seg.nx[layer]) & (j < seg.ny[layer])
+    return np.where(inside, geom.lookup(layer, *seg.centre(layer, i, j)), -1)
+
+
 def _air(gap: float) -> list[tuple[str, float]]:
     return [("G4_AIR", gap)] if gap > 0 else []
 

@@ -50,7 +50,7 @@ from torch.func import functional_call
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import Geometry
-from fastshower.geometry.grid import GridSegmentation
+from fastshower.geometry.grid import GridSegmentation, lattice_cells
 from fastshower.geometry.showers import axis_points
 from fastshower.models.base import NetworkGenerator, TrainingRanges
 from fastshower.models.showers import THRESHOLD_MIP, particle_index, particle_names, to_batch
@@ -96,14 +96,10 @@ _ID_TABLES: dict[str, np.ndarray] = {}  # geometry hash -> (LAYERS, nx, ny) cell
 
 def _ecal_ids(geom: Geometry) -> np.ndarray:
     """(LAYERS, nx, ny) cell id of lattice position (i, j) of every ECAL layer, -1 where the
-    layer has none: the geometry's lookup of every cell centre, once per geometry."""
+    layer has none (lattice_cells), once per geometry."""
     if geom.hash not in _ID_TABLES:
-        seg = _require_grid(geom)
-        nx, ny = seg.nx[:LAYERS], seg.ny[:LAYERS]
-        layer, i, j = np.meshgrid(np.arange(LAYERS), np.arange(nx.max()), np.arange(ny.max()),
-                                  indexing="ij")
-        ok = (i < nx[layer]) & (j < ny[layer])
-        _ID_TABLES[geom.hash] = np.where(ok, geom.lookup(layer, *seg.centre(layer, i, j)), -1)
+        _require_grid(geom)
+        _ID_TABLES[geom.hash] = lattice_cells(geom)[:LAYERS]
     return _ID_TABLES[geom.hash]
 
 

@@ -8,6 +8,7 @@ import numpy as np
 import shapely
 
 from fastshower.geometry import Geometry
+from fastshower.geometry.grid import lattice_cells
 from fastshower.geometry.polygons import regular_polygon
 from fastshower.geometry.segmentation import SCINTILLATOR, SILICON
 from fastshower.simulation.g4app.materials import g4_material
@@ -229,15 +230,8 @@ class Detector(g4.G4VUserDetectorConstruction):
         """For a grid in 'cells' scoring: the (layers, nx, ny) index space of the C++ scorer
         (layer = copy number of the plane, then the x and y replica numbers) and the cell id
         of every index (-1 where a layer has fewer cells)."""
-        seg, geom = self.geom.segmentation, self.geom
-        shape = (len(geom.layers), int(seg.nx.max()), int(seg.ny.max()))
-        layer, i, j = (a.ravel() for a in np.indices(shape))
-        nx, ny, size = seg.nx[layer], seg.ny[layer], seg.cell_size[layer]
-        inside = (i < nx) & (j < ny)
-        x, y = (i - nx / 2 + 0.5) * size, (j - ny / 2 + 0.5) * size
-        cell = np.full(layer.size, -1, np.int64)
-        cell[inside] = geom.lookup(layer[inside], x[inside], y[inside])
-        return shape, cell
+        table = lattice_cells(self.geom)
+        return table.shape, table.ravel()
 
     def _scintillator(self, lay, idx, shape):
         """The ring (full detector) or ring sector (region of interest) holding the tiles.

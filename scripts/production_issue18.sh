@@ -15,4 +15,4 @@ geometry=data/geometry/clic_grid.h5
 common="--particle e- --energy 10:510 --spectrum uniform --theta 0:30 --phi 0:360
         --aim 0,0,1500 --geometry $geometry --workers 2"
 nice -n 19 fastshower simulate --n 10000 --jobs 50 --seed 1801 $common --out samples/grid/train/e-
-nice -n 19 fastshower simulate --n 2000 --jobs 10 --seed 8001 $common --out samples/grid/heldout/e-
+nice -n 19 fastshower simulate --n 2000 --jobs 40 --seed 8001 $common --out samples/grid/heldout/e-

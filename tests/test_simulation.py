@@ -59,6 +59,12 @@ def test_production_files_are_complete_seeded_and_resumable(geometry, tmp_path):
     b = read_showers(again[0])
     assert ak.all(a.cell_id == b.cell_id) and ak.all(a.cell_energy == b.cell_energy)
 
+    shared = run(path, tmp_path / "c", job_range=(1, 2))  # the part another machine runs
+    assert [f.name for f in shared] == ["job_001.root"]
+    assert not (tmp_path / "c" / "job_000.root").exists()
+    c = read_showers(shared[0])
+    assert ak.all(c.cell_energy == read_showers(files[1]).cell_energy)
+
     stamp = [f.stat().st_mtime_ns for f in files]
     files[1].unlink()  # as if killed before job 1 finished
     manifest = tmp_path / "a" / "production.json"  # as written before the gun had --theta/--aim
@@ -86,7 +92,9 @@ def test_bad_input_gives_one_clear_error(geometry, tmp_path):
     for args, message in ((["--particle", "kaon"], "unknown particle"),
                           (["--energy", "0"], "positive"),
                           (["--energy", "50:10"], "reversed"),
-                          (["--geometry", str(broken)], "hash")):
+                          (["--geometry", str(broken)], "hash"),
+                          (["--jobs", "2", "--job-range", "1:3"], "not a range"),
+                          (["--job-range", "x"], "FIRST:END")):
         proc = subprocess.run([sys.executable, "-m", "fastshower", "simulate", *args, "--out",
                                str(tmp_path / "cli")], capture_output=True, text=True, env=env,
                               stdin=subprocess.DEVNULL, timeout=120)

@@ -300,6 +300,9 @@ def simulate(
     ] = None,
     seed: Annotated[int, typer.Option(
         min=0, help="Production seed (jobs get distinct seeds).")] = 1,
+    job_range: Annotated[str | None, typer.Option(
+        help="Run only jobs FIRST:END of the production (machines sharing one production: "
+             "same command, each a range; the files join in one folder).")] = None,
     geometry: Annotated[Path, typer.Option(help="Geometry file.")] = DEFAULT_GEOMETRY,
     physics: Annotated[str, typer.Option(help="auto, full (Geant4 datasets) or offline.")] = "auto",
     em_option: Annotated[int, typer.Option(min=0, max=1,
@@ -353,8 +356,20 @@ def simulate(
     files = run(default_geometry(geometry), gun, n, out, jobs=jobs, seed=seed, physics=physics,
                 em_option=em_option, force=force, upstream_x0=upstream_x0, fast=fast,
                 scheduler=scheduler, scoring=scoring, workers=workers,
-                announce=lambda: console.print(mode))
+                announce=lambda: console.print(mode), job_range=_job_range(job_range))
     console.print(f"wrote {len(files)} file(s) to {out}")
+
+
+def _job_range(text: str | None) -> tuple[int, int] | None:
+    """'FIRST:END' -> (first, end); one clear error for anything else."""
+    if text is None:
+        return None
+    try:
+        first, end = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise FastShowerError(f"--job-range must be FIRST:END (e.g. 40:50), not {text!r}"
+                              ) from None
+    return first, end
 
 
 @app.command()

@@ -84,7 +84,8 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
              force: bool = False, show_progress: bool = True, upstream_x0: float = 0.0,
              fast: dict | None = None, scheduler: str | None = None,
              scoring: str = "cells", workers: int | None = None,
-             announce: Callable[[], None] | None = None) -> list[Path]:
+             announce: Callable[[], None] | None = None,
+             job_range: tuple[int, int] | None = None) -> list[Path]:
     """Run (or resume) a production; returns the output files in job order.
 
     ``fast`` (inference.g4hook.fast_spec) makes it a hybrid production: showers of the model's
@@ -94,7 +95,9 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     default) or 'steps' (Python, exact first-deposit times); see simulation.scoring.SCORING.
     ``workers``: processes at once (default: one per job, at most one per core); more jobs
     than workers make smaller files, so a stopped production loses less when resumed.
-    ``announce`` is called once every input has been checked, before anything is written."""
+    ``announce`` is called once every input has been checked, before anything is written.
+    ``job_range`` (first, end): run only these jobs of the production, so that machines share
+    it (each a range, same command otherwise); their files join in one folder."""
     if scoring not in ("cells", "steps"):
         raise FastShowerError(f"--scoring must be cells or steps, not {scoring!r}")
     geom = load(geometry)  # refuses a file that fails its hash, before any process starts
@@ -109,6 +112,10 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
     out = Path(out)
     specs = plan(geometry, gun, n, jobs, seed, out, physics, em_option, upstream_x0, fast,
                  scoring)
+    first, end = job_range or (0, len(specs))
+    if not 0 <= first < end <= len(specs):
+        raise FastShowerError(f"--job-range {first}:{end} is not a range of the production's "
+                              f"jobs 0:{len(specs)}")
     manifest = {"geometry_hash": geom.hash, "gun": gun.model_dump(mode="json"), "n": n,
                 "jobs": len(specs), "seed": seed, "physics": physics, "em_option": em_option,
                 "upstream_x0": upstream_x0, "fast": fast, "scoring": scoring}
@@ -122,13 +129,15 @@ def simulate(geometry: str | Path, gun: GunConfig, n: int, out: str | Path, jobs
         announce()
     (out / "logs").mkdir(parents=True, exist_ok=True)
     manifest_path.write_text(json.dumps(manifest, indent=2))
-    todo = [i for i, s in enumerate(specs) if force or not Path(s.out).is_file()]
-    skipped = sum(specs[i].n for i in range(len(specs)) if i not in todo)
+    todo = [i for i, s in enumerate(specs)
+            if first <= i < end and (force or not Path(s.out).is_file())]
+    skipped = sum(specs[i].n for i in range(first, end) if i not in todo)
+    n = sum(s.n for s in specs[first:end])
     if todo and scheduler:
         _run_dask([specs[i] for i in todo], out, skipped, n, show_progress, scheduler, workers)
     elif todo:
         _run_parallel([specs[i] for i in todo], out, skipped, n, show_progress, workers)
-    return [Path(s.out) for s in specs]
+    return [Path(s.out) for s in specs[first:end]]
 
 
 def run_isolated(spec: dict) -> dict:

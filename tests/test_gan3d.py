@@ -12,7 +12,21 @@ from fastshower.geometry import build_geometry, save
 from fastshower.geometry.showers import axis_points
 from fastshower.inference.generate import load_generator
 from fastshower.inference.onnx import OnnxGenerator, export_model
-from fastshower.models.gan3d import LAYERS, WINDOW, Gan3D, Values, images, place_image, window_cells
+from fastshower.models.gan3d import (
+    COARSE,
+    COARSE_SHAPE,
+    DEPTH,
+    FINE_SHAPE,
+    FLOOR_MIP,
+    LAYERS,
+    VOXELS,
+    WINDOW,
+    Gan3D,
+    Values,
+    images,
+    place_image,
+    voxel_cells,
+)
 from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig, sample_primaries
 from fastshower.simulation.jobs import simulate
@@ -34,14 +48,15 @@ def grid_sample(tmp_path_factory):
 def test_images_follow_the_shower_and_go_back_onto_the_same_cells(grid_sample):
     geom, _, tmp = grid_sample
     batch = read_sample(tmp / "e-")[0]
-    cells = window_cells(geom, batch.primaries)
-    assert cells.shape == (len(batch), LAYERS, WINDOW, WINDOW)
-    # the window's middle cell holds the axis point, and its cells step by one cell along x
-    # and y; a window that leaves the grid is -1 there
+    n_fine = int(np.prod(FINE_SHAPE))
+    # the fine image's middle cell holds the axis point, and its cells step by one cell along
+    # x and y; cells that leave the grid are -1
     far = GunConfig(particle="e-", energy=[50.0], theta_deg=(20.0, 30.0), phi_deg=(0.0, 360.0),
                     aim_mm=(110.0, -120.0, 1500.0))
     for primaries in (batch.primaries, sample_primaries(far, 20, np.random.default_rng(4))):
-        ids = window_cells(geom, primaries)
+        cells = voxel_cells(geom, primaries, np.random.default_rng(0))
+        assert cells.shape == (len(primaries), VOXELS)
+        ids = cells[:, :n_fine].reshape(-1, *FINE_SHAPE)
         axis = axis_points(primaries, geom)[:, :LAYERS]
         middle = geom.lookup(np.broadcast_to(np.arange(LAYERS), axis.shape[:2]), axis[..., 0],
                              axis[..., 1])
@@ -53,24 +68,45 @@ def test_images_follow_the_shower_and_go_back_onto_the_same_cells(grid_sample):
             np.testing.assert_allclose(np.diff(along, axis=ax)[both], 5.1, rtol=1e-5)
             np.testing.assert_allclose(np.diff(across, axis=ax)[both], 0.0, atol=1e-4)
         assert (ids < 0).any() == (primaries is not batch.primaries)
-    e, outside = images(batch, cells, geom.n_cells)
+        # a coarse voxel: a cell of its 5 x 5 block in the ECAL (none under the fine image),
+        # the cell itself in the HCAL; no cell twice
+        coarse = cells[:, n_fine:].reshape(-1, *COARSE_SHAPE)
+        layer = geom.cells["layer"][np.maximum(coarse, 0)]
+        assert np.all((coarse < 0) | (layer == np.arange(DEPTH)[:, None, None]))
+        assert np.all(coarse[:, :LAYERS, 3:8, 3:8] == -1)
+        c = COARSE // 2
+        for block in (1, 3):  # cells 5 b - 2 ... 5 b + 2 from the axis cell
+            cell = coarse[:, :LAYERS, c, c + block]
+            ok = cell >= 0
+            offset = (geom.cells["y"][cell] - axis[..., 1]) / 5.1  # the axis: within a cell
+            assert np.all((offset[ok] > 5 * block - 3) & (offset[ok] < 5 * block + 3))
+        for row in cells:
+            assert len(np.unique(row[row >= 0])) == (row >= 0).sum()
+    cells = voxel_cells(geom, batch.primaries, np.random.default_rng(0))
+    e, outside = images(batch, geom)
     event, ids, energy = batch.flat()
-    ecal = geom.cells["layer"][ids] < LAYERS
-    # the window holds almost all of the ECAL's energy at every angle (inclined showers too)
-    assert e.sum() == pytest.approx(energy.sum() - outside.sum())
-    assert e.sum() / energy[ecal].sum() > 0.97
-    # the shower's maximum sits in the middle of the window
-    profile = e.sum((0, 1))
+    # the images hold almost all of the energy at every angle (inclined showers too)
+    assert e.sum() == pytest.approx(energy.sum() - outside.sum(), rel=1e-6)
+    assert e.sum() / energy.sum() > 0.995
+    # the shower's maximum sits in the middle of the fine image
+    profile = e[:, :n_fine].reshape(-1, *FINE_SHAPE).sum((0, 1))
     assert np.unravel_index(profile.argmax(), profile.shape) == (WINDOW // 2, WINDOW // 2)
-    placed = place_image(e, batch.primaries, geom)
-    again, _ = images(placed, cells, geom.n_cells)
-    above = e >= 0.5 * geom.mip_energy[np.maximum(cells, 0)]
-    np.testing.assert_allclose(again, np.where(above, e, 0.0), rtol=1e-6)
+    placed = place_image(e, batch.primaries, geom, np.random.default_rng(0))  # onto ``cells``
+    again, _ = images(placed, geom)
+    kept = e >= FLOOR_MIP * geom.mip_energy[np.maximum(cells, 0)]
+    # the fine image and the HCAL go back onto the same cells; coarse ECAL voxels onto a
+    # cell of their block, so into the same voxel
+    np.testing.assert_allclose(again[:, :n_fine], np.where(kept, e, 0.0)[:, :n_fine], rtol=1e-6)
+    hcal = placed.flat()[1]
+    hcal = geom.cells["layer"][hcal] >= LAYERS
+    assert hcal.any()
+    np.testing.assert_allclose(again.sum(1), np.where(kept & (cells >= 0), e, 0.0).sum(1),
+                               rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["sqrt", "log"])
 def test_image_values_encode_energies_and_rescale_them(kind):
-    values = Values(kind, threshold_mev=0.1)
+    values = Values(kind, floor_mev=0.1)
     energy = torch.tensor([1e4, 3e5], dtype=torch.float64)
     e = torch.tensor([[0.05, 0.1, 2.0, 3e3], [0.0, 0.3, 40.0, 5e4]], dtype=torch.float64)
     x = values.encode(e, energy)
@@ -81,11 +117,11 @@ def test_image_values_encode_energies_and_rescale_them(kind):
                                              energy), e * torch.tensor([[2.0], [0.5]]))
     r = torch.tensor([0.02, 0.03], dtype=torch.float64)
     torch.testing.assert_close(values.response(values.with_response(x, energy, r), energy), r)
-    # the threshold's value is that of a cell of the threshold energy, in every image
-    torch.testing.assert_close(values.decode(values.threshold(x, energy), energy)[:, 0],
-                               torch.full((2,), 0.1, dtype=torch.float64))
-    if kind == "log":  # the readout threshold at ln 2 whatever the shower's energy
-        assert torch.allclose(values.threshold(x, energy), torch.tensor(np.log(2.0)).double())
+    # the floor's value is that of a cell of the floor energy, in every image
+    torch.testing.assert_close(values.decode(values.floor(x, energy), energy),
+                               torch.full(x.shape, 0.1, dtype=torch.float64))
+    if kind == "log":  # the floor at ln 2 whatever the shower's energy
+        assert torch.allclose(values.floor(x, energy), torch.tensor(np.log(2.0)).double())
 
 
 @pytest.mark.parametrize("response_law,values", [(False, "sqrt"), (True, "sqrt"), (True, "log")])
@@ -110,15 +146,15 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     terms = model(data, np.random.default_rng(0))
     terms["d_adv"][0].backward()
     assert all(p.grad is None for p in model.generator.parameters())
-    # generation: cells of the grid's ECAL, above threshold, the same for the same seed
+    # generation: cells of the grid's ECAL and HCAL, above the floor, the same for the same seed
     gun = GunConfig(particle="e-", energy=[20.0], theta_deg=(10.0, 20.0), phi_deg=(0.0, 360.0),
                     aim_mm=(0.0, 0.0, 1500.0))
     primaries = sample_primaries(gun, 5, np.random.default_rng(1))
     with torch.no_grad():
         showers = model.sample(primaries, np.random.default_rng(2))
     event, ids, energy = showers.flat()
-    assert len(showers) == 5 and np.all(geom.cells["layer"][ids] < LAYERS)
-    assert np.all(energy >= 0.5 * geom.mip_energy[ids])
+    assert len(showers) == 5 and np.all(geom.cells["layer"][ids] < DEPTH)
+    assert np.all(energy >= FLOOR_MIP * geom.mip_energy[ids])
     again = model.sample(primaries, np.random.default_rng(2)).flat()
     assert np.array_equal(again[1], ids) and np.array_equal(again[2], energy)
     if response_law:  # the image holds exactly the response drawn from the law
@@ -129,7 +165,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
         with torch.no_grad():
             image, = program(*args)
             mean, log_sigma = model.generator.law(model.conditions(primaries))
-        np.testing.assert_allclose(image.sum((1, 2, 3)) / e_p,
+        np.testing.assert_allclose(image.sum(1) / e_p,
                                    torch.exp(mean + log_sigma.exp() * args[-1][:, 0]), rtol=1e-4)
         assert terms["response_nll"][0] != 0
     # ONNX Runtime: the same showers for the same seed (to float32 rounding)

@@ -3,14 +3,19 @@ convolutional GAN whose discriminator also regresses the physics (primary energy
 energy, incidence angle), after the CERN openlab work "Deep Learning for fast simulation"
 (Khattak et al., 2018).
 
-The image: for each of the first ``LAYERS`` layers (the grid's ECAL), the ``WINDOW`` x
-``WINDOW`` cells centred on the cell that the primary's straight line crosses in that layer.
-The window follows an inclined shower (shower coordinates), so 25 x 25 cells hold it at every
-angle of the sample; a window fixed at the impact point would lose the back of a shower
-inclined by 30 degrees (its axis moves ~15 cells over the ECAL). Cell values are
-``SCALE * (e / E_p) ** POWER`` (the square root compresses the range of cell energies; the
-original used a power of 0.85 in later versions) or ``ln(1 + e / threshold)`` (``Values``);
-generated cells below the readout threshold (half a MIP) are dropped.
+The images (shower coordinates: they follow an inclined shower, centred layer by layer on the
+cell that the primary's straight line crosses): a fine one, the ``WINDOW`` x ``WINDOW`` cells
+of each of the ``LAYERS`` ECAL layers around that cell, and a coarse one of ``COARSE`` x
+``COARSE`` cells of ~25-30 mm on ``DEPTH`` layers: in the ECAL, blocks of ``BLOCK`` x ``BLOCK``
+cells around the fine window (out to +-27 cells), then the first ``HCAL_LAYERS`` HCAL layers
+cell by cell. Why both (benchmarks/gan3d_images.py, on 1,950 held-out showers): Geant4's own
+showers cut to the original's 25 x 25 x 25 window are told from the whole showers at AUC 0.999
+(the window holds 99.2 % of the ECAL energy but 94.5 % of its hits, and none of the 3.5 % of
+the visible energy in the HCAL: the width, the response and the hit count give it away); cut
+to the fine + coarse images they are at AUC 0.515 (floor 0.49). Cell values are ``SCALE * (e /
+E_p) ** POWER`` (the square root compresses the range of cell energies; the original used a
+power of 0.85 in later versions) or ``ln(1 + e / floor)`` (``Values``); generated cells
+below the floor (``FLOOR_MIP``) are dropped.
 
 Training (the model owns its loss): both players step together in the trainer's one optimiser
 step. The discriminator's terms use real images and detached fakes; the generator's terms run
@@ -33,9 +38,11 @@ won within a few hundred steps and the generator never learnt): real labels smoo
 an R1 gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's
 weights chosen by the FPD of its validation showers, not by its loss.
 
-Approximations, named: energy outside the window (and in the HCAL) is not generated (the
-training data record how much); hit times are times of flight; cells of one layer are on the
-grid's lattice only (square cells).
+Approximations, named: a coarse ECAL voxel's energy goes onto one cell of its block, drawn
+uniformly (far from the axis a shower leaves single, isolated hits; the AUC above includes
+it); energy beyond the images (0.3 % of the visible energy) is not generated (the training data
+record how much); hit times are times of flight; cells of one layer are on the grid's lattice
+only (square cells).
 """
 
 from __future__ import annotations
@@ -53,12 +60,24 @@ from fastshower.geometry import Geometry
 from fastshower.geometry.grid import GridSegmentation, lattice_cells
 from fastshower.geometry.showers import axis_points
 from fastshower.models.base import NetworkGenerator, TrainingRanges
-from fastshower.models.showers import THRESHOLD_MIP, particle_index, particle_names, to_batch
+from fastshower.models.showers import particle_index, particle_names, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
 
 LAYERS = 25  # the grid's ECAL
-WINDOW = 25  # cells per side of a layer's image (odd: the axis cell in the middle)
-SCALE, POWER = 10.0, 0.5  # cell value = SCALE * (e / E_p) ** POWER
+WINDOW = 25  # the fine image: cells per side of each ECAL layer (odd: the axis cell in the middle)
+BLOCK = 5  # the coarse image's ECAL cells: blocks of BLOCK x BLOCK grid cells
+COARSE = 11  # the coarse image: cells per side (ECAL blocks, HCAL cells), the axis cell middle
+HCAL_LAYERS = 15  # the first HCAL layers, in the coarse image
+DEPTH = LAYERS + HCAL_LAYERS  # the coarse image's layers
+FINE_SHAPE, COARSE_SHAPE = (LAYERS, WINDOW, WINDOW), (DEPTH, COARSE, COARSE)
+VOXELS = LAYERS * WINDOW ** 2 + DEPTH * COARSE ** 2  # one shower: both images, flattened
+# the smallest cell energy the images hold and the generator places, in MIPs: below the readout
+# threshold (half a MIP) too, since the validation's visible energy and width count Geant4's
+# sim hits of every energy (placed at half a MIP, Geant4's own showers cut to the images are
+# told from the whole ones at AUC 0.80 instead of 0.55: benchmarks/gan3d_images.py)
+FLOOR_MIP = 0.1
+IMAGES = {"fine": list(FINE_SHAPE), "coarse": list(COARSE_SHAPE), "block": BLOCK}
+SCALE, POWER = 10.0, 0.5  # sqrt values: SCALE * (e / E_p) ** POWER
 
 
 class Gan3DConfig(BaseModel):
@@ -76,8 +95,8 @@ class Gan3DConfig(BaseModel):
     # the response E_dep / E_p from a learned Gaussian law in ln, the generator's image as a
     # shape rescaled to it (False: the generator's own sum, as the original; docs/models.md)
     response_law: bool = False
-    # cells below half a MIP cut out of real and generated images (the generator's smoothly),
-    # so the discriminator sees, and the response law fills, the cells that become hits
+    # cells below the floor (FLOOR_MIP) cut out of real and generated images (the generator's
+    # smoothly), so the discriminator sees, and the response law fills, the cells placed
     sparse: bool = False
     values: Literal["sqrt", "log"] = "sqrt"  # the image's cell values (Values)
 
@@ -85,54 +104,111 @@ class Gan3DConfig(BaseModel):
 def _require_grid(geom: Geometry) -> GridSegmentation:
     """The grid segmentation of ``geom``; one clear error for a geometry gan3d cannot use."""
     seg = geom.segmentation
-    if not isinstance(seg, GridSegmentation) or len(geom.layers) < LAYERS:
-        raise FastShowerError(f"gan3d needs a grid geometry (square cells, at least {LAYERS} "
+    if not isinstance(seg, GridSegmentation) or len(geom.layers) < DEPTH:
+        raise FastShowerError(f"gan3d needs a grid geometry (square cells, at least {DEPTH} "
                               "layers: fastshower geometry build --builder grid)")
     return seg
 
 
-_ID_TABLES: dict[str, np.ndarray] = {}  # geometry hash -> (LAYERS, nx, ny) cell ids
+_LATTICES: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # geometry hash -> ...
 
 
-def _ecal_ids(geom: Geometry) -> np.ndarray:
-    """(LAYERS, nx, ny) cell id of lattice position (i, j) of every ECAL layer, -1 where the
-    layer has none (lattice_cells), once per geometry."""
-    if geom.hash not in _ID_TABLES:
-        _require_grid(geom)
-        _ID_TABLES[geom.hash] = lattice_cells(geom)[:LAYERS]
-    return _ID_TABLES[geom.hash]
+def _lattice(geom: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(layers, nx, ny) cell id of every lattice position (-1 where a layer has none;
+    lattice_cells), and the lattice indices (i, j) of every cell; once per geometry."""
+    if geom.hash not in _LATTICES:
+        seg = _require_grid(geom)
+        c = geom.cells
+        _LATTICES[geom.hash] = (lattice_cells(geom),
+                                *seg.index(c["layer"], c["x"], c["y"]))
+    return _LATTICES[geom.hash]
 
 
-def window_cells(geom: Geometry, primaries: Primaries) -> np.ndarray:
-    """(P, LAYERS, WINDOW, WINDOW) cell ids of every primary's image window; -1 off the grid.
-    Integer arithmetic on the lattice and one gather (no point lookup per window cell)."""
+def axis_cells(geom: Geometry, primaries: Primaries) -> tuple[np.ndarray, np.ndarray]:
+    """(P, DEPTH) lattice indices (i, j) of the cell each primary's straight line crosses in
+    each image layer: the middle of both images (they follow an inclined shower)."""
     seg = _require_grid(geom)
-    nx, ny = seg.nx[:LAYERS], seg.ny[:LAYERS]
-    table = _ecal_ids(geom)
-    axis = axis_points(primaries, geom)[:, :LAYERS]
-    i, j = seg.index(np.arange(LAYERS), axis[..., 0], axis[..., 1])  # the axis cells (P, L)
-    off = np.arange(WINDOW) - WINDOW // 2
-    i, j = (i[..., None] + off)[..., None], (j[..., None] + off)[..., None, :]
-    ok = ((i >= 0) & (i < nx[:, None, None]) & (j >= 0) & (j < ny[:, None, None]))
-    layer = np.arange(LAYERS)[:, None, None]
-    return np.where(ok, table[layer, np.clip(i, 0, table.shape[1] - 1),
-                              np.clip(j, 0, table.shape[2] - 1)], -1)
+    axis = axis_points(primaries, geom)[:, :DEPTH]
+    return seg.index(np.arange(DEPTH), axis[..., 0], axis[..., 1])
 
 
-def images(batch: ShowerBatch, cells: np.ndarray, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
-    """(P, LAYERS, WINDOW, WINDOW) cell energies (MeV) of showers in their windows ``cells``,
-    and (P,) the energy of each shower's hits outside its window (ECAL and beyond)."""
+def _fine_offsets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(layer, di, dj) of every fine voxel, flattened in image order."""
+    layer, i, j = np.indices(FINE_SHAPE)
+    return layer.ravel(), i.ravel() - WINDOW // 2, j.ravel() - WINDOW // 2
+
+
+def _coarse_cells() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(layer, bi, bj) of every coarse voxel, flattened in image order (bi, bj: block index
+    from the axis's block in the ECAL, cell offset from the axis cell in the HCAL)."""
+    layer, i, j = np.indices(COARSE_SHAPE)
+    return layer.ravel(), i.ravel() - COARSE // 2, j.ravel() - COARSE // 2
+
+
+def coarse_mask() -> np.ndarray:
+    """(DEPTH * COARSE**2,) bool: the coarse voxels that hold energy (not the ECAL blocks that
+    the fine image covers)."""
+    layer, bi, bj = _coarse_cells()
+    inner = (WINDOW // 2) // BLOCK  # blocks of the fine window: |b| <= inner
+    return (layer >= LAYERS) | (np.abs(bi) > inner) | (np.abs(bj) > inner)
+
+
+def voxel_of_hits(geom: Geometry, batch: ShowerBatch) -> tuple[np.ndarray, ...]:
+    """(shower, voxel, energy MeV) of every hit of ``batch``; voxel -1 for hits outside both
+    images. An ECAL hit is in the fine image if within WINDOW // 2 cells of the axis cell of
+    its layer, else in the coarse block holding it; an HCAL hit of the first HCAL_LAYERS in
+    the coarse cell at its offset from the axis cell."""
     event, ids, energy = batch.flat()
-    n = len(batch)
-    flat = cells.reshape(n, -1)
-    key = np.where(flat >= 0, np.arange(n)[:, None] * n_cells + flat, -1).ravel()
-    order = np.argsort(key)
-    hit = event * n_cells + ids
-    pos = np.minimum(np.searchsorted(key[order], hit), len(key) - 1)
-    inside = key[order][pos] == hit  # a window's cells are distinct, and so are a shower's hits
-    image = np.zeros(len(key), np.float32)
-    image[order[pos[inside]]] = energy[inside]
-    return image.reshape(cells.shape), np.bincount(event[~inside], energy[~inside], n)
+    _, ci, cj = _lattice(geom)
+    ai, aj = axis_cells(geom, batch.primaries)
+    layer = geom.cells["layer"][ids].astype(np.int64)
+    at = np.minimum(layer, DEPTH - 1)
+    di, dj = ci[ids] - ai[event, at], cj[ids] - aj[event, at]
+    h, c = WINDOW // 2, COARSE // 2
+    ecal = layer < LAYERS
+    fine = ecal & (np.abs(di) <= h) & (np.abs(dj) <= h)
+    bi = np.where(ecal, (di + BLOCK // 2) // BLOCK, di)  # a block index in the ECAL
+    bj = np.where(ecal, (dj + BLOCK // 2) // BLOCK, dj)
+    coarse = ~fine & (layer < DEPTH) & (np.abs(bi) <= c) & (np.abs(bj) <= c)
+    voxel = np.full(len(ids), -1, np.int64)
+    voxel[fine] = np.ravel_multi_index((layer[fine], di[fine] + h, dj[fine] + h), FINE_SHAPE)
+    voxel[coarse] = LAYERS * WINDOW ** 2 + np.ravel_multi_index(
+        (layer[coarse], bi[coarse] + c, bj[coarse] + c), COARSE_SHAPE)
+    return event, voxel, energy
+
+
+def images(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
+    """(P, VOXELS) float32 energies (MeV) of both images of every shower, and (P,) the energy
+    of each shower's hits outside them."""
+    event, voxel, energy = voxel_of_hits(geom, batch)
+    n, inside = len(batch), voxel >= 0
+    image = np.bincount(event[inside] * VOXELS + voxel[inside], energy[inside], n * VOXELS)
+    return (image.reshape(n, VOXELS).astype(np.float32),
+            np.bincount(event[~inside], energy[~inside], n))
+
+
+def voxel_cells(geom: Geometry, primaries: Primaries, rng: np.random.Generator) -> np.ndarray:
+    """(P, VOXELS) the grid cell that each voxel's energy goes to, -1 off the grid (and for the
+    coarse voxels under the fine image). A coarse ECAL voxel puts its energy on one cell of its
+    block, drawn uniformly with ``rng`` (the approximation the coarse image makes: one hit per
+    5 x 5 cells far from the axis, where showers leave single, isolated hits)."""
+    table = _lattice(geom)[0]
+    ai, aj = axis_cells(geom, primaries)
+    n = len(primaries)
+    fl, fi, fj = _fine_offsets()
+    cl, ci, cj = _coarse_cells()
+    ecal = cl < LAYERS
+    spread = rng.integers(0, BLOCK, (2, n, len(cl))) - BLOCK // 2
+    ci = np.where(ecal, ci * BLOCK + spread[0], ci)  # (n, coarse voxels)
+    cj = np.where(ecal, cj * BLOCK + spread[1], cj)
+    layer = np.concatenate([fl, cl])
+    i = np.concatenate([np.broadcast_to(fi, (n, len(fi))), ci], 1) + ai[:, layer]
+    j = np.concatenate([np.broadcast_to(fj, (n, len(fj))), cj], 1) + aj[:, layer]
+    seg = geom.segmentation
+    ok = (i >= 0) & (i < seg.nx[layer]) & (j >= 0) & (j < seg.ny[layer])
+    ok[:, len(fl):] &= coarse_mask()
+    cells = table[layer, np.clip(i, 0, table.shape[1] - 1), np.clip(j, 0, table.shape[2] - 1)]
+    return np.where(ok, cells, -1)
 
 
 def per_image(v, x):
@@ -148,24 +224,25 @@ class Values:
     - ``sqrt``: ``SCALE * (e / E_p) ** POWER``, as the original (a power of 0.85 there in later
       versions): images in units of the primary's energy; a cell at the readout threshold of
       a 500 GeV shower is ~1/1,600 of its core cell, too small for either network to see.
-    - ``log``: ``ln(1 + e / e0)`` with ``e0`` the readout threshold (half a MIP, MeV): the
-      threshold is at ln 2 at every energy and a 100 GeV core cell at ~14, so the cells that
-      make the shower's hit count and width weigh in the adversarial game.
+    - ``log``: ``ln(1 + e / e0)`` with ``e0`` the floor (FLOOR_MIP, MeV): the floor is at
+      ln 2 at every energy, the readout threshold at ln 6 and a 100 GeV core cell at ~15, so
+      the cells that make the shower's hit count and width weigh in the adversarial game.
     """
 
-    def __init__(self, kind: str, threshold_mev: float):
-        self.kind, self.e0 = kind, float(threshold_mev)
+    def __init__(self, kind: str, floor_mev):
+        """``floor_mev``: the smallest cell energy held, one value or one per voxel (VOXELS,)."""
+        self.kind, self.e0 = kind, torch.as_tensor(floor_mev, dtype=torch.float64)
 
     def encode(self, e: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """Cell energies (P, ...) MeV of primaries of ``energy`` (P,) MeV -> values."""
         if self.kind == "log":
-            return torch.log(1 + e / self.e0)
+            return torch.log(1 + e / self.e0.to(e.dtype))
         return SCALE * (e / per_image(energy, e)) ** POWER
 
     def decode(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """Values -> cell energies (MeV)."""
         if self.kind == "log":
-            return self.e0 * (torch.exp(x) - 1)
+            return self.e0.to(x.dtype) * (torch.exp(x) - 1)
         return per_image(energy, x) * (x / SCALE) ** (1 / POWER)
 
     def response(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
@@ -182,9 +259,9 @@ class Values:
         """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,)."""
         return self.rescale(x, r / self.response(x, energy).clamp(min=1e-12))
 
-    def threshold(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
-        """The value of a cell at the readout threshold, shaped to broadcast against ``x``."""
-        return per_image(self.encode(torch.full_like(energy, self.e0), energy), x).to(x.dtype)
+    def floor(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
+        """The value of each cell of images ``x`` at the floor."""
+        return self.encode(torch.broadcast_to(self.e0.to(x.dtype), x.shape), energy).to(x.dtype)
 
 
 def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -193,10 +270,12 @@ def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 
 
 class Generator(nn.Module):
-    """(latent noise, conditions) -> image (P, LAYERS, WINDOW, WINDOW): a dense layer to
-    7^3 x 4C, then transposed 3-D convolutions 7 -> 13 -> 25 and a last convolution; ReLU
-    output (empty cells are exact zeros); ``start``: the last layer's initial bias (log values:
-    above the readout threshold, ln 2, where the soft cut of ``sparse`` passes gradients)."""
+    """(latent noise, conditions) -> both images, flattened (P, VOXELS). The fine image: a
+    dense layer to 7^3 x 4C, transposed 3-D convolutions 7 -> 13 -> 25 and a last convolution;
+    the coarse one: a dense layer to 20 x 6 x 6 x 2C, a transposed convolution to 40 x 11 x 11
+    and a last convolution, its voxels under the fine image zero. ReLU outputs (empty cells are
+    exact zeros); ``start``: the last layers' initial bias (log values: above the readout
+    floor, ln 2, where the soft cut of ``sparse`` passes gradients)."""
 
     def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None):
         super().__init__()
@@ -207,19 +286,35 @@ class Generator(nn.Module):
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(4 * c, 2 * c, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1),
             nn.LeakyReLU(0.2), nn.Conv3d(c, 1, 3, padding=1), nn.ReLU())
+        self.coarse_dense = nn.Linear(latent + conditions, 2 * c * DEPTH // 2 * 6 * 6)
+        self.coarse = nn.Sequential(
+            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1,
+                                                  output_padding=(1, 0, 0)),
+            nn.LeakyReLU(0.2), nn.Conv3d(c, 1, 3, padding=1), nn.ReLU())
+        self.register_buffer("mask", torch.from_numpy(coarse_mask()).float(), persistent=False)
         if start is not None:
             nn.init.constant_(self.net[-2].bias, start)
+            nn.init.constant_(self.coarse[-2].bias, start)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.dense(torch.cat([z, cond], -1)).reshape(-1, 4 * self.c, 7, 7, 7)
-        return self.net(h)[:, 0]
+        zc = torch.cat([z, cond], -1)
+        fine = self.net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
+        coarse = self.coarse(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
+        return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
+
+
+def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened images (P, VOXELS) -> fine (P, *FINE_SHAPE) and coarse (P, *COARSE_SHAPE)."""
+    n = LAYERS * WINDOW ** 2
+    return x[:, :n].reshape(-1, *FINE_SHAPE), x[:, n:].reshape(-1, *COARSE_SHAPE)
 
 
 class Discriminator(nn.Module):
-    """image -> (real/fake logit, ln E_p, ln E_dep (MeV), incidence angle theta (rad)): strided
-    3-D convolutions 25 -> 13 -> 7 -> 4, then two dense layers; the image's summed energy also
-    enters the dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the image's
-    exact response, given with it."""
+    """images -> (real/fake logit, ln E_p, ln E_dep (MeV), incidence angle theta (rad)): strided
+    3-D convolutions of the fine image 25 -> 13 -> 7 -> 4 and of the coarse one 40 x 11 x 11 ->
+    20 x 6 x 6 -> 10 x 3 x 3, then two dense layers; the images' summed energy also enters the
+    dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the exact response,
+    given with them."""
 
     def __init__(self, channels: int):
         super().__init__()
@@ -228,11 +323,17 @@ class Discriminator(nn.Module):
             nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(2 * c, 4 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(4 * c * 4 ** 3 + 1, 64), nn.LeakyReLU(0.2),
+        self.coarse = nn.Sequential(
+            nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+            nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
+        features = 4 * c * 4 ** 3 + 2 * c * (DEPTH // 4) * 3 * 3
+        self.head = nn.Sequential(nn.Linear(features + 1, 64), nn.LeakyReLU(0.2),
                                   nn.Linear(64, 4))
 
     def forward(self, x: torch.Tensor, log_response: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.conv(x[:, None]), log_response[:, None]], -1))
+        fine, coarse = split(x)
+        return self.head(torch.cat([self.conv(fine[:, None]), self.coarse(coarse[:, None]),
+                                    log_response[:, None]], -1))
 
 
 class ResponseLaw(nn.Module):
@@ -268,21 +369,27 @@ def conditions(energy, direction, particle, log_e: tuple[float, float], n_partic
 
 
 class ImageData:
-    """A split as images: cell energies (N, LAYERS, WINDOW, WINDOW) float32 MeV, the
-    primaries, and the regression targets (ln E_p (MeV), ln E_dep / E_p (E_dep: the window's
-    energy), theta)."""
+    """A split as images: voxel energies (N, VOXELS) float32 MeV (images), the primaries, and
+    the regression targets (ln E_p (MeV), ln E_dep / E_p (E_dep: the images' energy), theta)."""
 
     def __init__(self, batch: ShowerBatch, geom: Geometry):
         p = batch.primaries
-        e, self.outside_mev = images(batch, window_cells(geom, p), geom.n_cells)
+        e, self.outside_mev = images(batch, geom)
         self.primaries = p
         self.energy_mev = e
         self.targets = np.stack([np.log(p.energy_mev),
-                                 np.log(e.sum((1, 2, 3)) / p.energy_mev + 1e-9),
+                                 np.log(e.sum(1) / p.energy_mev + 1e-9),
                                  _theta(p.direction)], -1).astype(np.float32)
 
     def __len__(self) -> int:
         return len(self.energy_mev)
+
+
+def voxel_floors(mip_mev: tuple[float, float]) -> np.ndarray:
+    """(VOXELS,) the smallest energy (MeV) each voxel holds: FLOOR_MIP of the ECAL's or the
+    HCAL's sensors' MIP (``mip_mev``)."""
+    layer = np.concatenate([_fine_offsets()[0], _coarse_cells()[0]])
+    return FLOOR_MIP * np.where(layer < LAYERS, *mip_mev)
 
 
 class Gan3D(NetworkGenerator):
@@ -294,8 +401,10 @@ class Gan3D(NetworkGenerator):
     config_type = Gan3DConfig
     questions: ClassVar[dict[str, str]] = {
         "data_structure": f"the ECAL as a {LAYERS} x {WINDOW} x {WINDOW} image of cells centred "
-                          "on the primary's line in every layer; values 10 sqrt(e / E) or "
-                          "ln(1 + e / threshold) (option values)",
+                          f"on the primary's line in every layer, and a coarse {DEPTH} x "
+                          f"{COARSE} x {COARSE} image of {BLOCK} x {BLOCK}-cell ECAL blocks "
+                          "around it and HCAL cells; values 10 sqrt(e / E) or ln(1 + e / "
+                          "floor) (option values)",
         "condition_encoding": "ln E standardised, theta (rad), cos and sin phi, particle one-hot",
         "tuning": "adversarial (non-saturating BCE, real labels 0.9, R1 penalty, Adam beta1 "
                   "0.5) plus auxiliary regressions of E, the response E_dep / E and theta by "
@@ -316,17 +425,17 @@ class Gan3D(NetworkGenerator):
         return record["fpd"] if stage == "generator" else super().selection_loss(stage, record)
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: Gan3DConfig, norms: dict):
+        _require_grid(geom)
         super().__init__(geom, particles, cfg, norms)
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
                                    start=1.0 if cfg.values == "log" else None)
         self.discriminator = Discriminator(cfg.channels)
-        self.values = Values(cfg.values, THRESHOLD_MIP * norms.get("mip_mev", 0.0))
+        self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]))
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
                                              norms["response_std"])
-        _require_grid(geom)
 
     # ---- conditions --------------------------------------------------------------------------
     def conditions(self, primaries: Primaries) -> torch.Tensor:
@@ -345,10 +454,12 @@ class Gan3D(NetworkGenerator):
     @classmethod
     def build(cls, data: ImageData, geom: Geometry, cfg: Gan3DConfig | None, seed: int) -> Gan3D:
         log_e = np.log(data.primaries.energy_mev)
+        ecal = geom.cells["layer"] < LAYERS
         norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
                  "aux_mean": data.targets.mean(0).tolist(),
                  "response_std": float(data.targets[:, 1].std() + 1e-6),  # of ln(E_dep / E_p)
-                 "mip_mev": float(np.median(geom.mip_energy[geom.cells["layer"] < LAYERS])),
+                 "mip_mev": [float(np.median(geom.mip_energy[ecal])),  # ECAL, HCAL sensors
+                             float(np.median(geom.mip_energy[~ecal]))],
                  # eta is no condition (theta is): no eta range, which near the axis would
                  # refuse directions only a little closer to it than the training sample's
                  "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()
@@ -374,9 +485,9 @@ class Gan3D(NetworkGenerator):
         energy = torch.from_numpy(data.primaries.energy_mev[index]).float()
         real = values.encode(torch.from_numpy(data.energy_mev[index]), energy)
         target = torch.from_numpy(data.targets[index])
-        if self.cfg.sparse:  # the cells that become hits; the response is theirs
-            threshold = values.threshold(real, energy)
-            real = real * (real >= threshold)
+        if self.cfg.sparse:  # the cells that are placed; the response is theirs
+            floor = values.floor(real, energy)
+            real = real * (real >= floor)
             target = torch.cat([target[:, :1],
                                 torch.log(values.response(real, energy) + 1e-9)[:, None],
                                 target[:, 2:]], -1)
@@ -386,7 +497,7 @@ class Gan3D(NetworkGenerator):
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
         fake = self.generator(z, cond)
         if self.cfg.sparse:
-            fake = soft_cut(fake, threshold)
+            fake = soft_cut(fake, floor)
         law = torch.zeros(())
         if self.cfg.response_law:  # the shape at the real shower's response; the law by NLL
             fake = values.with_response(fake, energy, torch.exp(target[:, 1]))
@@ -418,21 +529,20 @@ class Gan3D(NetworkGenerator):
         return self.__dict__["_program"]
 
     def export_side(self) -> dict:
-        return {"layers": LAYERS, "window": WINDOW}
+        return {"images": IMAGES}
 
     @classmethod
     def host(cls, side: dict, geom: Geometry):
         """Images onto the grid's cells (place_image)."""
-        if (side["layers"], side["window"]) != (LAYERS, WINDOW):
-            raise FastShowerError(f"this gan3d was exported with {side['layers']} layers of "
-                                  f"{side['window']} cells; this version places {LAYERS} x "
-                                  f"{WINDOW}")
-        return lambda out, primaries, rng: place_image(out["image"], primaries, geom)
+        if side.get("images") != IMAGES:
+            raise FastShowerError(f"this gan3d was exported with images {side}; this version "
+                                  f"places {IMAGES}")
+        return lambda out, primaries, rng: place_image(out["image"], primaries, geom, rng)
 
 
 class Gan3DProgram(nn.Module):
     """(energy MeV, position mm, direction, particle index, latent noise) -> cell energies
-    (P, LAYERS, WINDOW, WINDOW) MeV in the primary's window; the host puts them on cells."""
+    (P, VOXELS) MeV of both images; the host puts them on cells."""
 
     output_names = ("image",)
 
@@ -451,7 +561,7 @@ class Gan3DProgram(nn.Module):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
         image = self.generator(z, cond)
         if self.sparse:
-            image = soft_cut(image, self.values.threshold(image, energy))
+            image = soft_cut(image, self.values.floor(image, energy))
         if self.law is not None:
             mean, log_sigma = self.law(cond)
             image = self.values.with_response(image, energy,
@@ -459,12 +569,13 @@ class Gan3DProgram(nn.Module):
         return (self.values.decode(image, energy),)
 
 
-def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry) -> ShowerBatch:
-    """Showers from window images (MeV): each cell above the readout threshold onto its grid
-    cell (cells off the grid are dropped, as Geant4's energy there would be)."""
-    cells = window_cells(geom, primaries)
+def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry,
+                rng: np.random.Generator) -> ShowerBatch:
+    """Showers from images (P, VOXELS) MeV: each voxel of at least FLOOR_MIP onto its grid cell
+    (voxel_cells; voxels off the grid are dropped, as Geant4's energy there would be)."""
+    cells = voxel_cells(geom, primaries, rng)
     n = len(primaries)
-    shower = np.broadcast_to(np.arange(n)[:, None], (n, cells[0].size)).ravel()
+    shower = np.broadcast_to(np.arange(n)[:, None], cells.shape).ravel()
     ids, e = cells.ravel(), image.reshape(-1).astype(np.float64)
-    keep = (ids >= 0) & (e >= THRESHOLD_MIP * geom.mip_energy[np.maximum(ids, 0)])
+    keep = (ids >= 0) & (e >= FLOOR_MIP * geom.mip_energy[np.maximum(ids, 0)])
     return to_batch(primaries, geom, shower[keep], ids[keep], e[keep])

@@ -132,25 +132,21 @@ def axis_cells(geom: Geometry, primaries: Primaries) -> tuple[np.ndarray, np.nda
     return seg.index(np.arange(DEPTH), axis[..., 0], axis[..., 1])
 
 
-def _fine_offsets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(layer, di, dj) of every fine voxel, flattened in image order."""
-    layer, i, j = np.indices(FINE_SHAPE)
-    return layer.ravel(), i.ravel() - WINDOW // 2, j.ravel() - WINDOW // 2
+def _voxel_table() -> dict[str, np.ndarray]:
+    """(VOXELS,) per voxel in image order: its layer, its offset (di, dj) from the axis cell
+    (in cells for the fine image and the HCAL, in blocks for the coarse ECAL), whether it is a
+    block, and whether it holds energy (not a block under the fine image)."""
+    fl, fi, fj = np.indices(FINE_SHAPE).reshape(3, -1)
+    cl, ci, cj = np.indices(COARSE_SHAPE).reshape(3, -1)
+    h, c = WINDOW // 2, COARSE // 2
+    block = np.concatenate([np.zeros(fl.size, bool), cl < LAYERS])
+    di, dj = np.concatenate([fi - h, ci - c]), np.concatenate([fj - h, cj - c])
+    inner = h // BLOCK  # blocks under the fine window: |b| <= inner
+    return {"layer": np.concatenate([fl, cl]), "di": di, "dj": dj, "block": block,
+            "used": ~block | (np.abs(di) > inner) | (np.abs(dj) > inner)}
 
 
-def _coarse_cells() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(layer, bi, bj) of every coarse voxel, flattened in image order (bi, bj: block index
-    from the axis's block in the ECAL, cell offset from the axis cell in the HCAL)."""
-    layer, i, j = np.indices(COARSE_SHAPE)
-    return layer.ravel(), i.ravel() - COARSE // 2, j.ravel() - COARSE // 2
-
-
-def coarse_mask() -> np.ndarray:
-    """(DEPTH * COARSE**2,) bool: the coarse voxels that hold energy (not the ECAL blocks that
-    the fine image covers)."""
-    layer, bi, bj = _coarse_cells()
-    inner = (WINDOW // 2) // BLOCK  # blocks of the fine window: |b| <= inner
-    return (layer >= LAYERS) | (np.abs(bi) > inner) | (np.abs(bj) > inner)
+VOXEL = _voxel_table()
 
 
 def voxel_of_hits(geom: Geometry, batch: ShowerBatch) -> tuple[np.ndarray, ...]:
@@ -187,26 +183,27 @@ def images(batch: ShowerBatch, geom: Geometry) -> tuple[np.ndarray, np.ndarray]:
             np.bincount(event[~inside], energy[~inside], n))
 
 
-def voxel_cells(geom: Geometry, primaries: Primaries, rng: np.random.Generator) -> np.ndarray:
-    """(P, VOXELS) the grid cell that each voxel's energy goes to, -1 off the grid (and for the
-    coarse voxels under the fine image). A coarse ECAL voxel puts its energy on one cell of its
-    block, drawn uniformly with ``rng`` (the approximation the coarse image makes: one hit per
-    5 x 5 cells far from the axis, where showers leave single, isolated hits)."""
+def voxel_cells(geom: Geometry, primaries: Primaries, rng: np.random.Generator,
+                shower: np.ndarray | None = None, voxel: np.ndarray | None = None) -> np.ndarray:
+    """The grid cell that each voxel's energy goes to, -1 off the grid (and for the coarse
+    voxels under the fine image): of the voxels ``voxel`` of showers ``shower`` (index arrays),
+    or (P, VOXELS) of all. A coarse ECAL voxel puts its energy on one cell of its block, drawn
+    uniformly with ``rng`` (the approximation the coarse image makes: one hit per 5 x 5 cells
+    far from the axis, where showers leave single, isolated hits)."""
+    if shower is None:
+        shower, voxel = np.divmod(np.arange(len(primaries) * VOXELS), VOXELS)
+        return voxel_cells(geom, primaries, rng, shower, voxel).reshape(-1, VOXELS)
     table = _lattice(geom)[0]
     ai, aj = axis_cells(geom, primaries)
-    n = len(primaries)
-    fl, fi, fj = _fine_offsets()
-    cl, ci, cj = _coarse_cells()
-    ecal = cl < LAYERS
-    spread = rng.integers(0, BLOCK, (2, n, len(cl))) - BLOCK // 2
-    ci = np.where(ecal, ci * BLOCK + spread[0], ci)  # (n, coarse voxels)
-    cj = np.where(ecal, cj * BLOCK + spread[1], cj)
-    layer = np.concatenate([fl, cl])
-    i = np.concatenate([np.broadcast_to(fi, (n, len(fi))), ci], 1) + ai[:, layer]
-    j = np.concatenate([np.broadcast_to(fj, (n, len(fj))), cj], 1) + aj[:, layer]
+    layer, block = VOXEL["layer"][voxel], VOXEL["block"][voxel]
+    spread = rng.integers(0, BLOCK, (2, len(voxel))) - BLOCK // 2
+    i = ai[shower, layer] + np.where(block, VOXEL["di"][voxel] * BLOCK + spread[0],
+                                     VOXEL["di"][voxel])
+    j = aj[shower, layer] + np.where(block, VOXEL["dj"][voxel] * BLOCK + spread[1],
+                                     VOXEL["dj"][voxel])
     seg = geom.segmentation
-    ok = (i >= 0) & (i < seg.nx[layer]) & (j >= 0) & (j < seg.ny[layer])
-    ok[:, len(fl):] &= coarse_mask()
+    ok = (VOXEL["used"][voxel] & (i >= 0) & (i < seg.nx[layer]) & (j >= 0)
+          & (j < seg.ny[layer]))
     cells = table[layer, np.clip(i, 0, table.shape[1] - 1), np.clip(j, 0, table.shape[2] - 1)]
     return np.where(ok, cells, -1)
 
@@ -271,11 +268,13 @@ def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
 
 class Generator(nn.Module):
     """(latent noise, conditions) -> both images, flattened (P, VOXELS). The fine image: a
-    dense layer to 7^3 x 4C, transposed 3-D convolutions 7 -> 13 -> 25 and a last convolution;
-    the coarse one: a dense layer to 20 x 6 x 6 x 2C, a transposed convolution to 40 x 11 x 11
-    and a last convolution, its voxels under the fine image zero. ReLU outputs (empty cells are
-    exact zeros); ``start``: the last layers' initial bias (log values: above the readout
-    floor, ln 2, where the soft cut of ``sparse`` passes gradients)."""
+    dense layer to 7^3 x 4C, transposed 3-D convolutions 7 -> 13 -> 25; the coarse one: a
+    dense layer to 20 x 6 x 6 x 2C, a transposed convolution to 40 x 11 x 11, its voxels under
+    the fine image zero. The last transposed convolutions give the images (one channel): a
+    3 x 3 x 3 convolution after them at full resolution, as the first version had, took 3/4 of
+    the generator's time (benchmarks/speed.py). ReLU outputs (empty cells are exact zeros);
+    ``start``: the last layers' initial bias (log values: above the floor, ln 2, where the
+    soft cut of ``sparse`` passes gradients)."""
 
     def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None):
         super().__init__()
@@ -284,14 +283,13 @@ class Generator(nn.Module):
         self.dense = nn.Linear(latent + conditions, 4 * c * 7 ** 3)
         self.net = nn.Sequential(
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(4 * c, 2 * c, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.2), nn.Conv3d(c, 1, 3, padding=1), nn.ReLU())
+            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 3, stride=2, padding=1), nn.ReLU())
         self.coarse_dense = nn.Linear(latent + conditions, 2 * c * DEPTH // 2 * 6 * 6)
         self.coarse = nn.Sequential(
-            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1,
-                                                  output_padding=(1, 0, 0)),
-            nn.LeakyReLU(0.2), nn.Conv3d(c, 1, 3, padding=1), nn.ReLU())
-        self.register_buffer("mask", torch.from_numpy(coarse_mask()).float(), persistent=False)
+            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 3, stride=2, padding=1,
+                                                  output_padding=(1, 0, 0)), nn.ReLU())
+        used = VOXEL["used"][LAYERS * WINDOW ** 2:]  # the coarse voxels that hold energy
+        self.register_buffer("mask", torch.from_numpy(used).float(), persistent=False)
         if start is not None:
             nn.init.constant_(self.net[-2].bias, start)
             nn.init.constant_(self.coarse[-2].bias, start)
@@ -388,8 +386,7 @@ class ImageData:
 def voxel_floors(mip_mev: tuple[float, float]) -> np.ndarray:
     """(VOXELS,) the smallest energy (MeV) each voxel holds: FLOOR_MIP of the ECAL's or the
     HCAL's sensors' MIP (``mip_mev``)."""
-    layer = np.concatenate([_fine_offsets()[0], _coarse_cells()[0]])
-    return FLOOR_MIP * np.where(layer < LAYERS, *mip_mev)
+    return FLOOR_MIP * np.where(VOXEL["layer"] < LAYERS, *mip_mev)
 
 
 class Gan3D(NetworkGenerator):
@@ -572,10 +569,12 @@ class Gan3DProgram(nn.Module):
 def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry,
                 rng: np.random.Generator) -> ShowerBatch:
     """Showers from images (P, VOXELS) MeV: each voxel of at least FLOOR_MIP onto its grid cell
-    (voxel_cells; voxels off the grid are dropped, as Geant4's energy there would be)."""
-    cells = voxel_cells(geom, primaries, rng)
-    n = len(primaries)
-    shower = np.broadcast_to(np.arange(n)[:, None], cells.shape).ravel()
-    ids, e = cells.ravel(), image.reshape(-1).astype(np.float64)
-    keep = (ids >= 0) & (e >= FLOOR_MIP * geom.mip_energy[np.maximum(ids, 0)])
-    return to_batch(primaries, geom, shower[keep], ids[keep], e[keep])
+    (voxel_cells, for those voxels only; voxels off the grid are dropped, as Geant4's energy
+    there would be)."""
+    ecal = geom.cells["layer"] < LAYERS
+    floors = voxel_floors((np.median(geom.mip_energy[ecal]), np.median(geom.mip_energy[~ecal])))
+    shower, voxel = np.nonzero(image >= floors)
+    cells = voxel_cells(geom, primaries, rng, shower, voxel)
+    ok = cells >= 0
+    return to_batch(primaries, geom, shower[ok], cells[ok],
+                    image[shower[ok], voxel[ok]].astype(np.float64))

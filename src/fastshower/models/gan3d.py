@@ -78,6 +78,7 @@ VOXELS = LAYERS * WINDOW ** 2 + DEPTH * COARSE ** 2  # one shower: both images, 
 FLOOR_MIP = 0.1
 IMAGES = {"fine": list(FINE_SHAPE), "coarse": list(COARSE_SHAPE), "block": BLOCK}
 SCALE, POWER = 10.0, 0.5  # sqrt values: SCALE * (e / E_p) ** POWER
+LOG_MAX = 30.0  # log values above it are read as it (e0 e^30 ~ 1e11 MeV): exp never overflows
 
 
 class Gan3DConfig(BaseModel):
@@ -239,7 +240,7 @@ class Values:
     def decode(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """Values -> cell energies (MeV)."""
         if self.kind == "log":
-            return self.e0.to(x.dtype) * (torch.exp(x) - 1)
+            return self.e0.to(x.dtype) * (torch.exp(x.clamp(max=LOG_MAX)) - 1)
         return per_image(energy, x) * (x / SCALE) ** (1 / POWER)
 
     def response(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
@@ -249,7 +250,7 @@ class Values:
     def rescale(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Images whose every cell energy is multiplied by ``factor`` (P,): the shape kept."""
         if self.kind == "log":
-            return torch.log(1 + per_image(factor, x) * (torch.exp(x) - 1))
+            return torch.log(1 + per_image(factor, x) * (torch.exp(x.clamp(max=LOG_MAX)) - 1))
         return x * per_image(factor ** POWER, x)
 
     def with_response(self, x: torch.Tensor, energy: torch.Tensor, r: torch.Tensor):

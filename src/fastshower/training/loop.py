@@ -216,7 +216,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
                             weight_decay=1e-5, betas=model.adam_betas)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(cfg))
     # stages have disjoint parameters and losses: each keeps its own best state
-    step, elapsed = 0, 0.0
+    step, elapsed, skipped = 0, 0.0, 0
     best = {stage: math.inf for stage in model.stages}
     bad = {stage: 0 for stage in model.stages}
     best_state = {stage: getattr(model, stage).state_dict() for stage in model.stages}
@@ -224,7 +224,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, best, bad, elapsed = state["step"], state["best"], state["bad"], state["elapsed"]
-        best_state = state["best_state"]
+        best_state, skipped = state["best_state"], state.get("skipped", 0)
         if ranks.main:
             run.truncate_history(step)
             console.print(f"resuming {run.path} at step {step}")
@@ -242,9 +242,15 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
             losses = _losses(net, tr, cfg, rng, ranks)
             opt.zero_grad()
             losses["loss"].backward()
-            for stage in model.stages:  # each stage its own norm: none throttles another
-                torch.nn.utils.clip_grad_norm_(getattr(model, stage).parameters(), 5.0)
-            opt.step()
+            norms = [torch.nn.utils.clip_grad_norm_(getattr(model, stage).parameters(), 5.0)
+                     for stage in model.stages]  # each stage its own: none throttles another
+            if all(torch.isfinite(n) for n in norms):  # the same on every rank (all-reduced)
+                opt.step()
+            else:  # a non-finite gradient would spoil the weights for good: skip the step
+                skipped += 1
+                if ranks.main and skipped == 1:
+                    console.print(f"step {step}: non-finite gradient, step skipped (counted in "
+                                  "the validation records)")
             sched.step()
             step += 1
             if step % 10 == 0 and ranks.main:
@@ -258,7 +264,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
                 stop = ranks.agree(False)
                 continue
             record = {"step": step, "elapsed_s": round(time.time() - started, 1),
-                      "lr": sched.get_last_lr()[0],
+                      "lr": sched.get_last_lr()[0], "skipped_steps": skipped,
                       **{f"train_{k}": v.item() for k, v in losses.items()},
                       **_validate(model, va, val_set, geom, cfg)}
             for k, v in record.items():
@@ -280,7 +286,8 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
             stop = ranks.agree(min(bad.values()) >= cfg.patience or out_of_time)
             run.save({"model": model.state(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "step": step, "best": best, "bad": bad,
-                      "best_state": best_state, "elapsed": time.time() - started})
+                      "best_state": best_state, "elapsed": time.time() - started,
+                      "skipped": skipped})
             bar.update(val=f"{record['val_loss']:.3f} sep {record['sep_power_mean']:.3f}")
             terms = ", ".join(f"{k} {record[f'val_{k}']:.4f}" for k in model.loss_weights)
             console.print(f"step {step}: validation {terms} (improved: "

@@ -100,6 +100,9 @@ class Gan3DConfig(BaseModel):
     # smoothly), so the discriminator sees, and the response law fills, the cells placed
     sparse: bool = False
     values: Literal["sqrt", "log"] = "sqrt"  # the image's cell values (Values)
+    # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
+    # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
+    last: Literal["transposed", "convolution"] = "transposed"
 
 
 def _require_grid(geom: Geometry) -> GridSegmentation:
@@ -271,35 +274,54 @@ class Generator(nn.Module):
     """(latent noise, conditions) -> both images, flattened (P, VOXELS). The fine image: a
     dense layer to 7^3 x 4C, transposed 3-D convolutions 7 -> 13 -> 25; the coarse one: a
     dense layer to 20 x 6 x 6 x 2C, a transposed convolution to 40 x 11 x 11, its voxels under
-    the fine image zero. The last transposed convolutions give the images (one channel): a
-    3 x 3 x 3 convolution after them at full resolution, as the first version had, took 3/4 of
-    the generator's time (benchmarks/speed.py). ReLU outputs (empty cells are exact zeros);
+    the fine image zero. The last transposed convolutions give the images (one channel; kernel
+    4, stride 2: every voxel from 2 x 2 x 2 inputs, so no checkerboard): a 3 x 3 x 3
+    convolution at full resolution after them, as the first version had (``last``), took 3/4
+    of the generator's time. ReLU outputs (empty cells are exact zeros);
     ``start``: the last layers' initial bias (log values: above the floor, ln 2, where the
     soft cut of ``sparse`` passes gradients)."""
 
-    def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None):
+    def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None,
+                 last: str = "transposed"):
         super().__init__()
         c = channels
         self.c = c
         self.dense = nn.Linear(latent + conditions, 4 * c * 7 ** 3)
+        if last == "convolution":  # the first version's: at full resolution, slow
+            tail = [nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
+                    nn.Conv3d(c, 1, 3, padding=1)]
+        else:  # kernel 4, stride 2: 8 taps for every voxel (no checkerboard), 26^3 cut to 25^3
+            tail = [nn.ConvTranspose3d(2 * c, 1, 4, stride=2, padding=1), Crop(FINE_SHAPE)]
         self.net = nn.Sequential(
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(4 * c, 2 * c, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 3, stride=2, padding=1), nn.ReLU())
+            nn.LeakyReLU(0.2), *tail, nn.ReLU())
         self.coarse_dense = nn.Linear(latent + conditions, 2 * c * DEPTH // 2 * 6 * 6)
-        self.coarse = nn.Sequential(
-            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 3, stride=2, padding=1,
-                                                  output_padding=(1, 0, 0)), nn.ReLU())
+        self.coarse = nn.Sequential(  # 20 x 6 x 6 -> 40 x 12 x 12, cut to 40 x 11 x 11
+            nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 4, stride=2, padding=1),
+            Crop(COARSE_SHAPE), nn.ReLU())
         used = VOXEL["used"][LAYERS * WINDOW ** 2:]  # the coarse voxels that hold energy
         self.register_buffer("mask", torch.from_numpy(used).float(), persistent=False)
         if start is not None:
-            nn.init.constant_(self.net[-2].bias, start)
-            nn.init.constant_(self.coarse[-2].bias, start)
+            for net in (self.net, self.coarse):
+                nn.init.constant_([m for m in net if hasattr(m, "bias")][-1].bias, start)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         zc = torch.cat([z, cond], -1)
         fine = self.net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
         coarse = self.coarse(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
         return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
+
+
+class Crop(nn.Module):
+    """The first ``shape`` voxels of each axis of (P, 1, *larger)."""
+
+    def __init__(self, shape: tuple[int, int, int]):
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d, h, w = self.shape
+        return x[:, :, :d, :h, :w]
 
 
 def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -428,7 +450,7 @@ class Gan3D(NetworkGenerator):
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
-                                   start=1.0 if cfg.values == "log" else None)
+                                   start=1.0 if cfg.values == "log" else None, last=cfg.last)
         self.discriminator = Discriminator(cfg.channels)
         self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]))
         if cfg.response_law:  # part of the generator's stage: selected with its weights

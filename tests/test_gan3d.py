@@ -182,3 +182,15 @@ def test_gan3d_refuses_a_geometry_without_square_cells():
     with pytest.raises(FastShowerError, match="grid geometry"):
         Gan3D(build_geometry("hgcal"), ["e-"], Gan3DConfig(),
               {"log_e_mean": 0.0, "log_e_std": 1.0, "ranges": {"energy_gev": [1, 2]}})
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped(grid_sample):
+    """A learning rate far too large: the first step makes the weights huge, the next ones'
+    gradients overflow; those steps are skipped and counted, the weights stay finite."""
+    geom, gpath, tmp = grid_sample
+    cfg = TrainConfig(model="gan3d", max_steps=4, val_every=4, val_showers=10, warmup_steps=0,
+                      lr=1e30, gan3d={"channels": 2, "latent": 4, "batch": 4})
+    record = train(str(tmp / "e-"), gpath, tmp / "run_overflow", cfg, show_progress=False)
+    assert record["step"] == 4 and 1 <= record["skipped_steps"] <= 3
+    state = torch.load(tmp / "run_overflow" / "checkpoints" / "last.pt", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["model"]["state_dict"].values())

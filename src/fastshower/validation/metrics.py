@@ -8,6 +8,8 @@ classifier test (ROC AUC of a small calibrated network; 0.5 = indistinguishable)
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from scipy import linalg, stats
@@ -45,7 +47,10 @@ def standardise(ref: np.ndarray, gen: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
 
 def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to (n, d) samples x and y."""
+    """Frechet distance between Gaussians fitted to (n, d) samples x and y; infinite for a
+    sample with a non-finite value (a diverged generator's)."""
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.inf
     mx, my = x.mean(axis=0), y.mean(axis=0)
     cx, cy = np.atleast_2d(np.cov(x, rowvar=False)), np.atleast_2d(np.cov(y, rowvar=False))
     root = linalg.sqrtm(cx @ cy).real

@@ -12,10 +12,10 @@ cell by cell. Why both (benchmarks/gan3d_images.py, on 1,950 held-out showers): 
 showers cut to the original's 25 x 25 x 25 window are told from the whole showers at AUC 0.999
 (the window holds 99.2 % of the ECAL energy but 94.5 % of its hits, and none of the 3.5 % of
 the visible energy in the HCAL: the width, the response and the hit count give it away); cut
-to the fine + coarse images they are at AUC 0.515 (floor 0.49). Cell values are ``SCALE * (e /
-E_p) ** POWER`` (the square root compresses the range of cell energies; the original used a
-power of 0.85 in later versions) or ``ln(1 + e / floor)`` (``Values``); generated cells
-below the floor (``FLOOR_MIP``) are dropped.
+to the fine + coarse images (cells down to FLOOR_MIP) they are at AUC 0.56 (floor 0.49). Cell
+values are ``SCALE * (e / E_p) ** power`` (by default the square root, which compresses the
+range of cell energies; the original used a power of 0.85 in later versions) or ``ln(1 + e /
+floor)`` (``Values``); generated cells below the floor (``FLOOR_MIP``) are dropped.
 
 Training (the model owns its loss): both players step together in the trainer's one optimiser
 step. The discriminator's terms use real images and detached fakes; the generator's terms run
@@ -77,7 +77,7 @@ VOXELS = LAYERS * WINDOW ** 2 + DEPTH * COARSE ** 2  # one shower: both images, 
 # told from the whole ones at AUC 0.80 instead of 0.55: benchmarks/gan3d_images.py)
 FLOOR_MIP = 0.1
 IMAGES = {"fine": list(FINE_SHAPE), "coarse": list(COARSE_SHAPE), "block": BLOCK}
-SCALE, POWER = 10.0, 0.5  # sqrt values: SCALE * (e / E_p) ** POWER
+SCALE = 10.0  # power values: SCALE * (e / E_p) ** power
 LOG_MAX = 30.0  # log values above it are read as it (e0 e^30 ~ 1e11 MeV): exp never overflows
 
 
@@ -100,6 +100,7 @@ class Gan3DConfig(BaseModel):
     # smoothly), so the discriminator sees, and the response law fills, the cells placed
     sparse: bool = False
     values: Literal["sqrt", "log"] = "sqrt"  # the image's cell values (Values)
+    power: float = Field(0.5, gt=0.0, le=1.0)  # of the sqrt values (0.5: the square root)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -222,29 +223,32 @@ class Values:
     """Cell energies (MeV) <-> the values of the images that the two networks see, and the
     image quantities the model needs in those values. Two kinds:
 
-    - ``sqrt``: ``SCALE * (e / E_p) ** POWER``, as the original (a power of 0.85 there in later
-      versions): images in units of the primary's energy; a cell at the readout threshold of
-      a 500 GeV shower is ~1/1,600 of its core cell, too small for either network to see.
+    - ``sqrt``: ``SCALE * (e / E_p) ** power`` (``power`` 0.5: the square root), as the
+      original (a power of 0.85 there in later versions): images in units of the primary's
+      energy; with the square root a cell at the readout threshold of a 500 GeV shower is
+      ~1/1,600 of its core cell, too small for either network to see.
     - ``log``: ``ln(1 + e / e0)`` with ``e0`` the floor (FLOOR_MIP, MeV): the floor is at
       ln 2 at every energy, the readout threshold at ln 6 and a 100 GeV core cell at ~15, so
       the cells that make the shower's hit count and width weigh in the adversarial game.
     """
 
-    def __init__(self, kind: str, floor_mev):
-        """``floor_mev``: the smallest cell energy held, one value or one per voxel (VOXELS,)."""
-        self.kind, self.e0 = kind, torch.as_tensor(floor_mev, dtype=torch.float64)
+    def __init__(self, kind: str, floor_mev, power: float = 0.5):
+        """``floor_mev``: the smallest cell energy held, one value or one per voxel (VOXELS,);
+        ``power``: of the ``sqrt`` kind."""
+        self.kind, self.power = kind, power
+        self.e0 = torch.as_tensor(floor_mev, dtype=torch.float64)
 
     def encode(self, e: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """Cell energies (P, ...) MeV of primaries of ``energy`` (P,) MeV -> values."""
         if self.kind == "log":
             return torch.log(1 + e / self.e0.to(e.dtype))
-        return SCALE * (e / per_image(energy, e)) ** POWER
+        return SCALE * (e / per_image(energy, e)) ** self.power
 
     def decode(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """Values -> cell energies (MeV)."""
         if self.kind == "log":
             return self.e0.to(x.dtype) * (torch.exp(x.clamp(max=LOG_MAX)) - 1)
-        return per_image(energy, x) * (x / SCALE) ** (1 / POWER)
+        return per_image(energy, x) * (x / SCALE) ** (1 / self.power)
 
     def response(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """E_dep / E_p (P,) of images (P, ...)."""
@@ -254,7 +258,7 @@ class Values:
         """Images whose every cell energy is multiplied by ``factor`` (P,): the shape kept."""
         if self.kind == "log":
             return torch.log(1 + per_image(factor, x) * (torch.exp(x.clamp(max=LOG_MAX)) - 1))
-        return x * per_image(factor ** POWER, x)
+        return x * per_image(factor ** self.power, x)
 
     def with_response(self, x: torch.Tensor, energy: torch.Tensor, r: torch.Tensor):
         """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,)."""
@@ -452,7 +456,7 @@ class Gan3D(NetworkGenerator):
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
                                    start=1.0 if cfg.values == "log" else None, last=cfg.last)
         self.discriminator = Discriminator(cfg.channels)
-        self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]))
+        self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power)
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
                                              norms["response_std"])
@@ -565,6 +569,7 @@ class Gan3DProgram(nn.Module):
     (P, VOXELS) MeV of both images; the host puts them on cells."""
 
     output_names = ("image",)
+    chunk = 128  # showers per call (80 kB of image each; the default 16 is slower per shower)
 
     def __init__(self, model: Gan3D):
         super().__init__()

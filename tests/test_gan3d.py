@@ -130,7 +130,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     cfg = TrainConfig(model="gan3d", max_steps=6, val_every=3, val_showers=10, warmup_steps=1,
                       patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8,
                                            "response_law": response_law, "sparse": response_law,
-                                           "values": values})
+                                           "values": values, "minibatch_std": values == "log"})
     run = tmp / f"run_{response_law}_{values}"
     record = train(str(tmp / "e-"), gpath, run, cfg, show_progress=False)
     assert record["step"] == 6 and np.isfinite(record["val_loss"])
@@ -146,6 +146,13 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     terms = model(data, np.random.default_rng(0))
     terms["d_adv"][0].backward()
     assert all(p.grad is None for p in model.generator.parameters())
+    # with minibatch_std the discriminator's verdict on a shower depends on its mini-batch
+    x = model.values.encode(torch.from_numpy(data.energy_mev[:8]),
+                            torch.from_numpy(data.primaries.energy_mev[:8]).float())
+    r = torch.zeros(8)
+    with torch.no_grad():
+        alone, mixed = (model.discriminator(x[i], r[i])[0, 0] for i in ([0, 1, 2], [0, 5, 7]))
+    assert (alone != mixed) == model.cfg.minibatch_std
     # generation: cells of the grid's ECAL and HCAL, above the floor, the same for the same seed
     gun = GunConfig(particle="e-", energy=[20.0], theta_deg=(10.0, 20.0), phi_deg=(0.0, 360.0),
                     aim_mm=(0.0, 0.0, 1500.0))

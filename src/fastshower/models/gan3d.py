@@ -101,6 +101,7 @@ class Gan3DConfig(BaseModel):
     sparse: bool = False
     values: Literal["sqrt", "log"] = "sqrt"  # the image's cell values (Values)
     power: float = Field(0.5, gt=0.0, le=1.0)  # of the sqrt values (0.5: the square root)
+    minibatch_std: bool = False  # the discriminator sees the mini-batch's spread (Discriminator)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -339,11 +340,14 @@ class Discriminator(nn.Module):
     3-D convolutions of the fine image 25 -> 13 -> 7 -> 4 and of the coarse one 40 x 11 x 11 ->
     20 x 6 x 6 -> 10 x 3 x 3, then two dense layers; the images' summed energy also enters the
     dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the exact response,
-    given with them."""
+    given with them. ``minibatch_std``: the dense part also sees the spread of the
+    convolutional features over the mini-batch (Karras et al. 2018), so that a generator whose
+    showers vary too much, or too little, from one to the next is told apart."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, minibatch_std: bool = False):
         super().__init__()
         c = channels
+        self.minibatch_std = minibatch_std
         self.conv = nn.Sequential(
             nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
@@ -352,13 +356,16 @@ class Discriminator(nn.Module):
             nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
         features = 4 * c * 4 ** 3 + 2 * c * (DEPTH // 4) * 3 * 3
-        self.head = nn.Sequential(nn.Linear(features + 1, 64), nn.LeakyReLU(0.2),
-                                  nn.Linear(64, 4))
+        self.head = nn.Sequential(nn.Linear(features + 1 + minibatch_std, 64),
+                                  nn.LeakyReLU(0.2), nn.Linear(64, 4))
 
     def forward(self, x: torch.Tensor, log_response: torch.Tensor) -> torch.Tensor:
         fine, coarse = split(x)
-        return self.head(torch.cat([self.conv(fine[:, None]), self.coarse(coarse[:, None]),
-                                    log_response[:, None]], -1))
+        h = torch.cat([self.conv(fine[:, None]), self.coarse(coarse[:, None])], -1)
+        extra = [log_response[:, None]]
+        if self.minibatch_std:
+            extra.append(h.std(0, unbiased=False).mean().expand(len(h), 1))
+        return self.head(torch.cat([h, *extra], -1))
 
 
 class ResponseLaw(nn.Module):
@@ -455,7 +462,7 @@ class Gan3D(NetworkGenerator):
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
                                    start=1.0 if cfg.values == "log" else None, last=cfg.last)
-        self.discriminator = Discriminator(cfg.channels)
+        self.discriminator = Discriminator(cfg.channels, cfg.minibatch_std)
         self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power)
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],

@@ -76,10 +76,14 @@ class GridSegmentation(Segmentation):
         return ((np.asarray(i) - self.nx[layer] / 2 + 0.5) * size,
                 (np.asarray(j) - self.ny[layer] / 2 + 0.5) * size)
 
+    def on_lattice(self, layer, i, j) -> np.ndarray:
+        """Whether lattice indices (i, j) are a cell of the given layers."""
+        return (i >= 0) & (i < self.nx[layer]) & (j >= 0) & (j < self.ny[layer])
+
     def keys(self, layer, x, y) -> np.ndarray:
         layer = np.asarray(layer, dtype=np.int64)
         i, j = self.index(layer, x, y)
-        ok = (i >= 0) & (i < self.nx[layer]) & (j >= 0) & (j < self.ny[layer])
+        ok = self.on_lattice(layer, i, j)
         return np.where(ok, pack_key(layer, 0, np.where(ok, i, 0), np.where(ok, j, 0)), -1)
 
 
@@ -88,8 +92,7 @@ def lattice_cells(geom) -> np.ndarray:
     grid geometry ``geom``, -1 where a layer has fewer cells: its lookup of each cell centre."""
     seg = geom.segmentation
     layer, i, j = np.indices((len(geom.layers), int(seg.nx.max()), int(seg.ny.max())))
-    inside = (i < seg.nx[layer]) & (j < seg.ny[layer])
-    return np.where(inside, geom.lookup(layer, *seg.centre(layer, i, j)), -1)
+    return np.where(seg.on_lattice(layer, i, j), geom.lookup(layer, *seg.centre(layer, i, j)), -1)
 
 
 def _air(gap: float) -> list[tuple[str, float]]:

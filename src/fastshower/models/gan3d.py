@@ -40,14 +40,14 @@ weights chosen by the FPD of its validation showers, not by its loss.
 
 Approximations, named: a coarse ECAL voxel's energy goes onto one cell of its block, drawn
 uniformly (far from the axis a shower leaves single, isolated hits; the AUC above includes
-it); energy beyond the images (0.3 % of the visible energy) is not generated (the training data
+it); energy beyond the images (0.02 % of the visible energy) is not generated (the training data
 record how much); hit times are times of flight; cells of one layer are on the grid's lattice
 only (square cells).
 """
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -70,7 +70,8 @@ COARSE = 11  # the coarse image: cells per side (ECAL blocks, HCAL cells), the a
 HCAL_LAYERS = 15  # the first HCAL layers, in the coarse image
 DEPTH = LAYERS + HCAL_LAYERS  # the coarse image's layers
 FINE_SHAPE, COARSE_SHAPE = (LAYERS, WINDOW, WINDOW), (DEPTH, COARSE, COARSE)
-VOXELS = LAYERS * WINDOW ** 2 + DEPTH * COARSE ** 2  # one shower: both images, flattened
+FINE_VOXELS = LAYERS * WINDOW ** 2  # the fine image's voxels come first in a flat image
+VOXELS = FINE_VOXELS + DEPTH * COARSE ** 2  # one shower: both images, flattened
 # the smallest cell energy the images hold and the generator places, in MIPs: below the readout
 # threshold (half a MIP) too, since the validation's visible energy and width count Geant4's
 # sim hits of every energy (placed at half a MIP, Geant4's own showers cut to the images are
@@ -116,17 +117,27 @@ def _require_grid(geom: Geometry) -> GridSegmentation:
     return seg
 
 
-_LATTICES: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # geometry hash -> ...
+class _Lattice(NamedTuple):
+    """What gan3d needs of a grid geometry, made once per geometry (_lattice)."""
+
+    table: np.ndarray  # (layers, nx, ny) cell id of every lattice position (lattice_cells)
+    i: np.ndarray  # lattice indices of every cell
+    j: np.ndarray
+    mip_mev: tuple[float, float]  # the MIP energy of the ECAL's and of the HCAL's sensors
 
 
-def _lattice(geom: Geometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(layers, nx, ny) cell id of every lattice position (-1 where a layer has none;
-    lattice_cells), and the lattice indices (i, j) of every cell; once per geometry."""
+_LATTICES: dict[str, _Lattice] = {}  # geometry hash -> its _Lattice
+
+
+def _lattice(geom: Geometry) -> _Lattice:
+    """The geometry's _Lattice, made at its first use."""
     if geom.hash not in _LATTICES:
         seg = _require_grid(geom)
         c = geom.cells
-        _LATTICES[geom.hash] = (lattice_cells(geom),
-                                *seg.index(c["layer"], c["x"], c["y"]))
+        ecal = c["layer"] < LAYERS
+        _LATTICES[geom.hash] = _Lattice(
+            lattice_cells(geom), *seg.index(c["layer"], c["x"], c["y"]),
+            (float(np.median(geom.mip_energy[ecal])), float(np.median(geom.mip_energy[~ecal]))))
     return _LATTICES[geom.hash]
 
 
@@ -161,7 +172,8 @@ def voxel_of_hits(geom: Geometry, batch: ShowerBatch) -> tuple[np.ndarray, ...]:
     its layer, else in the coarse block holding it; an HCAL hit of the first HCAL_LAYERS in
     the coarse cell at its offset from the axis cell."""
     event, ids, energy = batch.flat()
-    _, ci, cj = _lattice(geom)
+    lattice = _lattice(geom)
+    ci, cj = lattice.i, lattice.j
     ai, aj = axis_cells(geom, batch.primaries)
     layer = geom.cells["layer"][ids].astype(np.int64)
     at = np.minimum(layer, DEPTH - 1)
@@ -174,7 +186,7 @@ def voxel_of_hits(geom: Geometry, batch: ShowerBatch) -> tuple[np.ndarray, ...]:
     coarse = ~fine & (layer < DEPTH) & (np.abs(bi) <= c) & (np.abs(bj) <= c)
     voxel = np.full(len(ids), -1, np.int64)
     voxel[fine] = np.ravel_multi_index((layer[fine], di[fine] + h, dj[fine] + h), FINE_SHAPE)
-    voxel[coarse] = LAYERS * WINDOW ** 2 + np.ravel_multi_index(
+    voxel[coarse] = FINE_VOXELS + np.ravel_multi_index(
         (layer[coarse], bi[coarse] + c, bj[coarse] + c), COARSE_SHAPE)
     return event, voxel, energy
 
@@ -199,7 +211,7 @@ def voxel_cells(geom: Geometry, primaries: Primaries, rng: np.random.Generator,
     if shower is None:
         shower, voxel = np.divmod(np.arange(len(primaries) * VOXELS), VOXELS)
         return voxel_cells(geom, primaries, rng, shower, voxel).reshape(-1, VOXELS)
-    table = _lattice(geom)[0]
+    table = _lattice(geom).table
     ai, aj = axis_cells(geom, primaries)
     layer, block = VOXEL["layer"][voxel], VOXEL["block"][voxel]
     spread = rng.integers(0, BLOCK, (2, len(voxel))) - BLOCK // 2
@@ -207,9 +219,7 @@ def voxel_cells(geom: Geometry, primaries: Primaries, rng: np.random.Generator,
                                      VOXEL["di"][voxel])
     j = aj[shower, layer] + np.where(block, VOXEL["dj"][voxel] * BLOCK + spread[1],
                                      VOXEL["dj"][voxel])
-    seg = geom.segmentation
-    ok = (VOXEL["used"][voxel] & (i >= 0) & (i < seg.nx[layer]) & (j >= 0)
-          & (j < seg.ny[layer]))
+    ok = VOXEL["used"][voxel] & geom.segmentation.on_lattice(layer, i, j)
     cells = table[layer, np.clip(i, 0, table.shape[1] - 1), np.clip(j, 0, table.shape[2] - 1)]
     return np.where(ok, cells, -1)
 
@@ -304,7 +314,7 @@ class Generator(nn.Module):
         self.coarse = nn.Sequential(  # 20 x 6 x 6 -> 40 x 12 x 12, cut to 40 x 11 x 11
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 4, stride=2, padding=1),
             Crop(COARSE_SHAPE), nn.ReLU())
-        used = VOXEL["used"][LAYERS * WINDOW ** 2:]  # the coarse voxels that hold energy
+        used = VOXEL["used"][FINE_VOXELS:]  # the coarse voxels that hold energy
         self.register_buffer("mask", torch.from_numpy(used).float(), persistent=False)
         if start is not None:
             for net in (self.net, self.coarse):
@@ -331,8 +341,8 @@ class Crop(nn.Module):
 
 def split(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened images (P, VOXELS) -> fine (P, *FINE_SHAPE) and coarse (P, *COARSE_SHAPE)."""
-    n = LAYERS * WINDOW ** 2
-    return x[:, :n].reshape(-1, *FINE_SHAPE), x[:, n:].reshape(-1, *COARSE_SHAPE)
+    return (x[:, :FINE_VOXELS].reshape(-1, *FINE_SHAPE),
+            x[:, FINE_VOXELS:].reshape(-1, *COARSE_SHAPE))
 
 
 class Discriminator(nn.Module):
@@ -485,12 +495,10 @@ class Gan3D(NetworkGenerator):
     @classmethod
     def build(cls, data: ImageData, geom: Geometry, cfg: Gan3DConfig | None, seed: int) -> Gan3D:
         log_e = np.log(data.primaries.energy_mev)
-        ecal = geom.cells["layer"] < LAYERS
         norms = {"log_e_mean": float(log_e.mean()), "log_e_std": float(log_e.std() + 1e-6),
                  "aux_mean": data.targets.mean(0).tolist(),
                  "response_std": float(data.targets[:, 1].std() + 1e-6),  # of ln(E_dep / E_p)
-                 "mip_mev": [float(np.median(geom.mip_energy[ecal])),  # ECAL, HCAL sensors
-                             float(np.median(geom.mip_energy[~ecal]))],
+                 "mip_mev": list(_lattice(geom).mip_mev),  # ECAL, HCAL sensors
                  # eta is no condition (theta is): no eta range, which near the axis would
                  # refuse directions only a little closer to it than the training sample's
                  "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()
@@ -606,9 +614,7 @@ def place_image(image: np.ndarray, primaries: Primaries, geom: Geometry,
     """Showers from images (P, VOXELS) MeV: each voxel of at least FLOOR_MIP onto its grid cell
     (voxel_cells, for those voxels only; voxels off the grid are dropped, as Geant4's energy
     there would be)."""
-    ecal = geom.cells["layer"] < LAYERS
-    floors = voxel_floors((np.median(geom.mip_energy[ecal]), np.median(geom.mip_energy[~ecal])))
-    shower, voxel = np.nonzero(image >= floors)
+    shower, voxel = np.nonzero(image >= voxel_floors(_lattice(geom).mip_mev))
     cells = voxel_cells(geom, primaries, rng, shower, voxel)
     ok = cells >= 0
     return to_batch(primaries, geom, shower[ok], cells[ok],

@@ -23,6 +23,7 @@ from fastshower.models.gan3d import (
     WINDOW,
     AxisShift,
     Gan3D,
+    Observables,
     Values,
     images,
     place_image,
@@ -140,6 +141,25 @@ def test_the_axis_shift_moves_images_to_the_primarys_line(grid_sample):
     np.testing.assert_allclose((moved.sum(2) * r).sum(2).numpy(), u[:, 1, :LAYERS], atol=1e-5)
 
 
+def test_the_smooth_observables_are_the_validations(grid_sample):
+    from fastshower.validation.observables import high_level
+
+    geom, _, tmp = grid_sample
+    batch = read_sample(tmp / "e-")[0]
+    e, _ = images(batch, geom)
+    e = np.where(e >= FLOOR_MIP * 0.0845, e, 0.0)  # the floor (the sensors' MIP: 0.0845 MeV)
+    placed = place_image(e, batch.primaries, geom, np.random.default_rng(0))
+    truth = high_level(placed, geom)
+    mip = (geom.mip_energy[0], geom.mip_energy[-1])
+    obs = Observables(geom, mip)(torch.from_numpy(e)).double().numpy()
+    np.testing.assert_allclose(np.expm1(obs[:, 0]), truth["n_hits"], rtol=0.05)
+    # about the axis cell's centre, not the line: up to half a cell away
+    np.testing.assert_allclose(obs[:, 1], truth["width_r"], rtol=0.15)
+    np.testing.assert_allclose(obs[:, 2], truth["core_fraction"], atol=0.05)
+    assert np.corrcoef(obs[:, 3], truth["centroid_depth_x0"])[0, 1] > 0.95
+    assert np.all(obs[:, 4] > 1) and np.all(obs[:, 4] < 10)  # layers
+
+
 @pytest.mark.parametrize("kind", ["sqrt", "log"])
 def test_image_values_encode_energies_and_rescale_them(kind):
     values = Values(kind, floor_mev=0.1)
@@ -167,7 +187,8 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                       patience=100, gan3d={"channels": 4, "latent": 8, "batch": 8,
                                            "response_law": response_law, "sparse": response_law,
                                            "values": values, "minibatch_std": values == "log",
-                                           "shift": response_law and values == "sqrt"})
+                                           "shift": response_law and values == "sqrt",
+                                           "physics_weight": 1.0 if values == "log" else 0.0})
     run = tmp / f"run_{response_law}_{values}"
     record = train(str(tmp / "e-"), gpath, run, cfg, show_progress=False)
     assert record["step"] == 6 and np.isfinite(record["val_loss"])
@@ -176,6 +197,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     # each player's gradient comes from its own terms only
     data = Gan3D.training_data(read_sample(tmp / "e-")[0], geom)
     terms = model.train()(data, np.random.default_rng(0))
+    assert (terms["g_physics"][0] > 0) == (model.cfg.physics_weight > 0)
     terms["g_adv"][0].backward()
     assert all(p.grad is None for p in model.discriminator.parameters())
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())

@@ -62,6 +62,7 @@ from fastshower.geometry.showers import axis_points, layer_z, line_at
 from fastshower.models.base import NetworkGenerator, TrainingRanges
 from fastshower.models.showers import particle_index, particle_names, to_batch
 from fastshower.simhits import Primaries, ShowerBatch
+from fastshower.validation.observables import CORE_RADIUS
 
 LAYERS = 25  # the grid's ECAL
 WINDOW = 25  # the fine image: cells per side of each ECAL layer (odd: the axis cell in the middle)
@@ -105,6 +106,9 @@ class Gan3DConfig(BaseModel):
     minibatch_std: bool = False  # the discriminator sees the mini-batch's spread (Discriminator)
     # images made around the axis cell's centre, moved to the primary's line (AxisShift)
     shift: bool = False
+    # weight of the generator's term that brings the joint law of (conditions, observables) of
+    # its showers to Geant4's in each mini-batch (Observables, mmd); 0: off
+    physics_weight: float = Field(0.0, ge=0)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -275,6 +279,47 @@ def _share(e: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         down = torch.cat([e.narrow(axis, 1, n - 1), torch.zeros_like(e.narrow(axis, 0, 1))], axis)
         e = (1 - s.abs()) * e + s.abs() * torch.where(s >= 0, up, down)
     return e
+
+
+class Observables(nn.Module):
+    """Cell energies (P, VOXELS) MeV -> (P, 5) observables of the validation suite, smooth in
+    the energies so that a generator can learn from them: ln(1 + hit count) (a sigmoid step
+    at the validation's 0.5 MIP, 20 % wide, over cells above the floor), the lateral width
+    (mm) and the fraction within CORE_RADIUS about the axis cell's centre (voxel centres:
+    a block's), and the mean and rms layer of the energy."""
+
+    def __init__(self, geom: Geometry, mip_mev: tuple[float, float]):
+        super().__init__()
+        size = _require_grid(geom).cell_size[VOXEL["layer"]] * np.where(VOXEL["block"], BLOCK, 1)
+        r2 = (VOXEL["di"] ** 2 + VOXEL["dj"] ** 2) * size ** 2
+        for k, v in {"r2": r2, "core": r2 < CORE_RADIUS ** 2, "layer": VOXEL["layer"],
+                     "threshold": 5 * voxel_floors(mip_mev)}.items():
+            self.register_buffer(k, torch.as_tensor(np.asarray(v, np.float64)).float(),
+                                 persistent=False)
+
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        total = e.sum(1).clamp(min=1e-12)
+        t = self.threshold
+        hits = (torch.sigmoid((e / t - 1) / 0.2) * (e >= t / 5)).sum(1)
+        def mean(w):  # the energy-weighted mean of w per shower  # noqa: E306
+            return (e * w).sum(1) / total
+        depth = mean(self.layer)
+        return torch.stack([torch.log1p(hits), (mean(self.r2) + 1e-6).sqrt(), mean(self.core),
+                            depth, (mean((self.layer - depth[:, None]) ** 2) + 1e-6).sqrt()], -1)
+
+
+def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The squared maximum mean discrepancy between samples x (n, d) and y (m, d) (y: the
+    reference, no gradient), Gaussian kernels of 1/4, 1 and 4 times the median squared
+    distance within y, the columns standardised by y's mean and spread."""
+    y = y.detach()
+    mean, std = y.mean(0), y.std(0) + 1e-6
+    x, y = (x - mean) / std, (y - mean) / std
+    d_yy = torch.cdist(y, y) ** 2
+    h = d_yy.median().clamp(min=1e-6)
+    def k(d):  # noqa: E306
+        return sum(torch.exp(-d / (2 * s * h)) for s in (0.25, 1.0, 4.0))
+    return k(torch.cdist(x, x) ** 2).mean() + k(d_yy).mean() - 2 * k(torch.cdist(x, y) ** 2).mean()
 
 
 def per_image(v, x):
@@ -514,9 +559,10 @@ class Gan3D(NetworkGenerator):
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
     loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "d_r1": 1.0,
                                                 "g_adv": 1.0, "g_aux": 1.0, "g_response": 1.0,
-                                                "response_nll": 1.0}
+                                                "g_physics": 1.0, "response_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"generator": ("g_adv", "g_aux",
-                                                                  "g_response", "response_nll"),
+                                                                  "g_response", "g_physics",
+                                                                  "response_nll"),
                                                     "discriminator": ("d_adv", "d_aux", "d_r1")}
     adam_betas: ClassVar[tuple[float, float]] = (0.5, 0.999)
 
@@ -530,12 +576,14 @@ class Gan3D(NetworkGenerator):
         _require_grid(geom)
         super().__init__(geom, particles, cfg, norms)
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
-                             "g_aux": cfg.aux_weight, "g_response": cfg.response_weight}
+                             "g_aux": cfg.aux_weight, "g_response": cfg.response_weight,
+                             "g_physics": cfg.physics_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
                                    start=1.0 if cfg.values == "log" else None, last=cfg.last)
         self.discriminator = Discriminator(cfg.channels, cfg.minibatch_std)
         self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power)
         self.shift = AxisShift(geom) if cfg.shift else None
+        self.observables = Observables(geom, norms["mip_mev"]) if cfg.physics_weight else None
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
                                              norms["response_std"])
@@ -620,10 +668,16 @@ class Gan3D(NetworkGenerator):
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
         g_out = functional_call(self.discriminator, frozen, (fake, log_r))
         n = float(len(index))
+        physics = torch.zeros(())
+        if self.observables is not None:  # (ln E, theta, observables), generated vs Geant4
+            joint = [torch.cat([cond[:, :2], self.observables(values.decode(x, energy))], -1)
+                     for x in (fake, real.detach())]
+            physics = n * mmd(*joint)
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),
                 "g_response": ((torch.exp(log_r - target[:, 1]) - 1).abs().sum(), n),
+                "g_physics": (physics, n),
                 "response_nll": (law, n)}
 
     # ---- generation --------------------------------------------------------------------------

@@ -282,30 +282,47 @@ def _share(e: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class Observables(nn.Module):
-    """Cell energies (P, VOXELS) MeV -> (P, 5) observables of the validation suite, smooth in
+    """Cell energies (P, VOXELS) MeV -> (P, 13) observables of the validation suite, smooth in
     the energies so that a generator can learn from them: ln(1 + hit count) (a sigmoid step
-    at the validation's 0.5 MIP, 20 % wide, over cells above the floor), the lateral width
-    (mm) and the fraction within CORE_RADIUS about the axis cell's centre (voxel centres:
-    a block's), and the mean and rms layer of the energy."""
+    at the validation's 0.5 MIP, 20 % wide, over cells above the floor); about the primary's
+    line (voxel centres: a block's), the lateral width (mm), the fraction within CORE_RADIUS
+    and the energy's centre in x and y (mm); the mean and rms layer of the energy and its
+    fractions in the layers BANDS."""
+
+    BANDS = (0, 4, 8, 12, 16, LAYERS, DEPTH)  # layer ranges: the longitudinal profile
 
     def __init__(self, geom: Geometry, mip_mev: tuple[float, float]):
         super().__init__()
-        size = _require_grid(geom).cell_size[VOXEL["layer"]] * np.where(VOXEL["block"], BLOCK, 1)
-        r2 = (VOXEL["di"] ** 2 + VOXEL["dj"] ** 2) * size ** 2
-        for k, v in {"r2": r2, "core": r2 < CORE_RADIUS ** 2, "layer": VOXEL["layer"],
-                     "threshold": 5 * voxel_floors(mip_mev)}.items():
+        cell = _require_grid(geom).cell_size[:DEPTH]
+        layer = VOXEL["layer"]
+        size = cell[layer] * np.where(VOXEL["block"], BLOCK, 1)
+        band = np.searchsorted(self.BANDS, layer, side="right")[:, None] - 1
+        for k, v in {"x": VOXEL["di"] * size, "y": VOXEL["dj"] * size, "layer": layer,
+                     "cell": cell, "threshold": 5 * voxel_floors(mip_mev),
+                     "band": band == np.arange(len(self.BANDS) - 1)}.items():
             self.register_buffer(k, torch.as_tensor(np.asarray(v, np.float64)).float(),
                                  persistent=False)
 
-    def forward(self, e: torch.Tensor) -> torch.Tensor:
+    def forward(self, e: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """``line``: (P, 2, DEPTH) where the primary's line crosses each layer, in cells from
+        the axis cell's centre (AxisShift.offsets)."""
         total = e.sum(1).clamp(min=1e-12)
         t = self.threshold
         hits = (torch.sigmoid((e / t - 1) / 0.2) * (e >= t / 5)).sum(1)
-        def mean(w):  # the energy-weighted mean of w per shower  # noqa: E306
+
+        def mean(w):  # the energy-weighted mean of w (P, VOXELS) or (VOXELS,) per shower
             return (e * w).sum(1) / total
+
+        layer = self.layer.long()
+        dx, dy = (self.x - line[:, 0, layer] * self.cell[layer],
+                  self.y - line[:, 1, layer] * self.cell[layer])
+        r2 = dx ** 2 + dy ** 2
         depth = mean(self.layer)
-        return torch.stack([torch.log1p(hits), (mean(self.r2) + 1e-6).sqrt(), mean(self.core),
-                            depth, (mean((self.layer - depth[:, None]) ** 2) + 1e-6).sqrt()], -1)
+        return torch.cat([torch.stack([torch.log1p(hits), (mean(r2) + 1e-6).sqrt(),
+                                       mean((r2 < CORE_RADIUS ** 2).float()), mean(dx), mean(dy),
+                                       depth, (mean((self.layer - depth[:, None]) ** 2)
+                                               + 1e-6).sqrt()], -1),
+                          e @ self.band / total[:, None]], -1)
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -669,10 +686,13 @@ class Gan3D(NetworkGenerator):
         g_out = functional_call(self.discriminator, frozen, (fake, log_r))
         n = float(len(index))
         physics = torch.zeros(())
-        if self.observables is not None:  # (ln E, theta, observables), generated vs Geant4
-            joint = [torch.cat([cond[:, :2], self.observables(values.decode(x, energy))], -1)
-                     for x in (fake, real.detach())]
-            physics = n * mmd(*joint)
+        if self.observables is not None:  # each observable's law given (ln E, theta)
+            line = (self.shift.offsets(torch.from_numpy(primaries.position_mm),
+                                       torch.from_numpy(primaries.direction))
+                    if self.shift is not None else torch.zeros(len(index), 2, DEPTH))
+            obs = [self.observables(values.decode(x, energy), line) for x in (fake, real.detach())]
+            physics = n * sum(mmd(*(torch.cat([cond[:, :2], o[:, k:k + 1]], -1) for o in obs))
+                              for k in range(obs[0].shape[1]))
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),

@@ -106,8 +106,8 @@ class Gan3DConfig(BaseModel):
     minibatch_std: bool = False  # the discriminator sees the mini-batch's spread (Discriminator)
     # images made around the axis cell's centre, moved to the primary's line (AxisShift)
     shift: bool = False
-    # weight of the generator's term that brings the joint law of (conditions, observables) of
-    # its showers to Geant4's in each mini-batch (Observables, mmd); 0: off
+    # weight of the generator's term that brings the law of each observable of its showers
+    # given (ln E, theta) to Geant4's in each mini-batch (Observables, energy_distance); 0: off
     physics_weight: float = Field(0.0, ge=0)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
@@ -325,18 +325,19 @@ class Observables(nn.Module):
                           e @ self.band / total[:, None]], -1)
 
 
-def mmd(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """The squared maximum mean discrepancy between samples x (n, d) and y (m, d) (y: the
-    reference, no gradient), Gaussian kernels of 1/4, 1 and 4 times the median squared
-    distance within y, the columns standardised by y's mean and spread."""
+def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The energy distance 2 E|x - y| - E|x - x'| - E|y - y'| between samples x (n, d) and y
+    (m, d) (y: the reference, no gradient; Szekely & Rizzo), the columns standardised by y's
+    mean and spread: zero only for equal laws, and, unlike Gaussian kernels, its gradient does
+    not vanish when the samples are far apart (which stalled a first version)."""
     y = y.detach()
     mean, std = y.mean(0), y.std(0) + 1e-6
     x, y = (x - mean) / std, (y - mean) / std
-    d_yy = torch.cdist(y, y) ** 2
-    h = d_yy.median().clamp(min=1e-6)
-    def k(d):  # noqa: E306
-        return sum(torch.exp(-d / (2 * s * h)) for s in (0.25, 1.0, 4.0))
-    return k(torch.cdist(x, x) ** 2).mean() + k(d_yy).mean() - 2 * k(torch.cdist(x, y) ** 2).mean()
+
+    def dist(a, b):
+        return ((a[:, None] - b[None]) ** 2).sum(-1).add(1e-8).sqrt().mean()
+
+    return 2 * dist(x, y) - dist(x, x) - dist(y, y)
 
 
 def per_image(v, x):
@@ -691,8 +692,8 @@ class Gan3D(NetworkGenerator):
                                        torch.from_numpy(primaries.direction))
                     if self.shift is not None else torch.zeros(len(index), 2, DEPTH))
             obs = [self.observables(values.decode(x, energy), line) for x in (fake, real.detach())]
-            physics = n * sum(mmd(*(torch.cat([cond[:, :2], o[:, k:k + 1]], -1) for o in obs))
-                              for k in range(obs[0].shape[1]))
+            physics = n * sum(energy_distance(*(torch.cat([cond[:, :2], o[:, k:k + 1]], -1)
+                                                for o in obs)) for k in range(obs[0].shape[1]))
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),

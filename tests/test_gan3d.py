@@ -24,6 +24,7 @@ from fastshower.models.gan3d import (
     AxisShift,
     Gan3D,
     Observables,
+    physics_distance,
     Values,
     images,
     place_image,
@@ -166,6 +167,20 @@ def test_the_smooth_observables_are_the_validations(grid_sample):
     np.testing.assert_allclose(obs[:, 7:].sum(1), 1.0, rtol=1e-5)  # the profile's fractions
 
 
+def test_the_physics_distance_compares_laws_given_the_conditions():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(256, 2, generator=g)
+    y = 3 * c[:, :1] + 0.1 * torch.randn(256, 1, generator=g)  # steep in c, narrow given c
+    again = 3 * c[:, :1] + 0.1 * torch.randn(256, 1, generator=g)
+    shifted = y + 0.3  # three spreads at fixed c, a tenth of the spread over all c
+    for given in ("joint", "residual"):
+        assert physics_distance(y, y, c, given) == 0
+    same, off = (physics_distance(x, y, c, "residual").item() for x in (again, shifted))
+    assert off > 20 * same
+    # the joint form sees the shift too, but weighs it far less
+    assert physics_distance(shifted, y, c, "joint") < off / 5
+
+
 @pytest.mark.parametrize("kind", ["sqrt", "log"])
 def test_image_values_encode_energies_and_rescale_them(kind):
     values = Values(kind, floor_mev=0.1)
@@ -194,7 +209,9 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "response_law": response_law, "sparse": response_law,
                                            "values": values, "minibatch_std": values == "log",
                                            "shift": response_law and values == "sqrt",
-                                           "physics_weight": 1.0 if values == "log" else 0.0})
+                                           "physics_weight": 1.0 if response_law else 0.0,
+                                           "physics_given": "residual" if values == "sqrt"
+                                           else "joint"})
     run = tmp / f"run_{response_law}_{values}"
     record = train(str(tmp / "e-"), gpath, run, cfg, show_progress=False)
     assert record["step"] == 6 and np.isfinite(record["val_loss"])

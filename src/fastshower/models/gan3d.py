@@ -109,6 +109,9 @@ class Gan3DConfig(BaseModel):
     # weight of the generator's term that brings the law of each observable of its showers
     # given (ln E, theta) to Geant4's in each mini-batch (Observables, energy_distance); 0: off
     physics_weight: float = Field(0.0, ge=0)
+    # how each observable is compared given the conditions: jointly with (ln E, theta), or its
+    # residual from a linear fit in (ln E, theta) to the Geant4 showers (physics_distance)
+    physics_given: Literal["joint", "residual"] = "joint"
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -338,6 +341,22 @@ def energy_distance(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((a[:, None] - b[None]) ** 2).sum(-1).add(1e-8).sqrt().mean()
 
     return 2 * dist(x, y) - dist(x, x) - dist(y, y)
+
+
+def physics_distance(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, given: str):
+    """The summed distance between the laws of each observable (column) of x (n, k) and y (m,
+    k) given conditions c (n, 2) of both (the mini-batch's generated showers were made with its
+    Geant4 showers' conditions): ``joint``, the energy distance of (c, column); ``residual``,
+    of the columns' residuals from a least-squares linear fit of y in c, the same fit for both
+    (compares the conditional laws: the spread of an observable at fixed energy is often far
+    smaller than over the spectrum, which the joint form weighs)."""
+    if given == "joint":
+        return sum(energy_distance(torch.cat([c, x[:, k:k + 1]], -1),
+                                   torch.cat([c, y[:, k:k + 1]], -1)) for k in range(x.shape[1]))
+    a = torch.cat([torch.ones_like(c[:, :1]), c], -1)
+    fit = torch.linalg.solve(a.T @ a + 1e-4 * torch.eye(a.shape[1]), a.T @ y.detach())
+    residuals = zip((x - a @ fit).T, (y - a @ fit).T, strict=True)
+    return sum(energy_distance(r[:, None], q[:, None]) for r, q in residuals)
 
 
 def per_image(v, x):
@@ -692,8 +711,7 @@ class Gan3D(NetworkGenerator):
                                        torch.from_numpy(primaries.direction))
                     if self.shift is not None else torch.zeros(len(index), 2, DEPTH))
             obs = [self.observables(values.decode(x, energy), line) for x in (fake, real.detach())]
-            physics = n * sum(energy_distance(*(torch.cat([cond[:, :2], o[:, k:k + 1]], -1)
-                                                for o in obs)) for k in range(obs[0].shape[1]))
+            physics = n * physics_distance(*obs, cond[:, :2], self.cfg.physics_given)
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),

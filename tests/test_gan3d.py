@@ -24,9 +24,9 @@ from fastshower.models.gan3d import (
     AxisShift,
     Gan3D,
     Observables,
-    physics_distance,
     Values,
     images,
+    physics_distance,
     place_image,
     voxel_cells,
 )
@@ -155,7 +155,7 @@ def test_the_smooth_observables_are_the_validations(grid_sample):
     p = batch.primaries
     line = AxisShift(geom).offsets(torch.from_numpy(p.position_mm), torch.from_numpy(p.direction))
     obs = Observables(geom, mip)(torch.from_numpy(e), line).double().numpy()
-    assert obs.shape == (len(batch), 13)
+    assert obs.shape == (len(batch), 34)
     np.testing.assert_allclose(np.expm1(obs[:, 0]), truth["n_hits"], rtol=0.05)
     # voxel centres (a block's, not its cell's: mm)
     np.testing.assert_allclose(obs[:, 1], truth["width_r"], rtol=0.05)

@@ -285,14 +285,16 @@ def _share(e: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class Observables(nn.Module):
-    """Cell energies (P, VOXELS) MeV -> (P, 13) observables of the validation suite, smooth in
+    """Cell energies (P, VOXELS) MeV -> (P, 34) observables of the validation suite, smooth in
     the energies so that a generator can learn from them: ln(1 + hit count) (a sigmoid step
     at the validation's 0.5 MIP, 20 % wide, over cells above the floor); about the primary's
     line (voxel centres: a block's), the lateral width (mm), the fraction within CORE_RADIUS
     and the energy's centre in x and y (mm); the mean and rms layer of the energy and its
-    fractions in the layers BANDS."""
+    fractions in the layers BANDS: each ECAL layer (with bands of four layers, a generator
+    matched the mean depth with a profile that rose and fell with a period of four layers, its
+    two stride-2 upsamplings, and the layer of the maximum gave it away), two HCAL bands."""
 
-    BANDS = (0, 4, 8, 12, 16, LAYERS, DEPTH)  # layer ranges: the longitudinal profile
+    BANDS = (*range(LAYERS + 1), 30, DEPTH)  # layer ranges: the longitudinal profile
 
     def __init__(self, geom: Geometry, mip_mev: tuple[float, float]):
         super().__init__()

@@ -257,10 +257,11 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
         np.testing.assert_allclose(image.sum(1) / e_p,
                                    torch.exp(mean + log_sigma.exp() * args[-1][:, 0]), rtol=1e-4)
         assert terms["response_nll"][0] != 0
-    # ONNX Runtime: the same showers for the same seed (to float32 rounding)
+    # ONNX Runtime: the same showers for the same seed (to float32 rounding, which moves a
+    # few of the cells at the floor: the axis shift makes many small ones)
     onnx = OnnxGenerator(export_model(model, run / "onnx"), geom)
     o_event, o_ids, o_energy = onnx.sample(primaries, np.random.default_rng(2)).flat()
-    assert abs(len(o_ids) - len(ids)) <= 2
+    assert abs(len(o_ids) - len(ids)) <= 2 + 0.005 * len(ids)
     np.testing.assert_allclose(np.bincount(o_event, o_energy, 5), np.bincount(event, energy, 5),
                                rtol=1e-3)
 

@@ -215,15 +215,19 @@ def voxel_cells(geom: Geometry, primaries: Primaries, rng: np.random.Generator,
     """The grid cell that each voxel's energy goes to, -1 off the grid (and for the coarse
     voxels under the fine image): of the voxels ``voxel`` of showers ``shower`` (index arrays),
     or (P, VOXELS) of all. A coarse ECAL voxel puts its energy on one cell of its block, drawn
-    uniformly with ``rng`` (the approximation the coarse image makes: one hit per 5 x 5 cells
-    far from the axis, where showers leave single, isolated hits)."""
+    uniformly (the approximation the coarse image makes: one hit per 5 x 5 cells far from the
+    axis, where showers leave single, isolated hits): by a hash of the voxel and of a number
+    drawn from ``rng`` per shower, so a voxel's cell does not depend on which other voxels are
+    placed (two back-ends whose float rounding differs at the floor place the rest alike)."""
     if shower is None:
         shower, voxel = np.divmod(np.arange(len(primaries) * VOXELS), VOXELS)
         return voxel_cells(geom, primaries, rng, shower, voxel).reshape(-1, VOXELS)
     table = _lattice(geom).table
     ai, aj = axis_cells(geom, primaries)
     layer, block = VOXEL["layer"][voxel], VOXEL["block"][voxel]
-    spread = rng.integers(0, BLOCK, (2, len(voxel))) - BLOCK // 2
+    key = rng.integers(0, 2 ** 64, len(primaries), dtype=np.uint64)[shower]
+    h = _splitmix64(key ^ voxel.astype(np.uint64))
+    spread = np.stack([h % BLOCK, (h >> np.uint64(32)) % BLOCK]).astype(np.int64) - BLOCK // 2
     i = ai[shower, layer] + np.where(block, VOXEL["di"][voxel] * BLOCK + spread[0],
                                      VOXEL["di"][voxel])
     j = aj[shower, layer] + np.where(block, VOXEL["dj"][voxel] * BLOCK + spread[1],
@@ -359,6 +363,15 @@ def physics_distance(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, given: s
     fit = torch.linalg.solve(a.T @ a + 1e-4 * torch.eye(a.shape[1]), a.T @ y.detach())
     residuals = zip((x - a @ fit).T, (y - a @ fit).T, strict=True)
     return sum(energy_distance(r[:, None], q[:, None]) for r, q in residuals)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """Well-mixed 64-bit integers of uint64 keys (splitmix64's finaliser; wrapping
+    arithmetic)."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
 def per_image(v, x):

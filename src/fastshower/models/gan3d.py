@@ -33,12 +33,22 @@ sum. Another option (``response_law``) separates the response from the shape, as
 generators do: a small network gives a Gaussian law of ln(E_dep / E_p) given the conditions
 (fitted by likelihood, part of the generator's stage), the generator's image is rescaled to
 the real shower's response in training and to a response drawn from the law in generation, so
-the adversarial game is about the shape alone. Stabilisation (without it, the discriminator
+the adversarial game is about the shape alone. A third option (``physics_weight``) adds to
+the generator's loss the distance between the laws of 34 observables of its showers and of
+Geant4's in the mini-batch, given the conditions (Observables, physics_distance: the hit
+count, width, core fraction and centre of the validation suite and each layer's energy
+fraction, as smooth functions of the cell energies): the adversarial game alone, after 3,000
+steps, had left the width and core fraction varying five times more than Geant4's from one
+shower to the next and the hit count 40 % short (docs/models.md); the later 3DGAN (Khattak
+et al., EPJC 2022) also added domain-related terms to its loss. Images are generated around the
+centre of the axis cell and moved to the primary's line by AxisShift (option ``shift``).
+Stabilisation (without it, the discriminator
 won within a few hundred steps and the generator never learnt): real labels smoothed to 0.9,
 an R1 gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's
 weights chosen by the FPD of its validation showers, not by its loss.
 
-Approximations, named: a coarse ECAL voxel's energy goes onto one cell of its block, drawn
+Approximations, named: the axis shift shares each voxel's energy with its neighbours
+linearly (AxisShift); a coarse ECAL voxel's energy goes onto one cell of its block, drawn
 uniformly (far from the axis a shower leaves single, isolated hits; the AUC above includes
 it); energy beyond the images (0.02 % of the visible energy) is not generated (the training data
 record how much); hit times are times of flight; cells of one layer are on the grid's lattice

@@ -182,6 +182,14 @@ def test_the_physics_distance_compares_laws_given_the_conditions():
     assert off > 20 * same
     # the joint form sees the shift too, but weighs it far less
     assert physics_distance(shifted, y, c, "joint") < off / 5
+    # two observables each with Geant4's law given c, but their correlation reversed: only
+    # the correlated form sees it
+    u = torch.randn(256, 1, generator=g)
+    pair = torch.cat([c[:, :1] + 0.1 * u, c[:, :1] + 0.1 * u], -1)  # correlated given c
+    flipped = torch.cat([pair[:, :1], c[:, :1] - 0.1 * u], -1)
+    wide = torch.cat([pair, torch.zeros(256, 5)], -1), torch.cat([flipped, torch.zeros(256, 5)], -1)
+    marginal = physics_distance(*wide, c, "residual")
+    assert physics_distance(*wide, c, "correlated") - marginal > 10 * marginal
 
 
 @pytest.mark.parametrize("kind", ["sqrt", "log"])

@@ -121,7 +121,8 @@ class Gan3DConfig(BaseModel):
     physics_weight: float = Field(0.0, ge=0)
     # how each observable is compared given the conditions: jointly with (ln E, theta), or its
     # residual from a linear fit in (ln E, theta) to the Geant4 showers (physics_distance)
-    physics_given: Literal["joint", "residual"] = "joint"
+    # (``correlated``: also the residuals of the scalar observables jointly)
+    physics_given: Literal["joint", "residual", "correlated"] = "joint"
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -309,6 +310,7 @@ class Observables(nn.Module):
     two stride-2 upsamplings, and the layer of the maximum gave it away), two HCAL bands."""
 
     BANDS = (*range(LAYERS + 1), 30, DEPTH)  # layer ranges: the longitudinal profile
+    SCALARS = 7  # the columns before the profile
 
     def __init__(self, geom: Geometry, mip_mev: tuple[float, float]):
         super().__init__()
@@ -365,14 +367,20 @@ def physics_distance(x: torch.Tensor, y: torch.Tensor, c: torch.Tensor, given: s
     Geant4 showers' conditions): ``joint``, the energy distance of (c, column); ``residual``,
     of the columns' residuals from a least-squares linear fit of y in c, the same fit for both
     (compares the conditional laws: the spread of an observable at fixed energy is often far
-    smaller than over the spectrum, which the joint form weighs)."""
+    smaller than over the spectrum, which the joint form weighs); ``correlated``, those plus
+    the energy distance of the residuals of the first Observables.SCALARS columns together
+    (their correlations)."""
     if given == "joint":
         return sum(energy_distance(torch.cat([c, x[:, k:k + 1]], -1),
                                    torch.cat([c, y[:, k:k + 1]], -1)) for k in range(x.shape[1]))
     a = torch.cat([torch.ones_like(c[:, :1]), c], -1)
     fit = torch.linalg.solve(a.T @ a + 1e-4 * torch.eye(a.shape[1]), a.T @ y.detach())
-    residuals = zip((x - a @ fit).T, (y - a @ fit).T, strict=True)
-    return sum(energy_distance(r[:, None], q[:, None]) for r, q in residuals)
+    rx, ry = x - a @ fit, y - a @ fit
+    each = sum(energy_distance(r[:, None], q[:, None]) for r, q in zip(rx.T, ry.T, strict=True))
+    if given == "correlated":
+        k = Observables.SCALARS
+        return each + energy_distance(rx[:, :k], ry[:, :k])
+    return each
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:

@@ -42,10 +42,10 @@ steps, had left the width and core fraction varying five times more than Geant4'
 shower to the next and the hit count 40 % short (docs/models.md); the later 3DGAN (Khattak
 et al., EPJC 2022) also added domain-related terms to its loss. Images are generated around the
 centre of the axis cell and moved to the primary's line by AxisShift (option ``shift``).
-Stabilisation (without it, the discriminator
-won within a few hundred steps and the generator never learnt): real labels smoothed to 0.9,
-an R1 gradient penalty on real images (``r1``), Adam's beta1 = 0.5, and the generator's
-weights chosen by the FPD of its validation showers, not by its loss.
+Stabilisation (without it, the discriminator won within a few hundred steps and the generator
+never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images (``r1``),
+Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation showers,
+not by its loss.
 
 Approximations, named: the axis shift shares each voxel's energy with its neighbours
 linearly (AxisShift); a coarse ECAL voxel's energy goes onto one cell of its block, drawn
@@ -252,9 +252,10 @@ class AxisShift(nn.Module):
     """Moves images made around the centre of the axis cell to where the primary's straight
     line crosses each layer: the energy of every voxel of a layer goes, by bilinear sharing,
     to the voxels at the line's offset (u, v) in [-0.5, 0.5) voxels from the axis cell's centre
-    (in the coarse image's ECAL layers u / BLOCK). Without it the generator had to learn the
-    offset, a saw-tooth function of the angles and of the depth, and its showers were off
-    centre by up to half a cell (separation power of the centre 0.34-0.48 in session 17).
+    (in the coarse image's ECAL layers u / BLOCK). Without it the generator has to learn the
+    offset, a saw-tooth function of the angles and of the depth (session 17's showers were off
+    centre: separation power of the centre 0.34-0.48; with the shift and the physics term,
+    which measures the centre about the line, 0.02-0.04).
     Approximation, named: a shower's lateral profile within one voxel is taken as linear
     (bilinear sharing); energy moved beyond an image's edge is dropped."""
 

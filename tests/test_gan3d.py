@@ -17,6 +17,7 @@ from fastshower.models.gan3d import (
     COARSE_SHAPE,
     DEPTH,
     FINE_SHAPE,
+    FINE_VOXELS,
     FLOOR_MIP,
     LAYERS,
     VOXELS,
@@ -29,6 +30,7 @@ from fastshower.models.gan3d import (
     physics_distance,
     place_image,
     voxel_cells,
+    voxel_floors,
 )
 from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig, sample_primaries
@@ -128,15 +130,16 @@ def test_the_axis_shift_moves_images_to_the_primarys_line(grid_sample):
     # follow the offsets (on 300 held-out showers of 10-510 GeV, centroid = 0.8-0.9 offset
     # in layers 6-14, the rest's spread 0.15 cells; here 60 of 10-30 GeV: correlation 0.57)
     e, _ = images(batch, geom)
-    fine = torch.from_numpy(e[:, :int(np.prod(FINE_SHAPE))]).reshape(-1, *FINE_SHAPE)[:, 6:15]
+    fine = torch.from_numpy(e[:, :FINE_VOXELS]).reshape(-1, *FINE_SHAPE)[:, 6:15]
     r = torch.arange(WINDOW) - WINDOW // 2.0
     cx = ((fine.sum(3) * r).sum(2) / fine.sum((2, 3)).clamp(min=1e-9)).numpy().ravel()
     slope, _ = np.polyfit(u[:, 0, 6:15].ravel(), cx, 1)
     assert np.corrcoef(cx, u[:, 0, 6:15].ravel())[0, 1] > 0.45 and 0.6 < slope < 1.1
     # a point at the axis cell's centre of every layer: moved to the line, energy kept
     point = torch.zeros(len(p), VOXELS)
-    point[:, :int(np.prod(FINE_SHAPE))].view(-1, *FINE_SHAPE)[:, :, WINDOW // 2, WINDOW // 2] = 1
-    moved = shift(point, position, direction)[:, :int(np.prod(FINE_SHAPE))].reshape(-1, *FINE_SHAPE)
+    point[:, :FINE_VOXELS].view(-1, *FINE_SHAPE)[:, :, WINDOW // 2, WINDOW // 2] = 1
+    moved = shift(point, shift.offsets(position, direction))[:, :FINE_VOXELS]
+    moved = moved.reshape(-1, *FINE_SHAPE)
     torch.testing.assert_close(moved.sum((2, 3)), torch.ones(len(p), LAYERS))
     np.testing.assert_allclose((moved.sum(3) * r).sum(2).numpy(), u[:, 0, :LAYERS], atol=1e-5)
     np.testing.assert_allclose((moved.sum(2) * r).sum(2).numpy(), u[:, 1, :LAYERS], atol=1e-5)
@@ -148,10 +151,10 @@ def test_the_smooth_observables_are_the_validations(grid_sample):
     geom, _, tmp = grid_sample
     batch = read_sample(tmp / "e-")[0]
     e, _ = images(batch, geom)
-    e = np.where(e >= FLOOR_MIP * 0.0845, e, 0.0)  # the floor (the sensors' MIP: 0.0845 MeV)
+    mip = (geom.mip_energy[0], geom.mip_energy[-1])  # the ECAL's and the HCAL's sensors
+    e = np.where(e >= voxel_floors(mip), e, 0.0)
     placed = place_image(e, batch.primaries, geom, np.random.default_rng(0))
     truth = high_level(placed, geom)
-    mip = (geom.mip_energy[0], geom.mip_energy[-1])
     p = batch.primaries
     line = AxisShift(geom).offsets(torch.from_numpy(p.position_mm), torch.from_numpy(p.direction))
     obs = Observables(geom, mip)(torch.from_numpy(e), line).double().numpy()

@@ -89,6 +89,7 @@ VOXELS = FINE_VOXELS + DEPTH * COARSE ** 2  # one shower: both images, flattened
 # told from the whole ones at AUC 0.80 instead of 0.55: benchmarks/gan3d_images.py)
 FLOOR_MIP = 0.1
 IMAGES = {"fine": list(FINE_SHAPE), "coarse": list(COARSE_SHAPE), "block": BLOCK}
+HIT_MIP = 0.5  # the validation's hit threshold (observables.high_level's threshold_mip), in MIPs
 SCALE = 10.0  # power values: SCALE * (e / E_p) ** power
 LOG_MAX = 30.0  # log values above it are read as it (e0 e^30 ~ 1e11 MeV): exp never overflows
 
@@ -278,10 +279,10 @@ class AxisShift(nn.Module):
         t = torch.stack([x / self.size + self.nx / 2, y / self.size + self.ny / 2], 1)
         return (t - torch.floor(t) - 0.5).float()
 
-    def forward(self, energy: torch.Tensor, position: torch.Tensor,
-                direction: torch.Tensor) -> torch.Tensor:
-        """Cell energies (P, VOXELS) MeV -> the same, moved to the line."""
-        u, v = self.offsets(position, direction).unbind(1)
+    def forward(self, energy: torch.Tensor, line: torch.Tensor) -> torch.Tensor:
+        """Cell energies (P, VOXELS) MeV -> the same, moved to the line at ``line`` (P, 2,
+        DEPTH) cells from the axis cells' centres (``offsets``)."""
+        u, v = line.unbind(1)
         fine, coarse = split(energy)
         fine = _share(fine, u[:, :LAYERS], v[:, :LAYERS])
         coarse = _share(coarse, u / self.unit, v / self.unit)
@@ -303,7 +304,7 @@ def _share(e: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 class Observables(nn.Module):
     """Cell energies (P, VOXELS) MeV -> (P, 34) observables of the validation suite, smooth in
     the energies so that a generator can learn from them: ln(1 + hit count) (a sigmoid step
-    at the validation's 0.5 MIP, 20 % wide, over cells above the floor); about the primary's
+    at the validation's HIT_MIP, 20 % wide, over cells above the floor); about the primary's
     line (voxel centres: a block's), the lateral width (mm), the fraction within CORE_RADIUS
     and the energy's centre in x and y (mm); the mean and rms layer of the energy and its
     fractions in the layers BANDS: each ECAL layer (with bands of four layers, a generator
@@ -320,7 +321,7 @@ class Observables(nn.Module):
         size = cell[layer] * np.where(VOXEL["block"], BLOCK, 1)
         band = np.searchsorted(self.BANDS, layer, side="right")[:, None] - 1
         for k, v in {"x": VOXEL["di"] * size, "y": VOXEL["dj"] * size, "layer": layer,
-                     "cell": cell, "threshold": 5 * voxel_floors(mip_mev),
+                     "cell": cell, "floor": voxel_floors(mip_mev),
                      "band": band == np.arange(len(self.BANDS) - 1)}.items():
             self.register_buffer(k, torch.as_tensor(np.asarray(v, np.float64)).float(),
                                  persistent=False)
@@ -329,8 +330,8 @@ class Observables(nn.Module):
         """``line``: (P, 2, DEPTH) where the primary's line crosses each layer, in cells from
         the axis cell's centre (AxisShift.offsets)."""
         total = e.sum(1).clamp(min=1e-12)
-        t = self.threshold
-        hits = (torch.sigmoid((e / t - 1) / 0.2) * (e >= t / 5)).sum(1)
+        t = self.floor * (HIT_MIP / FLOOR_MIP)
+        hits = (torch.sigmoid((e / t - 1) / 0.2) * (e >= self.floor)).sum(1)
 
         def mean(w):  # the energy-weighted mean of w (P, VOXELS) or (VOXELS,) per shower
             return (e * w).sum(1) / total
@@ -447,11 +448,11 @@ class Values:
         return self.rescale(x, r / self.response(x, energy).clamp(min=1e-12))
 
     def moved(self, x: torch.Tensor, energy: torch.Tensor, shift: AxisShift,
-              position: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-        """Images moved to the primaries' lines (AxisShift), in cell energies: values (P,
-        VOXELS) -> values. Energies are kept above 1e-30 MeV before encoding, so the root's
-        gradient at empty cells is zero, not infinite."""
-        e = shift(self.decode(x, energy), position, direction)
+              line: torch.Tensor) -> torch.Tensor:
+        """Images moved to the primaries' lines (AxisShift; ``line``: its offsets), in cell
+        energies: values (P, VOXELS) -> values. Energies are kept above 1e-30 MeV before
+        encoding, so the root's gradient at empty cells is zero, not infinite."""
+        e = shift(self.decode(x, energy), line)
         return self.encode(e.clamp(min=1e-30), energy)
 
     def floor(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
@@ -718,9 +719,11 @@ class Gan3D(NetworkGenerator):
         cond = self.conditions(primaries)
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
         fake = self.generator(z, cond)
+        line = (self.shift.offsets(torch.from_numpy(primaries.position_mm),
+                                   torch.from_numpy(primaries.direction))
+                if self.shift is not None else torch.zeros(len(index), 2, DEPTH))
         if self.shift is not None:
-            fake = values.moved(fake, energy, self.shift, torch.from_numpy(primaries.position_mm),
-                                torch.from_numpy(primaries.direction))
+            fake = values.moved(fake, energy, self.shift, line)
         if self.cfg.sparse:
             fake = soft_cut(fake, floor)
         law = torch.zeros(())
@@ -743,9 +746,6 @@ class Gan3D(NetworkGenerator):
         n = float(len(index))
         physics = torch.zeros(())
         if self.observables is not None:  # each observable's law given (ln E, theta)
-            line = (self.shift.offsets(torch.from_numpy(primaries.position_mm),
-                                       torch.from_numpy(primaries.direction))
-                    if self.shift is not None else torch.zeros(len(index), 2, DEPTH))
             obs = [self.observables(values.decode(x, energy), line) for x in (fake, real.detach())]
             physics = n * physics_distance(*obs, cond[:, :2], self.cfg.physics_given)
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
@@ -795,7 +795,8 @@ class Gan3DProgram(nn.Module):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
         image = self.generator(z, cond)
         if self.shift is not None:
-            image = self.values.moved(image, energy, self.shift, position, direction)
+            image = self.values.moved(image, energy, self.shift,
+                                      self.shift.offsets(position, direction))
         if self.sparse:
             image = soft_cut(image, self.values.floor(image, energy))
         e = self.values.decode(image, energy)

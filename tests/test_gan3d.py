@@ -24,11 +24,14 @@ from fastshower.models.gan3d import (
     WINDOW,
     AxisShift,
     Gan3D,
+    Generator,
     Observables,
     Values,
     images,
     physics_distance,
     place_image,
+    slide,
+    split,
     voxel_cells,
     voxel_floors,
 )
@@ -195,6 +198,23 @@ def test_the_physics_distance_compares_laws_given_the_conditions():
     assert physics_distance(*wide, c, "correlated") - marginal > 10 * marginal
 
 
+def test_the_depth_shift_slides_both_images_along_their_layers():
+    x = torch.rand(2, 6, 3, 3)
+    y = slide(x, torch.tensor([2.0, -0.5]))
+    assert torch.equal(y[0, 2:], x[0, :-2]) and torch.all(y[0, :2] == 0)
+    torch.testing.assert_close(y[1, :-1], 0.5 * (x[1, :-1] + x[1, 1:]))
+    torch.testing.assert_close(y[1, -1], 0.5 * x[1, -1])  # half of the last layer slid out
+    # the generator's knob: starts at no shift; its network's output moves whole showers
+    g = Generator(8, 5, 2, depth_shift=3.0)
+    z, c = torch.randn(4, 8), torch.randn(4, 5)
+    with torch.no_grad():
+        before = split(g(z, c))[0]
+        g.depth[-1].bias.fill_(float(np.arctanh(1 / 3)))  # s = 3 tanh(atanh(1/3)) = 1 layer
+        after = split(g(z, c))[0]
+    torch.testing.assert_close(after[:, 1:], before[:, :-1], atol=1e-5, rtol=1e-4)
+    assert torch.all(after[:, 0].abs() < 1e-5) and before[:, 0].abs().sum() > 0
+
+
 @pytest.mark.parametrize("kind", ["sqrt", "log"])
 def test_image_values_encode_energies_and_rescale_them(kind):
     values = Values(kind, floor_mev=0.1)
@@ -224,6 +244,8 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "values": values, "minibatch_std": values == "log",
                                            "shift": response_law and values == "sqrt",
                                            "physics_weight": 1.0 if response_law else 0.0,
+                                           "depth_shift": 2.0 if response_law else 0.0,
+                                           "d_observables": not response_law,
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
     run = tmp / f"run_{response_law}_{values}"
@@ -246,8 +268,13 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     x = model.values.encode(torch.from_numpy(data.energy_mev[:8]),
                             torch.from_numpy(data.primaries.energy_mev[:8]).float())
     r = torch.zeros(8)
+    seen = (torch.zeros(8, Observables.COLUMNS + 2) if model.cfg.d_observables else None)
     with torch.no_grad():
-        alone, mixed = (model.discriminator(x[i], r[i])[0, 0] for i in ([0, 1, 2], [0, 5, 7]))
+        alone, mixed = (model.discriminator(x[i], r[i], seen if seen is None else seen[i])[0, 0]
+                        for i in ([0, 1, 2], [0, 5, 7]))
+        if seen is not None:  # with d_observables its verdict depends on them
+            assert model.discriminator(x[:1], r[:1], seen[:1] + 1)[0, 0] != \
+                model.discriminator(x[:1], r[:1], seen[:1])[0, 0]
     assert (alone != mixed) == model.cfg.minibatch_std
     # generation: cells of the grid's ECAL and HCAL, above the floor, the same for the same seed
     gun = GunConfig(particle="e-", energy=[20.0], theta_deg=(10.0, 20.0), phi_deg=(0.0, 360.0),

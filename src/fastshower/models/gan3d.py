@@ -115,6 +115,9 @@ class Gan3DConfig(BaseModel):
     values: Literal["sqrt", "log"] = "sqrt"  # the image's cell values (Values)
     power: float = Field(0.5, gt=0.0, le=1.0)  # of the sqrt values (0.5: the square root)
     minibatch_std: bool = False  # the discriminator sees the mini-batch's spread (Discriminator)
+    # the discriminator's dense part also sees each shower's observables (Observables,
+    # standardised by the training sample's) and its (ln E, theta): their joint law per shower
+    d_observables: bool = False
     # images made around the axis cell's centre, moved to the primary's line (AxisShift)
     shift: bool = False
     # weight of the generator's term that brings the law of each observable of its showers
@@ -124,6 +127,8 @@ class Gan3DConfig(BaseModel):
     # residual from a linear fit in (ln E, theta) to the Geant4 showers (physics_distance)
     # (``correlated``: also the residuals of the scalar observables jointly)
     physics_given: Literal["joint", "residual", "correlated"] = "joint"
+    # the largest depth shift (layers) the generator may give a shower (Generator.depth); 0: off
+    depth_shift: float = Field(0.0, ge=0, le=5)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -313,6 +318,7 @@ class Observables(nn.Module):
 
     BANDS = (*range(LAYERS + 1), 30, DEPTH)  # layer ranges: the longitudinal profile
     SCALARS = 7  # the columns before the profile
+    COLUMNS = SCALARS + len(BANDS) - 1
 
     def __init__(self, geom: Geometry, mip_mev: tuple[float, float]):
         super().__init__()
@@ -474,10 +480,16 @@ class Generator(nn.Module):
     convolution at full resolution after them, as the first version had (``last``), took 3/4
     of the generator's time. ReLU outputs (empty cells are exact zeros);
     ``start``: the last layers' initial bias (log values: above the floor, ln 2, where the
-    soft cut of ``sparse`` passes gradients)."""
+    soft cut of ``sparse`` passes gradients). ``depth_shift``: both images slide along their
+    layers by a depth s in (-depth_shift, depth_shift) layers that a small network gives per
+    shower from the same noise and conditions (``depth``, ``slide``): an explicit knob for the
+    shower-to-shower variation of the depth, which transposed convolutions from a dense layer
+    of the noise hardly make (without it the centroid's spread above 100 GeV was half Geant4's).
+    Approximation, named: the whole shower moves as one (its start fluctuating, its development
+    not), linearly interpolated between layers; values slid past the last layer are dropped."""
 
     def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None,
-                 last: str = "transposed"):
+                 last: str = "transposed", depth_shift: float = 0.0):
         super().__init__()
         c = channels
         self.c = c
@@ -496,6 +508,12 @@ class Generator(nn.Module):
             Crop(COARSE_SHAPE), nn.ReLU())
         used = VOXEL["used"][FINE_VOXELS:]  # the coarse voxels that hold energy
         self.register_buffer("mask", torch.from_numpy(used).float(), persistent=False)
+        self.depth_shift = depth_shift
+        if depth_shift:
+            self.depth = nn.Sequential(nn.Linear(latent + conditions, 32), nn.LeakyReLU(0.2),
+                                       nn.Linear(32, 1))
+            for t in (self.depth[-1].weight, self.depth[-1].bias):  # no shift at the start
+                nn.init.zeros_(t)
         if start is not None:
             for net in (self.net, self.coarse):
                 nn.init.constant_([m for m in net if hasattr(m, "bias")][-1].bias, start)
@@ -504,7 +522,20 @@ class Generator(nn.Module):
         zc = torch.cat([z, cond], -1)
         fine = self.net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
         coarse = self.coarse(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
+        if self.depth_shift:
+            s = self.depth_shift * torch.tanh(self.depth(zc)[:, 0])
+            fine, coarse = slide(fine[:, 0], s), slide(coarse[:, 0], s)
         return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
+
+
+def slide(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Images (P, L, H, W) moved by s (P,) layers deeper (s < 0: shallower), layer l taking
+    from the layers l - s by linear interpolation (hat weights: smooth in s, one batched
+    matrix product)."""
+    n = x.shape[1]
+    layer = torch.arange(n, dtype=x.dtype)
+    w = torch.relu(1 - (layer[None, :, None] - s[:, None, None] - layer[None, None, :]).abs())
+    return torch.bmm(w, x.flatten(2)).reshape(x.shape)
 
 
 class Crop(nn.Module):
@@ -532,9 +563,10 @@ class Discriminator(nn.Module):
     dense part (as the original's "ECAL sum" did), as ln(E_dep / E_p): the exact response,
     given with them. ``minibatch_std``: the dense part also sees the spread of the
     convolutional features over the mini-batch (Karras et al. 2018), so that a generator whose
-    showers vary too much, or too little, from one to the next is told apart."""
+    showers vary too much, or too little, from one to the next is told apart. ``extra``: the
+    number of further per-shower features its dense part is given (``d_observables``)."""
 
-    def __init__(self, channels: int, minibatch_std: bool = False):
+    def __init__(self, channels: int, minibatch_std: bool = False, extra: int = 0):
         super().__init__()
         c = channels
         self.minibatch_std = minibatch_std
@@ -546,13 +578,14 @@ class Discriminator(nn.Module):
             nn.Conv3d(1, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
             nn.Conv3d(c, 2 * c, 3, stride=2, padding=1), nn.LeakyReLU(0.2), nn.Flatten())
         features = 4 * c * 4 ** 3 + 2 * c * (DEPTH // 4) * 3 * 3
-        self.head = nn.Sequential(nn.Linear(features + 1 + minibatch_std, 64),
+        self.head = nn.Sequential(nn.Linear(features + 1 + minibatch_std + extra, 64),
                                   nn.LeakyReLU(0.2), nn.Linear(64, 4))
 
-    def forward(self, x: torch.Tensor, log_response: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, log_response: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
         fine, coarse = split(x)
         h = torch.cat([self.conv(fine[:, None]), self.coarse(coarse[:, None])], -1)
-        extra = [log_response[:, None]]
+        extra = [log_response[:, None]] + ([] if features is None else [features])
         if self.minibatch_std:
             extra.append(h.std(0, unbiased=False).mean().expand(len(h), 1))
         return self.head(torch.cat([h, *extra], -1))
@@ -653,11 +686,14 @@ class Gan3D(NetworkGenerator):
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight,
                              "g_physics": cfg.physics_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
-                                   start=1.0 if cfg.values == "log" else None, last=cfg.last)
-        self.discriminator = Discriminator(cfg.channels, cfg.minibatch_std)
+                                   start=1.0 if cfg.values == "log" else None, last=cfg.last,
+                                   depth_shift=cfg.depth_shift)
+        self.discriminator = Discriminator(cfg.channels, cfg.minibatch_std,
+                                           (Observables.COLUMNS + 2) * cfg.d_observables)
         self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power)
         self.shift = AxisShift(geom) if cfg.shift else None
-        self.observables = Observables(geom, norms["mip_mev"]) if cfg.physics_weight else None
+        self.observables = (Observables(geom, norms["mip_mev"])
+                            if cfg.physics_weight or cfg.d_observables else None)
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
                                              norms["response_std"])
@@ -687,7 +723,26 @@ class Gan3D(NetworkGenerator):
                  # refuse directions only a little closer to it than the training sample's
                  "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()
                             if k != "eta"}}
-        return cls(geom, particle_names(data.primaries.pdg), cfg or Gan3DConfig(), norms)
+        cfg = cfg or Gan3DConfig()
+        if cfg.d_observables:  # the discriminator's observables in units of their spread
+            obs = Observables(geom, norms["mip_mev"])
+            p = data.primaries
+            line = (AxisShift(geom).offsets(torch.from_numpy(p.position_mm),
+                                            torch.from_numpy(p.direction))
+                    if cfg.shift else torch.zeros(len(p), 2, DEPTH))
+            with torch.no_grad():
+                x = torch.cat([obs(torch.from_numpy(data.energy_mev[i:i + 512]), line[i:i + 512])
+                               for i in range(0, len(data), 512)])
+            norms["observables"] = [x.mean(0).tolist(), (x.std(0) + 1e-6).tolist()]
+        return cls(geom, particle_names(data.primaries.pdg), cfg, norms)
+
+    def _seen(self, obs: torch.Tensor | None, cond: torch.Tensor) -> torch.Tensor | None:
+        """The discriminator's further features (``d_observables``): the observables in units
+        of the training sample's spread and (ln E, theta); None without the option."""
+        if not self.cfg.d_observables:
+            return None
+        mean, std = (torch.tensor(v) for v in self.norms["observables"])
+        return torch.cat([(obs - mean) / std, cond[:, :2]], -1)
 
     def _aux(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per shower: |relative error| of E_p and of the response E_dep / E_p, |error| of
@@ -733,8 +788,13 @@ class Gan3D(NetworkGenerator):
             law = (log_sigma + 0.5 * ((target[:, 1] - mean) / log_sigma.exp()) ** 2).sum()
         bce = nn.functional.binary_cross_entropy_with_logits
         log_r = torch.log(values.response(fake, energy) + 1e-6)
-        d_real = self.discriminator(real, torch.log(values.response(real, energy) + 1e-6))
-        d_fake = self.discriminator(fake.detach(), log_r.detach())
+        obs = ([self.observables(values.decode(x, energy), line) for x in (fake, real)]
+               if self.observables is not None else [None, None])
+        seen = [self._seen(o, cond) for o in obs]
+        d_real = self.discriminator(real, torch.log(values.response(real, energy) + 1e-6),
+                                    seen[1])
+        d_fake = self.discriminator(fake.detach(), log_r.detach(),
+                                    None if seen[0] is None else seen[0].detach())
         d_adv = (bce(d_real[:, 0], torch.full_like(d_real[:, 0], 0.9), reduction="sum")
                  + bce(d_fake[:, 0], torch.zeros_like(d_fake[:, 0]), reduction="sum"))
         r1 = torch.zeros(())
@@ -742,12 +802,12 @@ class Gan3D(NetworkGenerator):
             grad, = torch.autograd.grad(d_real[:, 0].sum(), real, create_graph=True)
             r1 = 0.5 * self.cfg.r1 * grad.pow(2).sum()
         frozen = {k: v.detach() for k, v in self.discriminator.named_parameters()}
-        g_out = functional_call(self.discriminator, frozen, (fake, log_r))
+        g_out = functional_call(self.discriminator, frozen, (fake, log_r, seen[0]))
         n = float(len(index))
         physics = torch.zeros(())
-        if self.observables is not None:  # each observable's law given (ln E, theta)
-            obs = [self.observables(values.decode(x, energy), line) for x in (fake, real.detach())]
-            physics = n * physics_distance(*obs, cond[:, :2], self.cfg.physics_given)
+        if self.cfg.physics_weight:  # each observable's law given (ln E, theta)
+            physics = n * physics_distance(obs[0], obs[1].detach(), cond[:, :2],
+                                           self.cfg.physics_given)
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),

@@ -28,6 +28,8 @@ from fastshower.models.gan3d import (
     Observables,
     Values,
     images,
+    leakage,
+    leakage_factor,
     physics_distance,
     place_image,
     slide,
@@ -201,18 +203,35 @@ def test_the_physics_distance_compares_laws_given_the_conditions():
 def test_the_depth_shift_slides_both_images_along_their_layers():
     x = torch.rand(2, 6, 3, 3)
     y = slide(x, torch.tensor([2.0, -0.5]))
-    assert torch.equal(y[0, 2:], x[0, :-2]) and torch.all(y[0, :2] == 0)
+    assert torch.equal(y[0, 2:], x[0, :-2]) and torch.equal(y[0, :2], x[0, [0, 0]])
     torch.testing.assert_close(y[1, :-1], 0.5 * (x[1, :-1] + x[1, 1:]))
     torch.testing.assert_close(y[1, -1], 0.5 * x[1, -1])  # half of the last layer slid out
-    # the generator's knob: starts at no shift; its network's output moves whole showers
+    # the generator's knob: its network's output moves whole showers
     g = Generator(8, 5, 2, depth_shift=3.0)
     z, c = torch.randn(4, 8), torch.randn(4, 5)
     with torch.no_grad():
+        g.depth[-1].bias.copy_(torch.tensor([0.0, -30.0]))  # s = 0
         before = split(g(z, c))[0]
-        g.depth[-1].bias.fill_(float(np.arctanh(1 / 3)))  # s = 3 tanh(atanh(1/3)) = 1 layer
+        g.depth[-1].bias[0] = float(np.arctanh(1 / 3))  # s = 3 tanh(atanh(1/3)) = 1 layer
         after = split(g(z, c))[0]
     torch.testing.assert_close(after[:, 1:], before[:, :-1], atol=1e-5, rtol=1e-4)
-    assert torch.all(after[:, 0].abs() < 1e-5) and before[:, 0].abs().sum() > 0
+    torch.testing.assert_close(after[:, 0], before[:, 0], atol=1e-5, rtol=1e-4)
+
+
+def test_the_leakage_law_sets_the_hcals_share_and_keeps_the_total():
+    e = torch.rand(3, VOXELS, dtype=torch.float64)
+    e[2, FINE_VOXELS:].view(DEPTH, -1)[LAYERS:] = 0  # no HCAL energy: nothing to scale up
+    f = torch.tensor([0.01, 0.3, 0.2], dtype=torch.float64)
+    moved = e * leakage_factor(e, f)
+    share, depth = leakage(moved)
+    torch.testing.assert_close(share[:2], f[:2])
+    assert share[2] == 0
+    torch.testing.assert_close(moved.sum(1), e.sum(1))
+    torch.testing.assert_close(depth, leakage(e)[1])  # the ECAL's profile kept
+    # the depth: the ECAL's energy-weighted mean layer over LAYERS
+    one = torch.zeros(1, VOXELS, dtype=torch.float64)
+    one[0, 7 * WINDOW ** 2] = 1.0  # layer 7 of the fine image
+    torch.testing.assert_close(leakage(one)[1], torch.tensor([7 / LAYERS], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("kind", ["sqrt", "log"])
@@ -246,6 +265,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "physics_weight": 1.0 if response_law else 0.0,
                                            "depth_shift": 2.0 if response_law else 0.0,
                                            "d_observables": not response_law,
+                                           "leakage_law": values == "log",
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
     run = tmp / f"run_{response_law}_{values}"
@@ -292,11 +312,14 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
         e_p = torch.from_numpy(primaries.energy_mev)
         args = (e_p, torch.zeros(5, 3), torch.from_numpy(primaries.direction),
                 torch.zeros(5, dtype=torch.int64), torch.randn(5, 8), torch.randn(5, 1))
+        z_leakage = torch.randn(5, 1) if model.cfg.leakage_law else None
+        cond = model.conditions(primaries)
         with torch.no_grad():
-            image, = program(*args)
-            mean, log_sigma = model.generator.law(model.conditions(primaries))
+            image, = program(*args, z_leakage=z_leakage)
+            mean, log_sigma = model.generator.law(cond)
         np.testing.assert_allclose(image.sum(1) / e_p,
                                    torch.exp(mean + log_sigma.exp() * args[-1][:, 0]), rtol=1e-4)
+        assert (terms["leakage_nll"][0] != 0) == model.cfg.leakage_law
         assert terms["response_nll"][0] != 0
     # ONNX Runtime: the same showers for the same seed (to float32 rounding, which moves a
     # few of the cells at the floor: the axis shift makes many small ones)

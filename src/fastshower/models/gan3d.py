@@ -127,6 +127,9 @@ class Gan3DConfig(BaseModel):
     # residual from a linear fit in (ln E, theta) to the Geant4 showers (physics_distance)
     # (``correlated``: also the residuals of the scalar observables jointly)
     physics_given: Literal["joint", "residual", "correlated"] = "joint"
+    # the fraction of the image's energy in the HCAL from a learned law given the conditions
+    # and the shower's depth in the ECAL, the generator's ECAL and HCAL parts rescaled to it
+    leakage_law: bool = False
     # the largest depth shift (layers) the generator may give a shower (Generator.depth); 0: off
     depth_shift: float = Field(0.0, ge=0, le=5)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
@@ -444,10 +447,13 @@ class Values:
         return self.decode(x, energy).flatten(1).sum(1) / energy
 
     def rescale(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-        """Images whose every cell energy is multiplied by ``factor`` (P,): the shape kept."""
+        """Images whose every cell energy is multiplied by ``factor`` (P,) (the shape kept), or
+        per cell (P, VOXELS)."""
+        if factor.ndim == 1:
+            factor = per_image(factor, x)
         if self.kind == "log":
-            return torch.log(1 + per_image(factor, x) * (torch.exp(x.clamp(max=LOG_MAX)) - 1))
-        return x * per_image(factor ** self.power, x)
+            return torch.log(1 + factor * (torch.exp(x.clamp(max=LOG_MAX)) - 1))
+        return x * factor ** self.power
 
     def with_response(self, x: torch.Tensor, energy: torch.Tensor, r: torch.Tensor):
         """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,)."""
@@ -466,6 +472,32 @@ class Values:
         return self.encode(torch.broadcast_to(self.e0.to(x.dtype), x.shape), energy).to(x.dtype)
 
 
+HCAL_VOXELS = torch.from_numpy(VOXEL["layer"] >= LAYERS)  # (VOXELS,) the HCAL layers' voxels
+DEPTH_OF_VOXEL = torch.from_numpy(VOXEL["layer"] / LAYERS).float()  # (VOXELS,) layer / LAYERS
+
+
+def leakage(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell energies (P, VOXELS) -> (P,) the HCAL's fraction of the energy and the ECAL's
+    energy-weighted mean layer over LAYERS (the shower's depth, 0-1)."""
+    ecal = torch.where(HCAL_VOXELS, 0.0, e)
+    total, in_ecal = e.sum(1).clamp(min=1e-12), ecal.sum(1).clamp(min=1e-12)
+    return 1 - in_ecal / total, (ecal * DEPTH_OF_VOXEL.to(e.dtype)).sum(1) / in_ecal
+
+
+def leakage_factor(e: torch.Tensor, f: torch.Tensor, most: float = 20.0) -> torch.Tensor:
+    """(P, VOXELS) factors that bring the HCAL's fraction of cell energies ``e`` to ``f`` (P,),
+    the total kept (the HCAL's factor at most ``most``: a nearly empty HCAL is not blown up)."""
+    now = leakage(e)[0]
+    hcal = (f / now.clamp(min=1e-6)).clamp(max=most)
+    ecal = (1 - now * hcal) / (1 - now).clamp(min=1e-6)  # the rest of the energy in the ECAL
+    return torch.where(HCAL_VOXELS, hcal[:, None], ecal[:, None])
+
+
+def logit(f: torch.Tensor) -> torch.Tensor:
+    f = f.clamp(1e-6, 1 - 1e-6)
+    return torch.log(f / (1 - f))
+
+
 def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """``x`` with values below ``threshold`` smoothly cut to zero (a sigmoid step 10 % wide)."""
     return x * torch.sigmoid((x - threshold) / (0.05 * threshold))
@@ -481,10 +513,12 @@ class Generator(nn.Module):
     of the generator's time. ReLU outputs (empty cells are exact zeros);
     ``start``: the last layers' initial bias (log values: above the floor, ln 2, where the
     soft cut of ``sparse`` passes gradients). ``depth_shift``: both images slide along their
-    layers by a depth s in (-depth_shift, depth_shift) layers that a small network gives per
-    shower from the same noise and conditions (``depth``, ``slide``): an explicit knob for the
+    layers (``slide``) by a depth s = depth_shift tanh(a + b z_0) layers, a and ln b from a
+    small network of the conditions (``depth``), z_0 the first noise component (which the
+    convolutions see too, so the shape can follow the depth): an explicit knob for the
     shower-to-shower variation of the depth, which transposed convolutions from a dense layer
-    of the noise hardly make (without it the centroid's spread above 100 GeV was half Geant4's).
+    of the noise hardly make (without it the centroid's spread above 100 GeV was half Geant4's;
+    a first version, s from a network of all the noise started at s = 0 and never spread).
     Approximation, named: the whole shower moves as one (its start fluctuating, its development
     not), linearly interpolated between layers; values slid past the last layer are dropped."""
 
@@ -509,11 +543,12 @@ class Generator(nn.Module):
         used = VOXEL["used"][FINE_VOXELS:]  # the coarse voxels that hold energy
         self.register_buffer("mask", torch.from_numpy(used).float(), persistent=False)
         self.depth_shift = depth_shift
-        if depth_shift:
-            self.depth = nn.Sequential(nn.Linear(latent + conditions, 32), nn.LeakyReLU(0.2),
-                                       nn.Linear(32, 1))
-            for t in (self.depth[-1].weight, self.depth[-1].bias):  # no shift at the start
-                nn.init.zeros_(t)
+        if depth_shift:  # at the start: a = 0, s spread by ~0.5 layers
+            self.depth = nn.Sequential(nn.Linear(conditions, 32), nn.LeakyReLU(0.2),
+                                       nn.Linear(32, 2))
+            nn.init.zeros_(self.depth[-1].weight)
+            with torch.no_grad():
+                self.depth[-1].bias.copy_(torch.tensor([0.0, np.log(0.5 / depth_shift)]))
         if start is not None:
             for net in (self.net, self.coarse):
                 nn.init.constant_([m for m in net if hasattr(m, "bias")][-1].bias, start)
@@ -523,7 +558,8 @@ class Generator(nn.Module):
         fine = self.net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
         coarse = self.coarse(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
         if self.depth_shift:
-            s = self.depth_shift * torch.tanh(self.depth(zc)[:, 0])
+            a, log_b = self.depth(cond).unbind(-1)
+            s = self.depth_shift * torch.tanh(a + log_b.exp() * z[:, 0])
             fine, coarse = slide(fine[:, 0], s), slide(coarse[:, 0], s)
         return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
 
@@ -531,10 +567,12 @@ class Generator(nn.Module):
 def slide(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Images (P, L, H, W) moved by s (P,) layers deeper (s < 0: shallower), layer l taking
     from the layers l - s by linear interpolation (hat weights: smooth in s, one batched
-    matrix product)."""
+    matrix product); the layers before a later start take the first layer's content (the
+    primary's track: empty first layers gave the start layer away, separation power 0.10)."""
     n = x.shape[1]
     layer = torch.arange(n, dtype=x.dtype)
-    w = torch.relu(1 - (layer[None, :, None] - s[:, None, None] - layer[None, None, :]).abs())
+    source = (layer[None, :, None] - s[:, None, None]).clamp(min=0)
+    w = torch.relu(1 - (source - layer[None, None, :]).abs())
     return torch.bmm(w, x.flatten(2)).reshape(x.shape)
 
 
@@ -592,8 +630,9 @@ class Discriminator(nn.Module):
 
 
 class ResponseLaw(nn.Module):
-    """conditions -> (mean, log sigma) of ln(E_dep / E_p): a Gaussian, fitted by likelihood;
-    the network gives offsets from the training sample's mean and spread (``mean``, ``std``)."""
+    """conditions -> (mean, log sigma) of a Gaussian law of one quantity, fitted by likelihood:
+    ln(E_dep / E_p) (``response_law``), logit of the HCAL's fraction (``leakage_law``); the
+    network gives offsets from the training sample's mean and spread (``mean``, ``std``)."""
 
     def __init__(self, conditions: int, mean: float, std: float, hidden: int = 32):
         super().__init__()
@@ -666,10 +705,12 @@ class Gan3D(NetworkGenerator):
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
     loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "d_r1": 1.0,
                                                 "g_adv": 1.0, "g_aux": 1.0, "g_response": 1.0,
-                                                "g_physics": 1.0, "response_nll": 1.0}
+                                                "g_physics": 1.0, "response_nll": 1.0,
+                                                "leakage_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"generator": ("g_adv", "g_aux",
                                                                   "g_response", "g_physics",
-                                                                  "response_nll"),
+                                                                  "response_nll",
+                                                                  "leakage_nll"),
                                                     "discriminator": ("d_adv", "d_aux", "d_r1")}
     adam_betas: ClassVar[tuple[float, float]] = (0.5, 0.999)
 
@@ -697,6 +738,8 @@ class Gan3D(NetworkGenerator):
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(4 + len(particles), norms["aux_mean"][1],
                                              norms["response_std"])
+        if cfg.leakage_law:  # given the conditions and the ECAL depth
+            self.generator.leakage = ResponseLaw(5 + len(particles), *norms["leakage"])
 
     # ---- conditions --------------------------------------------------------------------------
     def conditions(self, primaries: Primaries) -> torch.Tensor:
@@ -724,6 +767,9 @@ class Gan3D(NetworkGenerator):
                  "ranges": {k: v for k, v in TrainingRanges.of(data.primaries).to_dict().items()
                             if k != "eta"}}
         cfg = cfg or Gan3DConfig()
+        if cfg.leakage_law:  # logit of the HCAL's fraction: mean, spread
+            f = logit(leakage(torch.from_numpy(data.energy_mev))[0])
+            norms["leakage"] = [float(f.mean()), float(f.std() + 1e-6)]
         if cfg.d_observables:  # the discriminator's observables in units of their spread
             obs = Observables(geom, norms["mip_mev"])
             p = data.primaries
@@ -781,7 +827,12 @@ class Gan3D(NetworkGenerator):
             fake = values.moved(fake, energy, self.shift, line)
         if self.cfg.sparse:
             fake = soft_cut(fake, floor)
-        law = torch.zeros(())
+        law, leak = torch.zeros(()), torch.zeros(())
+        if self.cfg.leakage_law:  # the HCAL's fraction of the real shower; its law by NLL
+            f, depth = leakage(values.decode(real.detach(), energy))
+            fake = values.rescale(fake, leakage_factor(values.decode(fake, energy), f))
+            mean, log_sigma = self.generator.leakage(torch.cat([cond, depth[:, None]], -1))
+            leak = (log_sigma + 0.5 * ((logit(f) - mean) / log_sigma.exp()) ** 2).sum()
         if self.cfg.response_law:  # the shape at the real shower's response; the law by NLL
             fake = values.with_response(fake, energy, torch.exp(target[:, 1]))
             mean, log_sigma = self.generator.law(cond)
@@ -813,7 +864,7 @@ class Gan3D(NetworkGenerator):
                 "g_aux": (self._aux(g_out, target).sum(), n),
                 "g_response": ((torch.exp(log_r - target[:, 1]) - 1).abs().sum(), n),
                 "g_physics": (physics, n),
-                "response_nll": (law, n)}
+                "response_nll": (law, n), "leakage_nll": (leak, n)}
 
     # ---- generation --------------------------------------------------------------------------
     def export_module(self) -> nn.Module:
@@ -844,14 +895,20 @@ class Gan3DProgram(nn.Module):
         super().__init__()
         self.generator = model.generator
         self.law = model.generator.law if model.cfg.response_law else None
+        self.leakage = model.generator.leakage if model.cfg.leakage_law else None
         self.values, self.sparse, self.shift = model.values, model.cfg.sparse, model.shift
+        self.register_buffer("floor_mev", torch.from_numpy(voxel_floors(model.norms["mip_mev"]))
+                             .float(), persistent=False)
         self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
         self.n_particles = len(model.particles)
         self.noise = {"z": ("normal", (model.cfg.latent,))}
         if self.law is not None:
             self.noise["z_response"] = ("normal", (1,))
+        if self.leakage is not None:
+            self.noise["z_leakage"] = ("normal", (1,))
 
-    def forward(self, energy, position, direction, particle, z, z_response=None):
+    def forward(self, energy, position, direction, particle, z, z_response=None,
+                z_leakage=None):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
         image = self.generator(z, cond)
         if self.shift is not None:
@@ -860,10 +917,16 @@ class Gan3DProgram(nn.Module):
         if self.sparse:
             image = soft_cut(image, self.values.floor(image, energy))
         e = self.values.decode(image, energy)
+        if self.leakage is not None:
+            depth = leakage(e)[1][:, None].to(cond.dtype)
+            mean, log_sigma = self.leakage(torch.cat([cond, depth], -1))
+            e = e * leakage_factor(e, torch.sigmoid(mean + log_sigma.exp() * z_leakage[:, 0]))
         if self.law is not None:  # Values.with_response, on the energies: one pass less
             mean, log_sigma = self.law(cond)
             r = torch.exp(mean + log_sigma.exp() * z_response[:, 0])
-            e = e * per_image(r / (e.sum(1) / energy).clamp(min=1e-12), e)
+            for _ in range(2):  # the response of the cells placed (at least the floor)
+                e = e * (e >= self.floor_mev)
+                e = e * per_image(r / (e.sum(1) / energy).clamp(min=1e-12), e)
         return (e,)
 
 

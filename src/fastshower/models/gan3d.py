@@ -42,17 +42,23 @@ steps, had left the width and core fraction varying five times more than Geant4'
 shower to the next and the hit count 40 % short (docs/models.md); the later 3DGAN (Khattak
 et al., EPJC 2022) also added domain-related terms to its loss. Images are generated around the
 centre of the axis cell and moved to the primary's line by AxisShift (option ``shift``).
+Session 19's options (docs/models.md has their measurements): ``leakage_law`` (the HCAL's share
+of the energy from a learned law given the conditions and the ECAL depth, as ``response_law``
+does for the total), ``depth_shift`` (the generator slides each shower along its layers,
+Generator), ``d_observables`` (the discriminator also sees each shower's observables).
 Stabilisation (without it, the discriminator won within a few hundred steps and the generator
 never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images (``r1``),
 Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation showers,
 not by its loss.
 
 Approximations, named: the axis shift shares each voxel's energy with its neighbours
-linearly (AxisShift); a coarse ECAL voxel's energy goes onto one cell of its block, drawn
-uniformly (far from the axis a shower leaves single, isolated hits; the AUC above includes
-it); energy beyond the images (0.02 % of the visible energy) is not generated (the training data
-record how much); hit times are times of flight; cells of one layer are on the grid's lattice
-only (square cells).
+linearly (AxisShift); with ``leakage_law`` the HCAL's share is a Gaussian in its logit given
+the conditions and the ECAL's mean layer, the ECAL and HCAL parts each rescaled as a whole;
+a coarse ECAL voxel's energy goes onto one cell of its block, drawn uniformly (far from the
+axis a shower leaves single, isolated hits; the AUC above includes it); energy beyond the
+images (0.02 % of the visible energy) is not generated (the training data record how much);
+hit times are times of flight; cells of one layer are on the grid's lattice only (square
+cells).
 """
 
 from __future__ import annotations

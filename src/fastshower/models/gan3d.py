@@ -845,7 +845,8 @@ class Gan3D(NetworkGenerator):
             law = (log_sigma + 0.5 * ((target[:, 1] - mean) / log_sigma.exp()) ** 2).sum()
         bce = nn.functional.binary_cross_entropy_with_logits
         log_r = torch.log(values.response(fake, energy) + 1e-6)
-        obs = ([self.observables(values.decode(x, energy), line) for x in (fake, real)]
+        seen_real = real if self.cfg.d_observables else real.detach()  # in R1's graph or not
+        obs = ([self.observables(values.decode(x, energy), line) for x in (fake, seen_real)]
                if self.observables is not None else [None, None])
         seen = [self._seen(o, cond) for o in obs]
         d_real = self.discriminator(real, torch.log(values.response(real, energy) + 1e-6),

@@ -222,7 +222,7 @@ def test_the_leakage_law_sets_the_hcals_share_and_keeps_the_total():
     e = torch.rand(3, VOXELS, dtype=torch.float64)
     e[2, FINE_VOXELS:].view(DEPTH, -1)[LAYERS:] = 0  # no HCAL energy: nothing to scale up
     f = torch.tensor([0.01, 0.3, 0.2], dtype=torch.float64)
-    moved = e * leakage_factor(e, f)
+    moved = e * leakage_factor(leakage(e)[0], f)
     share, depth = leakage(moved)
     torch.testing.assert_close(share[:2], f[:2])
     assert share[2] == 0
@@ -320,7 +320,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
         r = torch.exp(mean + log_sigma.exp() * args[-1][:, 0])
         np.testing.assert_allclose(image.sum(1) / e_p, r, rtol=1e-4)
         # ... in the cells that are placed (at least the floor)
-        placed = torch.where(image >= program.floor_mev, image, 0.0)
+        placed = torch.where(image >= program.values.e0, image, 0.0)
         np.testing.assert_allclose(placed.sum(1) / e_p, r, rtol=2e-3)
         assert (terms["leakage_nll"][0] != 0) == model.cfg.leakage_law
         assert terms["response_nll"][0] != 0

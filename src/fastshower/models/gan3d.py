@@ -303,6 +303,15 @@ class AxisShift(nn.Module):
         return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
 
 
+def lines(shift: AxisShift | None, primaries: Primaries) -> torch.Tensor:
+    """(P, 2, DEPTH) the primaries' lines from the axis cells' centres (AxisShift.offsets);
+    zeros without the shift (the images are about the centres)."""
+    if shift is None:
+        return torch.zeros(len(primaries), 2, DEPTH)
+    return shift.offsets(torch.from_numpy(primaries.position_mm),
+                         torch.from_numpy(primaries.direction))
+
+
 def _share(e: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Images (P, L, H, W) with every layer's content moved by (u, v) (P, L) voxels along H and
     W, |u|, |v| <= 0.5, each voxel's energy shared with its neighbour by linear weights."""
@@ -490,18 +499,13 @@ def leakage(e: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return 1 - in_ecal / total, (ecal * DEPTH_OF_VOXEL.to(e.dtype)).sum(1) / in_ecal
 
 
-def leakage_factor(e: torch.Tensor, f: torch.Tensor, most: float = 20.0) -> torch.Tensor:
-    """(P, VOXELS) factors that bring the HCAL's fraction of cell energies ``e`` to ``f`` (P,),
-    the total kept (the HCAL's factor at most ``most``: a nearly empty HCAL is not blown up)."""
-    now = leakage(e)[0]
+def leakage_factor(now: torch.Tensor, f: torch.Tensor, most: float = 20.0) -> torch.Tensor:
+    """(P, VOXELS) factors that bring the HCAL's fraction of cell energies from ``now`` (P,;
+    leakage) to ``f`` (P,), the total kept (the HCAL's factor at most ``most``: a nearly empty
+    HCAL is not blown up)."""
     hcal = (f / now.clamp(min=1e-6)).clamp(max=most)
     ecal = (1 - now * hcal) / (1 - now).clamp(min=1e-6)  # the rest of the energy in the ECAL
     return torch.where(HCAL_VOXELS, hcal[:, None], ecal[:, None])
-
-
-def logit(f: torch.Tensor) -> torch.Tensor:
-    f = f.clamp(1e-6, 1 - 1e-6)
-    return torch.log(f / (1 - f))
 
 
 def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -651,6 +655,16 @@ class ResponseLaw(nn.Module):
         return (self.mean + mean * self.std,
                 (float(np.log(self.std)) + log_sigma).clamp(-8.0, 2.0))
 
+    def nll(self, cond: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The summed negative log-likelihood of values ``x`` (P,) (up to a constant)."""
+        mean, log_sigma = self(cond)
+        return (log_sigma + 0.5 * ((x - mean) / log_sigma.exp()) ** 2).sum()
+
+    def draw(self, cond: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Values (P,) drawn with standard normal noise ``z`` (P,)."""
+        mean, log_sigma = self(cond)
+        return mean + log_sigma.exp() * z
+
 
 def _theta(direction: np.ndarray) -> np.ndarray:
     """Polar angle (rad) of unit directions from the z axis (the grid's normal)."""
@@ -774,14 +788,11 @@ class Gan3D(NetworkGenerator):
                             if k != "eta"}}
         cfg = cfg or Gan3DConfig()
         if cfg.leakage_law:  # logit of the HCAL's fraction: mean, spread
-            f = logit(leakage(torch.from_numpy(data.energy_mev))[0])
+            f = torch.logit(leakage(torch.from_numpy(data.energy_mev))[0], eps=1e-6)
             norms["leakage"] = [float(f.mean()), float(f.std() + 1e-6)]
         if cfg.d_observables:  # the discriminator's observables in units of their spread
             obs = Observables(geom, norms["mip_mev"])
-            p = data.primaries
-            line = (AxisShift(geom).offsets(torch.from_numpy(p.position_mm),
-                                            torch.from_numpy(p.direction))
-                    if cfg.shift else torch.zeros(len(p), 2, DEPTH))
+            line = lines(AxisShift(geom) if cfg.shift else None, data.primaries)
             with torch.no_grad():
                 x = torch.cat([obs(torch.from_numpy(data.energy_mev[i:i + 512]), line[i:i + 512])
                                for i in range(0, len(data), 512)])
@@ -826,9 +837,7 @@ class Gan3D(NetworkGenerator):
         cond = self.conditions(primaries)
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
         fake = self.generator(z, cond)
-        line = (self.shift.offsets(torch.from_numpy(primaries.position_mm),
-                                   torch.from_numpy(primaries.direction))
-                if self.shift is not None else torch.zeros(len(index), 2, DEPTH))
+        line = lines(self.shift, primaries)
         if self.shift is not None:
             fake = values.moved(fake, energy, self.shift, line)
         if self.cfg.sparse:
@@ -836,13 +845,13 @@ class Gan3D(NetworkGenerator):
         law, leak = torch.zeros(()), torch.zeros(())
         if self.cfg.leakage_law:  # the HCAL's fraction of the real shower; its law by NLL
             f, depth = leakage(values.decode(real.detach(), energy))
-            fake = values.rescale(fake, leakage_factor(values.decode(fake, energy), f))
-            mean, log_sigma = self.generator.leakage(torch.cat([cond, depth[:, None]], -1))
-            leak = (log_sigma + 0.5 * ((logit(f) - mean) / log_sigma.exp()) ** 2).sum()
+            now = leakage(values.decode(fake, energy))[0]
+            fake = values.rescale(fake, leakage_factor(now, f))
+            leak = self.generator.leakage.nll(torch.cat([cond, depth[:, None]], -1),
+                                              torch.logit(f, eps=1e-6))
         if self.cfg.response_law:  # the shape at the real shower's response; the law by NLL
             fake = values.with_response(fake, energy, torch.exp(target[:, 1]))
-            mean, log_sigma = self.generator.law(cond)
-            law = (log_sigma + 0.5 * ((target[:, 1] - mean) / log_sigma.exp()) ** 2).sum()
+            law = self.generator.law.nll(cond, target[:, 1])
         bce = nn.functional.binary_cross_entropy_with_logits
         log_r = torch.log(values.response(fake, energy) + 1e-6)
         seen_real = real if self.cfg.d_observables else real.detach()  # in R1's graph or not
@@ -904,8 +913,6 @@ class Gan3DProgram(nn.Module):
         self.law = model.generator.law if model.cfg.response_law else None
         self.leakage = model.generator.leakage if model.cfg.leakage_law else None
         self.values, self.sparse, self.shift = model.values, model.cfg.sparse, model.shift
-        self.register_buffer("floor_mev", torch.from_numpy(voxel_floors(model.norms["mip_mev"]))
-                             .float(), persistent=False)
         self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
         self.n_particles = len(model.particles)
         self.noise = {"z": ("normal", (model.cfg.latent,))}
@@ -925,14 +932,15 @@ class Gan3DProgram(nn.Module):
             image = soft_cut(image, self.values.floor(image, energy))
         e = self.values.decode(image, energy)
         if self.leakage is not None:
-            depth = leakage(e)[1][:, None].to(cond.dtype)
-            mean, log_sigma = self.leakage(torch.cat([cond, depth], -1))
-            e = e * leakage_factor(e, torch.sigmoid(mean + log_sigma.exp() * z_leakage[:, 0]))
+            now, depth = leakage(e)
+            f = torch.sigmoid(self.leakage.draw(torch.cat([cond, depth[:, None].to(cond.dtype)],
+                                                          -1), z_leakage[:, 0]))
+            e = e * leakage_factor(now, f)
         if self.law is not None:  # Values.with_response, on the energies: one pass less
-            mean, log_sigma = self.law(cond)
-            r = torch.exp(mean + log_sigma.exp() * z_response[:, 0])
+            r = torch.exp(self.law.draw(cond, z_response[:, 0]))
+            floor = self.values.e0.to(e.dtype)
             for _ in range(2):  # the response of the cells placed (at least the floor)
-                e = e * (e >= self.floor_mev)
+                e = e * (e >= floor)
                 e = e * per_image(r / (e.sum(1) / energy).clamp(min=1e-12), e)
         return (e,)
 

@@ -24,6 +24,7 @@ from fastshower.models.gan3d import (
     WINDOW,
     AxisShift,
     Gan3D,
+    Gan3DConfig,
     Generator,
     Observables,
     Values,
@@ -234,9 +235,10 @@ def test_the_leakage_law_sets_the_hcals_share_and_keeps_the_total():
     torch.testing.assert_close(leakage(one)[1], torch.tensor([7 / LAYERS], dtype=torch.float64))
 
 
-@pytest.mark.parametrize("kind", ["sqrt", "log"])
-def test_image_values_encode_energies_and_rescale_them(kind):
-    values = Values(kind, floor_mev=0.1)
+@pytest.mark.parametrize("kind,unit", [("sqrt", None), ("log", None),
+                                       ("sqrt", [1.0, 1.0, 1e-2, 1e-4])])
+def test_image_values_encode_energies_and_rescale_them(kind, unit):
+    values = Values(kind, floor_mev=0.1, unit=unit)
     energy = torch.tensor([1e4, 3e5], dtype=torch.float64)
     e = torch.tensor([[0.05, 0.1, 2.0, 3e3], [0.0, 0.3, 40.0, 5e4]], dtype=torch.float64)
     x = values.encode(e, energy)
@@ -252,6 +254,48 @@ def test_image_values_encode_energies_and_rescale_them(kind):
                                torch.full(x.shape, 0.1, dtype=torch.float64))
     if kind == "log":  # the floor at ln 2 whatever the shower's energy
         assert torch.allclose(values.floor(x, energy), torch.tensor(np.log(2.0)).double())
+    if unit is not None:  # a voxel of unit 1e-4 shows its energy 100 times larger
+        plain = Values(kind, floor_mev=0.1).encode(e, energy)
+        torch.testing.assert_close(x, plain * torch.tensor([1.0, 1.0, 10.0, 100.0]).double())
+
+
+def test_the_bias_maps_put_fixed_structure_into_every_image():
+    torch.manual_seed(0)
+    gen = Generator(latent=4, conditions=5, channels=2, bias_maps=True)
+    for net in (gen.net, gen.coarse):  # the convolutions' output zero: the maps alone
+        last = [m for m in net if hasattr(m, "weight")][-1]
+        torch.nn.init.zeros_(last.weight)
+        torch.nn.init.zeros_(last.bias)
+    centre = np.ravel_multi_index((10, WINDOW // 2, WINDOW // 2), FINE_SHAPE)
+    under = FINE_VOXELS + np.ravel_multi_index((10, COARSE // 2, COARSE // 2), COARSE_SHAPE)
+    with torch.no_grad():
+        gen.bias[0, [centre, under]] = 1.0
+        gen.bias[1, centre] = 0.5
+        cond = torch.zeros(3, 5)
+        cond[:, 0] = torch.tensor([-1.0, 0.0, 1.0])  # the standardised ln E
+        image = gen(torch.randn(3, 4), cond)
+    torch.testing.assert_close(image[:, centre], torch.tensor([0.5, 1.0, 1.5]))
+    assert image.count_nonzero() == 3  # the coarse voxel under the fine image stays empty
+
+
+def test_a_generator_started_from_the_mean_shower_has_geant4s_core(grid_sample):
+    geom, _, tmp = grid_sample
+    data = Gan3D.training_data(read_sample(tmp / "e-")[0], geom)
+    cfg = Gan3DConfig(channels=4, latent=8, sparse=True, bias_maps=True, bias_init="mean")
+    model = Gan3D.build(data, geom, cfg, seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        fake = model.generator(torch.randn(len(data), 8), model.conditions(data.primaries))
+    fine = model.values.decode(fake, torch.from_numpy(data.primaries.energy_mev).float())
+    fine = fine[:, :FINE_VOXELS].reshape(-1, *FINE_SHAPE)[:, 5:15].sum(1)  # layers 5-14
+    real = torch.from_numpy(data.energy_mev[:, :FINE_VOXELS]).reshape(-1, *FINE_SHAPE)
+    real = real[:, 5:15].sum(1)
+    centre = WINDOW // 2 * WINDOW + WINDOW // 2
+    assert (fine.flatten(1).argmax(1) == centre).float().mean() > 0.9  # the axis cell
+    # the core's share of the energy, within 20 % of Geant4's
+    share, geant4 = ((x[:, 11:14, 11:14].sum((1, 2)) / x.sum((1, 2))).mean().item()
+                     for x in (fine, real))
+    assert share == pytest.approx(geant4, rel=0.2)
 
 
 @pytest.mark.parametrize("response_law,values", [(False, "sqrt"), (True, "sqrt"), (True, "log")])
@@ -266,6 +310,8 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "depth_shift": 2.0 if response_law else 0.0,
                                            "d_observables": not response_law,
                                            "leakage_law": values == "log",
+                                           "voxel_scale": 0.5 if values == "sqrt" else 0.0,
+                                           "bias_maps": response_law and values == "sqrt",
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
     run = tmp / f"run_{response_law}_{values}"
@@ -273,6 +319,10 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     assert record["step"] == 6 and np.isfinite(record["val_loss"])
     model = load_generator(run, geom)
     assert isinstance(model, Gan3D)
+    if model.cfg.voxel_scale:  # voxel units relative to the core's: 1 at an axis voxel
+        unit = model.values.unit.reshape(-1)[:FINE_VOXELS].reshape(FINE_SHAPE)
+        assert unit.max() == 1 and unit[:, WINDOW // 2, WINDOW // 2].max() == 1
+        assert unit.min() < 1e-2
     # each player's gradient comes from its own terms only
     data = Gan3D.training_data(read_sample(tmp / "e-")[0], geom)
     terms = model.train()(data, np.random.default_rng(0))

@@ -46,6 +46,9 @@ Session 19's options (docs/models.md has their measurements): ``leakage_law`` (t
 of the energy from a learned law given the conditions and the ECAL depth, as ``response_law``
 does for the total), ``depth_shift`` (the generator slides each shower along its layers,
 Generator), ``d_observables`` (the discriminator also sees each shower's observables).
+Session 20's: ``bias_maps`` (a learned bias per voxel, linear in ln E, before the generator's
+last ReLU; ``bias_init: mean`` starts it at the training images' mean shower), ``voxel_scale``
+(per-voxel value units, Values: the far cells lifted so that both networks see them).
 Stabilisation (without it, the discriminator won within a few hundred steps and the generator
 never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images (``r1``),
 Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation showers,
@@ -138,6 +141,15 @@ class Gan3DConfig(BaseModel):
     leakage_law: bool = False
     # the largest depth shift (layers) the generator may give a shower (Generator.depth); 0: off
     depth_shift: float = Field(0.0, ge=0, le=5)
+    # per-voxel value units (Values): each voxel's energy in units of (its mean share of the
+    # primary's energy in the training images / the core voxel's) ** voxel_scale; 0: off
+    voxel_scale: float = Field(0.0, ge=0, le=1)
+    # the generator's images get a learned bias per voxel (linear in ln E) before their last
+    # ReLU (Generator): sharp structure fixed in space, which transposed convolutions make badly
+    bias_maps: bool = False
+    # their start: zero, or the training images' mean values (linear in ln E, by least
+    # squares) with the convolutions' last layers scaled down tenfold (the mean shower first)
+    bias_init: Literal["zero", "mean"] = "zero"
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -437,17 +449,23 @@ class Values:
       the cells that make the shower's hit count and width weigh in the adversarial game.
     """
 
-    def __init__(self, kind: str, floor_mev, power: float = 0.5):
+    def __init__(self, kind: str, floor_mev, power: float = 0.5, unit=None):
         """``floor_mev``: the smallest cell energy held, one value or one per voxel (VOXELS,);
-        ``power``: of the ``sqrt`` kind."""
+        ``power``: of the ``sqrt`` kind; ``unit`` (VOXELS,) or None: of the ``sqrt`` kind, each
+        voxel's energy in units of unit * E_p (``voxel_scale``: far from the core, where
+        Geant4's cells are ~1/1,000 of the core's in square-root values, the values are lifted
+        so that both networks see them)."""
         self.kind, self.power = kind, power
         self.e0 = torch.as_tensor(floor_mev, dtype=torch.float64)
+        self.unit = None if unit is None else torch.as_tensor(unit, dtype=torch.float32)
 
     def encode(self, e: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """Cell energies (P, ...) MeV of primaries of ``energy`` (P,) MeV -> values."""
         if self.kind == "log":
             return torch.log(1 + e / self.e0.to(e.dtype))
         e = e / per_image(energy, e)
+        if self.unit is not None:
+            e = e / self.unit.to(e.dtype)
         return SCALE * (torch.sqrt(e) if self.power == 0.5 else e ** self.power)
 
     def decode(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
@@ -455,7 +473,8 @@ class Values:
         if self.kind == "log":
             return self.e0.to(x.dtype) * (torch.exp(x.clamp(max=LOG_MAX)) - 1)
         x = x / SCALE  # square root and product, not powers: generation 12 % faster (ONNX)
-        return per_image(energy, x) * (x * x if self.power == 0.5 else x ** (1 / self.power))
+        e = per_image(energy, x) * (x * x if self.power == 0.5 else x ** (1 / self.power))
+        return e if self.unit is None else e * self.unit.to(e.dtype)
 
     def response(self, x: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
         """E_dep / E_p (P,) of images (P, ...)."""
@@ -533,7 +552,7 @@ class Generator(nn.Module):
     not), linearly interpolated between layers; values slid past the last layer are dropped."""
 
     def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None,
-                 last: str = "transposed", depth_shift: float = 0.0):
+                 last: str = "transposed", depth_shift: float = 0.0, bias_maps: bool = False):
         super().__init__()
         c = channels
         self.c = c
@@ -559,19 +578,36 @@ class Generator(nn.Module):
             nn.init.zeros_(self.depth[-1].weight)
             with torch.no_grad():
                 self.depth[-1].bias.copy_(torch.tensor([0.0, np.log(0.5 / depth_shift)]))
+        if bias_maps:  # (constant, slope in the standardised ln E) per voxel, before the ReLU
+            self.bias = nn.Parameter(torch.zeros(2, VOXELS))
         if start is not None:
             for net in (self.net, self.coarse):
                 nn.init.constant_([m for m in net if hasattr(m, "bias")][-1].bias, start)
 
+    def start_from(self, maps: torch.Tensor) -> None:
+        """Bias maps set to ``maps`` (2, VOXELS), the convolutions' last layers scaled down
+        tenfold: images start near the maps."""
+        with torch.no_grad():
+            self.bias.copy_(maps)
+            for net in (self.net, self.coarse):
+                for p in [m for m in net if hasattr(m, "weight")][-1].parameters():
+                    p.mul_(0.1)
+
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         zc = torch.cat([z, cond], -1)
-        fine = self.net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
-        coarse = self.coarse(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
+        maps = "bias" in self._parameters  # the last ReLU after the bias maps
+        net, coarse_net = (self.net[:-1], self.coarse[:-1]) if maps else (self.net, self.coarse)
+        fine = net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
+        coarse = coarse_net(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
         if self.depth_shift:
             a, log_b = self.depth(cond).unbind(-1)
             s = self.depth_shift * torch.tanh(a + log_b.exp() * z[:, 0])
             fine, coarse = slide(fine[:, 0], s), slide(coarse[:, 0], s)
-        return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
+        if not maps:
+            return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
+        out = torch.relu(torch.cat([fine.flatten(1), coarse.flatten(1)], 1)
+                         + self.bias[0] + cond[:, :1] * self.bias[1])
+        return torch.cat([out[:, :FINE_VOXELS], out[:, FINE_VOXELS:] * self.mask], 1)
 
 
 def slide(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -748,10 +784,11 @@ class Gan3D(NetworkGenerator):
                              "g_physics": cfg.physics_weight}
         self.generator = Generator(cfg.latent, 4 + len(particles), cfg.channels,
                                    start=1.0 if cfg.values == "log" else None, last=cfg.last,
-                                   depth_shift=cfg.depth_shift)
+                                   depth_shift=cfg.depth_shift, bias_maps=cfg.bias_maps)
         self.discriminator = Discriminator(cfg.channels, cfg.minibatch_std,
                                            (Observables.COLUMNS + 2) * cfg.d_observables)
-        self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power)
+        self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power,
+                             norms.get("voxel_unit"))
         self.shift = AxisShift(geom) if cfg.shift else None
         self.observables = (Observables(geom, norms["mip_mev"])
                             if cfg.physics_weight or cfg.d_observables else None)
@@ -790,6 +827,13 @@ class Gan3D(NetworkGenerator):
         if cfg.leakage_law:  # logit of the HCAL's fraction: mean, spread
             f = torch.logit(leakage(torch.from_numpy(data.energy_mev))[0], eps=1e-6)
             norms["leakage"] = [float(f.mean()), float(f.std() + 1e-6)]
+        if cfg.voxel_scale:  # Values' unit: each voxel's mean share, relative to the core's
+            share = np.zeros(VOXELS)
+            for i in range(0, len(data), 512):
+                share += (data.energy_mev[i:i + 512]
+                          / data.primaries.energy_mev[i:i + 512, None]).sum(0)
+            share = np.maximum(share / share.max(), 1e-9)
+            norms["voxel_unit"] = (share ** cfg.voxel_scale).tolist()
         if cfg.d_observables:  # the discriminator's observables in units of their spread
             obs = Observables(geom, norms["mip_mev"])
             line = lines(AxisShift(geom) if cfg.shift else None, data.primaries)
@@ -797,7 +841,36 @@ class Gan3D(NetworkGenerator):
                 x = torch.cat([obs(torch.from_numpy(data.energy_mev[i:i + 512]), line[i:i + 512])
                                for i in range(0, len(data), 512)])
             norms["observables"] = [x.mean(0).tolist(), (x.std(0) + 1e-6).tolist()]
-        return cls(geom, particle_names(data.primaries.pdg), cfg, norms)
+        model = cls(geom, particle_names(data.primaries.pdg), cfg, norms)
+        if cfg.bias_maps and cfg.bias_init == "mean":
+            model.generator.start_from(model.mean_values(data))
+        return model
+
+    def mean_values(self, data: ImageData, chunk: int = 512) -> torch.Tensor:
+        """(2, VOXELS) maps (constant, slope in the standardised ln E x) whose values hold the
+        training images' mean energy per voxel (cut at the floor with ``sparse``): each voxel's
+        share of E_p fitted linearly in x, then the values of that mean shower, fitted linearly
+        in x (least squares both; the mean of the values themselves would be too compact: the
+        square root of a cell lit now and then averages to far less than that of its mean)."""
+        x = self.conditions(data.primaries)[:, 0].double()
+        a = torch.stack([torch.ones_like(x), x], -1)
+        gram = a.T @ a
+        energy = torch.from_numpy(data.primaries.energy_mev)
+
+        def fit(per_chunk):  # least squares of per_chunk(i) (chunk, VOXELS) against a
+            rhs = sum(a[i:i + chunk].T @ per_chunk(i) for i in range(0, len(data), chunk))
+            return torch.linalg.solve(gram, rhs)
+
+        def share(i):
+            e = torch.from_numpy(data.energy_mev[i:i + chunk]).double()
+            if self.cfg.sparse:
+                e = e * (e >= self.values.e0)
+            return e / energy[i:i + chunk, None]
+
+        mean_share = fit(share)
+        return fit(lambda i: self.values.encode(
+            (a[i:i + chunk] @ mean_share).clamp(min=0) * energy[i:i + chunk, None],
+            energy[i:i + chunk])).float()
 
     def _seen(self, obs: torch.Tensor | None, cond: torch.Tensor) -> torch.Tensor | None:
         """The discriminator's further features (``d_observables``): the observables in units

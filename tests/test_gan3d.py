@@ -163,9 +163,14 @@ def test_the_smooth_observables_are_the_validations(grid_sample):
     truth = high_level(placed, geom)
     p = batch.primaries
     line = AxisShift(geom).offsets(torch.from_numpy(p.position_mm), torch.from_numpy(p.direction))
-    obs = Observables(geom, mip)(torch.from_numpy(e), line).double().numpy()
+    energies = torch.from_numpy(e).requires_grad_()
+    obs = Observables(geom, mip)(energies, line)
+    obs[:, 0].sum().backward()  # the hit count's gradient: at the cells near the threshold
+    near = np.abs(e / (voxel_floors(mip) * 5) - 1) < 0.1
+    assert np.all(energies.grad.numpy()[near] > 0) and np.all(energies.grad.numpy()[e == 0] == 0)
+    obs = obs.detach().double().numpy()
     assert obs.shape == (len(batch), 34)
-    np.testing.assert_allclose(np.expm1(obs[:, 0]), truth["n_hits"], rtol=0.05)
+    np.testing.assert_allclose(np.expm1(obs[:, 0]), truth["n_hits"], rtol=0.005)
     # voxel centres (a block's, not the cell's drawn in it: a far block moves a width by up
     # to a fifth)
     rel = np.abs(obs[:, 1] / truth["width_r"] - 1)

@@ -582,6 +582,7 @@ class Generator(nn.Module):
             nn.init.zeros_(self.depth[-1].weight)
             with torch.no_grad():
                 self.depth[-1].bias.copy_(torch.tensor([0.0, np.log(0.5 / depth_shift)]))
+        self.bias_maps = bias_maps
         if bias_maps:  # (constant, slope in the standardised ln E) per voxel, before the ReLU
             self.bias = nn.Parameter(torch.zeros(2, VOXELS))
         if start is not None:
@@ -599,7 +600,7 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         zc = torch.cat([z, cond], -1)
-        maps = "bias" in self._parameters  # the last ReLU after the bias maps
+        maps = self.bias_maps  # then the last ReLU comes after them
         net, coarse_net = (self.net[:-1], self.coarse[:-1]) if maps else (self.net, self.coarse)
         fine = net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
         coarse = coarse_net(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))

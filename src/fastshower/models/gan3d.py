@@ -564,15 +564,17 @@ class Generator(nn.Module):
         if last == "convolution":  # the first version's: at full resolution, slow
             tail = [nn.ConvTranspose3d(2 * c, c, 3, stride=2, padding=1), nn.LeakyReLU(0.2),
                     nn.Conv3d(c, 1, 3, padding=1)]
-        else:  # kernel 4, stride 2: 8 taps for every voxel (no checkerboard), 26^3 cut to 25^3
+        else:  # kernel 4, stride 2: 8 taps for every voxel (no two-voxel checkerboard; trained
+            # images still showed stripes four cells apart, session 20), 26^3 cut to 25^3
             tail = [nn.ConvTranspose3d(2 * c, 1, 4, stride=2, padding=1), Crop(FINE_SHAPE)]
+        # both end before their ReLU (forward: after the bias maps, when there are any)
         self.net = nn.Sequential(
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(4 * c, 2 * c, 3, stride=2, padding=1),
-            nn.LeakyReLU(0.2), *tail, nn.ReLU())
+            nn.LeakyReLU(0.2), *tail)
         self.coarse_dense = nn.Linear(latent + conditions, 2 * c * DEPTH // 2 * 6 * 6)
         self.coarse = nn.Sequential(  # 20 x 6 x 6 -> 40 x 12 x 12, cut to 40 x 11 x 11
             nn.LeakyReLU(0.2), nn.ConvTranspose3d(2 * c, 1, 4, stride=2, padding=1),
-            Crop(COARSE_SHAPE), nn.ReLU())
+            Crop(COARSE_SHAPE))
         used = VOXEL["used"][FINE_VOXELS:]  # the coarse voxels that hold energy
         self.register_buffer("mask", torch.from_numpy(used).float(), persistent=False)
         self.depth_shift = depth_shift
@@ -600,15 +602,15 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         zc = torch.cat([z, cond], -1)
-        maps = self.bias_maps  # then the last ReLU comes after them
-        net, coarse_net = (self.net[:-1], self.coarse[:-1]) if maps else (self.net, self.coarse)
-        fine = net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
-        coarse = coarse_net(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
+        fine = self.net(self.dense(zc).reshape(-1, 4 * self.c, 7, 7, 7))
+        coarse = self.coarse(self.coarse_dense(zc).reshape(-1, 2 * self.c, DEPTH // 2, 6, 6))
+        if not self.bias_maps:
+            fine, coarse = torch.relu(fine), torch.relu(coarse)
         if self.depth_shift:
             a, log_b = self.depth(cond).unbind(-1)
             s = self.depth_shift * torch.tanh(a + log_b.exp() * z[:, 0])
             fine, coarse = slide(fine[:, 0], s), slide(coarse[:, 0], s)
-        if not maps:
+        if not self.bias_maps:
             return torch.cat([fine.flatten(1), coarse.flatten(1) * self.mask], 1)
         out = torch.relu(torch.cat([fine.flatten(1), coarse.flatten(1)], 1)
                          + self.bias[0] + cond[:, :1] * self.bias[1])

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 from fastshower.errors import FastShowerError
 from fastshower.geometry import build_geometry, save
@@ -23,6 +24,7 @@ from fastshower.models.gan3d import (
     VOXELS,
     WINDOW,
     AxisShift,
+    DepthLaw,
     Gan3D,
     Gan3DConfig,
     Generator,
@@ -240,6 +242,35 @@ def test_the_leakage_law_sets_the_hcals_share_and_keeps_the_total():
     torch.testing.assert_close(leakage(one)[1], torch.tensor([7 / LAYERS], dtype=torch.float64))
 
 
+def test_the_depth_law_standardises_the_depth_and_draws_its_law():
+    """A skewed depth whose mean and spread follow the conditions: d is standard given them,
+    and drawn from the law of the training d's."""
+    rng = np.random.default_rng(0)
+    x, theta = rng.uniform(-1.7, 1.7, 20_000), rng.uniform(0.0, 0.5, 20_000)
+    skewed = rng.gamma(2.0, 1.0, len(x)) - 2.0  # mean 0, spread sqrt(2), a long deep tail
+    depth = 10 + 2 * x - 3 * theta ** 2 + np.sqrt(1 + 0.4 * x) * skewed
+    cond = torch.from_numpy(np.stack([x, theta], -1))
+    law = DepthLaw(DepthLaw.fit(torch.from_numpy(depth), cond))
+    d = law.standardise(torch.from_numpy(depth).float(), cond.float()).numpy()
+    for part in (x < -0.5, x > 0.5):  # the same law at every energy
+        assert abs(d[part].mean()) < 0.05 and d[part].std() == pytest.approx(1.0, abs=0.05)
+    drawn = law.draw(torch.from_numpy(rng.standard_normal(20_000)).float()).numpy()
+    assert stats.ks_2samp(d, drawn).statistic < 0.02
+    # skewed as the gamma: its median (1.678) below its mean (2), in units of its spread
+    assert np.median(drawn) == pytest.approx((1.678 - 2) / np.sqrt(2), abs=0.03)
+    # the generator's bias maps get a slope in d, its last condition
+    g = Generator(latent=4, conditions=6, channels=2, bias_maps=True, depth_given=True)
+    for net in (g.net, g.coarse):
+        torch.nn.init.zeros_([m for m in net if hasattr(m, "weight")][-1].weight)
+    deep = np.ravel_multi_index((20, WINDOW // 2, WINDOW // 2), FINE_SHAPE)
+    with torch.no_grad():
+        g.bias[2, deep] = 1.0
+        c = torch.zeros(2, 6)
+        c[:, 5] = torch.tensor([-1.0, 2.0])
+        out = g(torch.randn(2, 4), c)
+    assert out[0, deep] == 0 and out[1, deep] > 1.5
+
+
 @pytest.mark.parametrize("kind,unit", [("sqrt", None), ("log", None),
                                        ("sqrt", [1.0, 1.0, 1e-2, 1e-4])])
 def test_image_values_encode_energies_and_rescale_them(kind, unit):
@@ -317,6 +348,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "leakage_law": values == "log",
                                            "voxel_scale": 0.5 if values == "sqrt" else 0.0,
                                            "bias_maps": response_law and values == "sqrt",
+                                           "depth_law": response_law and values == "sqrt",
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
     run = tmp / f"run_{response_law}_{values}"
@@ -343,11 +375,12 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     x = model.values.encode(torch.from_numpy(data.energy_mev[:8]),
                             torch.from_numpy(data.primaries.energy_mev[:8]).float())
     r = torch.zeros(8)
-    seen = (torch.zeros(8, Observables.COLUMNS + 2) if model.cfg.d_observables else None)
+    extra = (Observables.COLUMNS + 2) * model.cfg.d_observables + model.cfg.depth_law
+    seen = torch.zeros(8, extra) if extra else None
     with torch.no_grad():
         alone, mixed = (model.discriminator(x[i], r[i], seen if seen is None else seen[i])[0, 0]
                         for i in ([0, 1, 2], [0, 5, 7]))
-        if seen is not None:  # with d_observables its verdict depends on them
+        if seen is not None:  # its verdict depends on the observables or the depth d
             assert model.discriminator(x[:1], r[:1], seen[:1] + 1)[0, 0] != \
                 model.discriminator(x[:1], r[:1], seen[:1])[0, 0]
     assert (alone != mixed) == model.cfg.minibatch_std
@@ -368,9 +401,12 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
         args = (e_p, torch.zeros(5, 3), torch.from_numpy(primaries.direction),
                 torch.zeros(5, dtype=torch.int64), torch.randn(5, 8), torch.randn(5, 1))
         z_leakage = torch.randn(5, 1) if model.cfg.leakage_law else None
+        z_depth = torch.randn(5, 1) if model.cfg.depth_law else None
         cond = model.conditions(primaries)
+        if model.cfg.depth_law:  # the depth drawn: the last condition
+            cond = torch.cat([cond, model.depth_law.draw(z_depth[:, 0])[:, None]], -1)
         with torch.no_grad():
-            image, = program(*args, z_leakage=z_leakage)
+            image, = program(*args, z_leakage=z_leakage, z_depth=z_depth)
             mean, log_sigma = model.generator.law(cond)
         r = torch.exp(mean + log_sigma.exp() * args[-1][:, 0])
         np.testing.assert_allclose(image.sum(1) / e_p, r, rtol=1e-4)

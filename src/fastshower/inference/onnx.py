@@ -96,6 +96,23 @@ def _training_record(source: Path) -> dict:
     return out
 
 
+def _by_name(program, names: list[str]):
+    """``program`` called with its inputs by position in ``names`` order (as the ONNX export
+    passes them), each given to it by name: a program's optional noise inputs (gan3d's) need
+    not all be there."""
+    import torch
+
+    class ByName(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.program = program
+
+        def forward(self, *args):
+            return self.program(**dict(zip(names, args, strict=True)))
+
+    return ByName()
+
+
 def export_model(generator: ShowerGenerator, out: str | Path, check_showers: int = 4,
                  seed: int = 0) -> Path:
     """Write model.onnx, model.json and model_card.json for a generator that has an export
@@ -135,7 +152,8 @@ def export_model(generator: ShowerGenerator, out: str | Path, check_showers: int
     t0 = time.perf_counter()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer warnings about Python values in zuko
-        torch.onnx.export(program, tuple(torch.from_numpy(inputs[k]) for k in names), tmp,
+        torch.onnx.export(_by_name(program, names),
+                          tuple(torch.from_numpy(inputs[k]) for k in names), tmp,
                           dynamo=False, opset_version=OPSET, input_names=names,
                           output_names=outputs, dynamic_axes=dynamic)
         reference = [t.numpy() for t in program(**{k: torch.from_numpy(v)

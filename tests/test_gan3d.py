@@ -24,11 +24,11 @@ from fastshower.models.gan3d import (
     VOXELS,
     WINDOW,
     AxisShift,
-    DepthLaw,
     Gan3D,
     Gan3DConfig,
     Generator,
     Observables,
+    SummaryLaw,
     Values,
     images,
     leakage,
@@ -242,24 +242,29 @@ def test_the_leakage_law_sets_the_hcals_share_and_keeps_the_total():
     torch.testing.assert_close(leakage(one)[1], torch.tensor([7 / LAYERS], dtype=torch.float64))
 
 
-def test_the_depth_law_standardises_the_depth_and_draws_its_law():
-    """A skewed depth whose mean and spread follow the conditions: d is standard given them,
-    and drawn from the law of the training d's."""
+def test_the_summary_law_standardises_observables_and_draws_their_joint_law():
+    """A skewed depth whose mean and spread follow the conditions and a width correlated with
+    it: each d is standard given the conditions, and drawn with the training d's law."""
     rng = np.random.default_rng(0)
     x, theta = rng.uniform(-1.7, 1.7, 20_000), rng.uniform(0.0, 0.5, 20_000)
     skewed = rng.gamma(2.0, 1.0, len(x)) - 2.0  # mean 0, spread sqrt(2), a long deep tail
-    depth = 10 + 2 * x - 3 * theta ** 2 + np.sqrt(1 + 0.4 * x) * skewed
+    obs = np.zeros((len(x), Observables.COLUMNS))
+    obs[:, 5] = 10 + 2 * x - 3 * theta ** 2 + np.sqrt(1 + 0.4 * x) * skewed  # the depth
+    obs[:, 1] = 18 - x + 0.6 * skewed + rng.normal(0, 0.5, len(x))  # the width
     cond = torch.from_numpy(np.stack([x, theta], -1))
-    law = DepthLaw(DepthLaw.fit(torch.from_numpy(depth), cond))
-    d = law.standardise(torch.from_numpy(depth).float(), cond.float()).numpy()
+    law = SummaryLaw(SummaryLaw.fit(["depth", "width"], torch.from_numpy(obs), cond))
+    d = law.standardise(torch.from_numpy(obs).float(), cond.float()).numpy()
     for part in (x < -0.5, x > 0.5):  # the same law at every energy
-        assert abs(d[part].mean()) < 0.05 and d[part].std() == pytest.approx(1.0, abs=0.05)
-    drawn = law.draw(torch.from_numpy(rng.standard_normal(20_000)).float()).numpy()
-    assert stats.ks_2samp(d, drawn).statistic < 0.02
-    # skewed as the gamma: its median (1.678) below its mean (2), in units of its spread
-    assert np.median(drawn) == pytest.approx((1.678 - 2) / np.sqrt(2), abs=0.03)
+        assert np.all(np.abs(d[part].mean(0)) < 0.05)
+        np.testing.assert_allclose(d[part].std(0), 1.0, atol=0.05)
+    drawn = law.draw(torch.from_numpy(rng.standard_normal((20_000, 2))).float()).numpy()
+    for k in range(2):
+        assert stats.ks_2samp(d[:, k], drawn[:, k]).statistic < 0.02
+    # the depth skewed as the gamma: its median (1.678) below its mean (2), in its spread
+    assert np.median(drawn[:, 0]) == pytest.approx((1.678 - 2) / np.sqrt(2), abs=0.03)
+    assert stats.spearmanr(*drawn.T)[0] == pytest.approx(stats.spearmanr(*d.T)[0], abs=0.03)
     # the generator's bias maps get a slope in d, its last condition
-    g = Generator(latent=4, conditions=6, channels=2, bias_maps=True, depth_given=True)
+    g = Generator(latent=4, conditions=6, channels=2, bias_maps=True, summaries=1)
     for net in (g.net, g.coarse):
         torch.nn.init.zeros_([m for m in net if hasattr(m, "weight")][-1].weight)
     deep = np.ravel_multi_index((20, WINDOW // 2, WINDOW // 2), FINE_SHAPE)
@@ -348,7 +353,8 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "leakage_law": values == "log",
                                            "voxel_scale": 0.5 if values == "sqrt" else 0.0,
                                            "bias_maps": response_law and values == "sqrt",
-                                           "depth_law": response_law and values == "sqrt",
+                                           "summaries": ["depth", "hits"] if response_law
+                                           and values == "sqrt" else [],
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
     run = tmp / f"run_{response_law}_{values}"
@@ -375,7 +381,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     x = model.values.encode(torch.from_numpy(data.energy_mev[:8]),
                             torch.from_numpy(data.primaries.energy_mev[:8]).float())
     r = torch.zeros(8)
-    extra = (Observables.COLUMNS + 2) * model.cfg.d_observables + model.cfg.depth_law
+    extra = (Observables.COLUMNS + 2) * model.cfg.d_observables + len(model.cfg.summaries)
     seen = torch.zeros(8, extra) if extra else None
     with torch.no_grad():
         alone, mixed = (model.discriminator(x[i], r[i], seen if seen is None else seen[i])[0, 0]
@@ -401,12 +407,12 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
         args = (e_p, torch.zeros(5, 3), torch.from_numpy(primaries.direction),
                 torch.zeros(5, dtype=torch.int64), torch.randn(5, 8), torch.randn(5, 1))
         z_leakage = torch.randn(5, 1) if model.cfg.leakage_law else None
-        z_depth = torch.randn(5, 1) if model.cfg.depth_law else None
+        z_summaries = torch.randn(5, len(model.cfg.summaries))
         cond = model.conditions(primaries)
-        if model.cfg.depth_law:  # the depth drawn: the last condition
-            cond = torch.cat([cond, model.depth_law.draw(z_depth[:, 0])[:, None]], -1)
+        if model.cfg.summaries:  # drawn: the last conditions
+            cond = torch.cat([cond, model.summary_law.draw(z_summaries)], -1)
         with torch.no_grad():
-            image, = program(*args, z_leakage=z_leakage, z_depth=z_depth)
+            image, = program(*args, z_leakage=z_leakage, z_summaries=z_summaries)
             mean, log_sigma = model.generator.law(cond)
         r = torch.exp(mean + log_sigma.exp() * args[-1][:, 0])
         np.testing.assert_allclose(image.sum(1) / e_p, r, rtol=1e-4)

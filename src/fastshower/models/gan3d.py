@@ -150,9 +150,10 @@ class Gan3DConfig(BaseModel):
     # their start: zero, or the training images' mean values (linear in ln E, by least
     # squares) with the convolutions' last layers scaled down tenfold (the mean shower first)
     bias_init: Literal["zero", "mean"] = "zero"
-    # the shower's depth (its energy-weighted mean layer) as one more condition of both players
-    # (DepthLaw): Geant4's own in training, drawn from the training sample's law in generation
-    depth_law: bool = False
+    # observables of the shower (Observables: its depth, i.e. energy-weighted mean layer, hit
+    # count, width, core fraction) as further conditions of both players (SummaryLaw): Geant4's
+    # own in training, drawn from the training sample's joint law in generation
+    summaries: list[Literal["depth", "hits", "width", "core"]] = []
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -534,30 +535,30 @@ def leakage_factor(now: torch.Tensor, f: torch.Tensor, most: float = 20.0) -> to
     return torch.where(HCAL_VOXELS, hcal[:, None], ecal[:, None])
 
 
-def mean_layer(e: torch.Tensor) -> torch.Tensor:
-    """Cell energies (P, VOXELS) -> (P,) the energy-weighted mean layer of both images (the
-    HCAL's layers numbered on from the ECAL's): the shower's depth."""
-    return LAYERS * (e * DEPTH_OF_VOXEL.to(e.dtype)).sum(1) / e.sum(1).clamp(min=1e-12)
-
-
-class DepthLaw(nn.Module):
-    """The shower's depth as a condition (``depth_law``): its mean layer (mean_layer)
-    standardised given the conditions, d = (depth - m) / s, with m least squares in (1, x, x²,
-    theta, theta²) and s² in (1, x) (x the standardised ln E), fitted on the training images
-    (``fit``); Geant4's own d in training, in generation d drawn from the training sample's
-    quantiles of d (``draw``). Why: Geant4's showers that develop late are wider, have fewer
-    hits and a smaller core (correlations with the centroid at fixed energy, 2,000 held-out
-    showers: hits -0.62, width 0.59, core fraction -0.54); a generator whose depth came from
-    its noise had none of it (-0.05, 0.15, -0.19) and half the depth's spread. Given d, the
-    discriminator and the physics term see those relations.
-    Approximation, named: the law of d does not depend on the conditions beyond its mean and
-    spread (its shape pooled over the spectrum and the angles)."""
+class SummaryLaw(nn.Module):
+    """Observables of a shower as conditions (``summaries``): each column of ``observables``
+    (Observables: the depth, i.e. the energy-weighted mean layer, ln(1 + hit count), the width,
+    the core fraction) standardised given the conditions, d = (o - m) / s, with m least
+    squares in (1, x, x², theta, theta²) and s² in (1, x) (x the standardised ln E), fitted on
+    the training images (``fit``). Geant4's own d in training; in generation d drawn from the
+    training sample's law (``draw``): its quantiles per column, joined by the correlations of
+    their normal scores (a Gaussian copula). Why: Geant4's showers that develop late are wider,
+    have fewer hits and a smaller core (correlations of the residuals at fixed energy, 2,000
+    held-out showers: hits -0.62, width 0.59, core fraction -0.54); a generator whose depth came
+    from its noise had none of it (-0.11, 0.11, -0.17) and half the depth's spread. Given d,
+    the discriminator and the physics term see those relations.
+    Approximations, named: the law of d does not depend on the conditions beyond each column's
+    mean and spread (its shapes and correlations pooled over the spectrum and the angles); it
+    is interpolated linearly between percentiles (the outer percents out to the sample's
+    extremes)."""
 
     QUANTILES = 101
+    COLUMNS: ClassVar[dict[str, int]] = {"hits": 0, "width": 1, "core": 2, "depth": 5}
 
     def __init__(self, law: dict):
         super().__init__()
-        for k in ("mean", "var", "quantiles"):
+        self.columns = [self.COLUMNS[k] for k in law["names"]]
+        for k in ("mean", "var", "quantiles", "chol"):
             self.register_buffer(k, torch.tensor(law[k], dtype=torch.float32), persistent=False)
 
     @staticmethod
@@ -568,28 +569,38 @@ class DepthLaw(nn.Module):
         return torch.stack([one, x, x * x, theta, theta * theta], -1), torch.stack([one, x], -1)
 
     @classmethod
-    def fit(cls, depth: torch.Tensor, cond: torch.Tensor) -> dict:
-        """The law's numbers (norms) from training depths (P,) and conditions (P, >= 2)."""
+    def fit(cls, names: list[str], observables: torch.Tensor, cond: torch.Tensor) -> dict:
+        """The law's numbers (norms) from the training images' observables (P, COLUMNS) and
+        conditions (P, >= 2)."""
+        o = observables[:, [cls.COLUMNS[k] for k in names]].double()
         a, b = cls.bases(cond.double())
-        mean = torch.linalg.lstsq(a, depth.double()[:, None]).solution[:, 0]
-        r = depth.double() - a @ mean
-        var = torch.linalg.lstsq(b, (r * r)[:, None]).solution[:, 0]
+        mean = torch.linalg.lstsq(a, o).solution
+        r = o - a @ mean
+        var = torch.linalg.lstsq(b, r * r).solution
         d = r / (b @ var).clamp(min=1e-6).sqrt()
-        q = torch.quantile(d, torch.linspace(0, 1, cls.QUANTILES, dtype=torch.float64))
-        return {"mean": mean.tolist(), "var": var.tolist(), "quantiles": q.tolist()}
+        q = torch.quantile(d, torch.linspace(0, 1, cls.QUANTILES, dtype=torch.float64), dim=0)
+        rank = d.argsort(0).argsort(0).double()
+        scores = torch.special.ndtri((rank + 1) / (len(d) + 1))
+        chol = torch.linalg.cholesky(torch.corrcoef(scores.T).reshape(len(names), len(names)))
+        return {"names": list(names), "mean": mean.T.tolist(), "var": var.T.tolist(),
+                "quantiles": q.T.tolist(), "chol": chol.tolist()}
 
-    def standardise(self, depth: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """d (P,) of depths (P,) given the conditions (P, >= 2)."""
+    def standardise(self, observables: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """d (P, k) of observables (P, COLUMNS) given the conditions (P, >= 2)."""
         a, b = self.bases(cond)
-        return (depth - a @ self.mean) / (b @ self.var).clamp(min=1e-6).sqrt()
+        o = observables[:, self.columns]
+        return (o - a @ self.mean.T) / (b @ self.var.T).clamp(min=1e-6).sqrt()
 
     def draw(self, z: torch.Tensor) -> torch.Tensor:
-        """d (P,) from standard normal noise z (P,): the quantiles at Phi(z), interpolated."""
-        u = 0.5 * (1 + torch.erf(z / float(np.sqrt(2.0))))
+        """d (P, k) from standard normal noise z (P, k): correlated by the copula, each column
+        its quantiles at Phi of its score, interpolated."""
+        u = 0.5 * (1 + torch.erf(z @ self.chol.T / float(np.sqrt(2.0))))
         at = u.clamp(0, 1) * (self.QUANTILES - 1)
         i = at.floor().clamp(max=self.QUANTILES - 2)
-        w, i = at - i, i.long()
-        return self.quantiles[i] * (1 - w) + self.quantiles[i + 1] * w
+        w = at - i
+        flat = self.quantiles.flatten()
+        i = i.long() + torch.arange(len(self.columns)) * self.QUANTILES  # in the flat table
+        return flat[i] * (1 - w) + flat[i + 1] * w
 
 
 def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
@@ -618,7 +629,7 @@ class Generator(nn.Module):
 
     def __init__(self, latent: int, conditions: int, channels: int, start: float | None = None,
                  last: str = "transposed", depth_shift: float = 0.0, bias_maps: bool = False,
-                 depth_given: bool = False):
+                 summaries: int = 0):
         super().__init__()
         c = channels
         self.c = c
@@ -648,8 +659,8 @@ class Generator(nn.Module):
                 self.depth[-1].bias.copy_(torch.tensor([0.0, np.log(0.5 / depth_shift)]))
         self.bias_maps = bias_maps
         if bias_maps:  # per voxel, before the ReLU: a constant and slopes in the standardised
-            # ln E (the first condition) and, with depth_given, in the depth d (the last one)
-            self.slopes = [0] + [conditions - 1] * depth_given
+            # ln E (the first condition) and in the ``summaries`` (the last conditions)
+            self.slopes = [0, *range(conditions - summaries, conditions)]
             self.bias = nn.Parameter(torch.zeros(1 + len(self.slopes), VOXELS))
         if start is not None:
             for net in (self.net, self.coarse):
@@ -812,6 +823,21 @@ def voxel_floors(mip_mev: tuple[float, float]) -> np.ndarray:
     return FLOOR_MIP * np.where(VOXEL["layer"] < LAYERS, *mip_mev)
 
 
+def training_observables(data: ImageData, geom: Geometry, cfg: Gan3DConfig,
+                         mip_mev: tuple[float, float]) -> torch.Tensor:
+    """(N, Observables.COLUMNS) the observables of the training images as training sees them
+    (cut at the floor with ``sparse``)."""
+    obs = Observables(geom, mip_mev)
+    line = lines(AxisShift(geom) if cfg.shift else None, data.primaries)
+    floor = torch.from_numpy(voxel_floors(mip_mev)).float()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(data), 512):
+            e = torch.from_numpy(data.energy_mev[i:i + 512])
+            out.append(obs(e * (e >= floor) if cfg.sparse else e, line[i:i + 512]))
+    return torch.cat(out)
+
+
 class Gan3D(NetworkGenerator):
     """The generator, the discriminator and the condition normalisation; see the module
     docstring."""
@@ -853,20 +879,20 @@ class Gan3D(NetworkGenerator):
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight,
                              "g_physics": cfg.physics_weight}
-        given = 4 + len(particles) + cfg.depth_law  # the conditions, and the depth d
+        k = len(cfg.summaries)
+        given = 4 + len(particles) + k  # the conditions, then the summaries d
         self.generator = Generator(cfg.latent, given, cfg.channels,
                                    start=1.0 if cfg.values == "log" else None, last=cfg.last,
                                    depth_shift=cfg.depth_shift, bias_maps=cfg.bias_maps,
-                                   depth_given=cfg.depth_law)
+                                   summaries=k)
         self.discriminator = Discriminator(cfg.channels, cfg.minibatch_std,
-                                           (Observables.COLUMNS + 2) * cfg.d_observables
-                                           + cfg.depth_law)
-        self.depth_law = DepthLaw(norms["depth"]) if cfg.depth_law else None
+                                           (Observables.COLUMNS + 2) * cfg.d_observables + k)
+        self.summary_law = SummaryLaw(norms["summaries"]) if k else None
         self.values = Values(cfg.values, voxel_floors(norms["mip_mev"]), cfg.power,
                              norms.get("voxel_unit"))
         self.shift = AxisShift(geom) if cfg.shift else None
         self.observables = (Observables(geom, norms["mip_mev"])
-                            if cfg.physics_weight or cfg.d_observables else None)
+                            if cfg.physics_weight or cfg.d_observables or k else None)
         if cfg.response_law:  # part of the generator's stage: selected with its weights
             self.generator.law = ResponseLaw(given, norms["aux_mean"][1], norms["response_std"])
         if cfg.leakage_law:  # given the conditions and the ECAL depth
@@ -901,13 +927,11 @@ class Gan3D(NetworkGenerator):
         if cfg.leakage_law:  # logit of the HCAL's fraction: mean, spread
             f = torch.logit(leakage(torch.from_numpy(data.energy_mev))[0], eps=1e-6)
             norms["leakage"] = [float(f.mean()), float(f.std() + 1e-6)]
-        if cfg.depth_law:  # the depths of the images as training sees them (cut at the floor)
-            floor = torch.from_numpy(voxel_floors(norms["mip_mev"]))
-            depth = torch.cat([mean_layer(e * (e >= floor) if cfg.sparse else e) for e in (
-                torch.from_numpy(data.energy_mev[i:i + 512]).double()
-                for i in range(0, len(data), 512))])
+        if cfg.summaries or cfg.d_observables:  # of the images as training sees them
+            obs = training_observables(data, geom, cfg, norms["mip_mev"])
+        if cfg.summaries:
             x = (log_e - norms["log_e_mean"]) / norms["log_e_std"]
-            norms["depth"] = DepthLaw.fit(depth, torch.from_numpy(
+            norms["summaries"] = SummaryLaw.fit(cfg.summaries, obs, torch.from_numpy(
                 np.stack([x, _theta(data.primaries.direction)], -1)))
         if cfg.voxel_scale:  # Values' unit: each voxel's mean share, relative to the core's
             share = np.zeros(VOXELS)
@@ -917,12 +941,7 @@ class Gan3D(NetworkGenerator):
             share = np.maximum(share / share.max(), 1e-9)
             norms["voxel_unit"] = (share ** cfg.voxel_scale).tolist()
         if cfg.d_observables:  # the discriminator's observables in units of their spread
-            obs = Observables(geom, norms["mip_mev"])
-            line = lines(AxisShift(geom) if cfg.shift else None, data.primaries)
-            with torch.no_grad():
-                x = torch.cat([obs(torch.from_numpy(data.energy_mev[i:i + 512]), line[i:i + 512])
-                               for i in range(0, len(data), 512)])
-            norms["observables"] = [x.mean(0).tolist(), (x.std(0) + 1e-6).tolist()]
+            norms["observables"] = [obs.mean(0).tolist(), (obs.std(0) + 1e-6).tolist()]
         model = cls(geom, particle_names(data.primaries.pdg), cfg, norms)
         if cfg.bias_maps and cfg.bias_init == "mean":
             model.generator.start_from(model.mean_values(data))
@@ -957,9 +976,9 @@ class Gan3D(NetworkGenerator):
     def _seen(self, obs: torch.Tensor | None, cond: torch.Tensor,
               d: torch.Tensor | None) -> torch.Tensor | None:
         """The discriminator's further features: with ``d_observables`` the observables in
-        units of the training sample's spread and (ln E, theta), with ``depth_law`` the depth
-        d (P,); None without either."""
-        seen = [] if d is None else [d[:, None]]
+        units of the training sample's spread and (ln E, theta), with ``summaries`` their d
+        (P, k); None without either."""
+        seen = [] if d is None else [d]
         if self.cfg.d_observables:
             mean, std = (torch.tensor(v) for v in self.norms["observables"])
             seen = [(obs - mean) / std, cond[:, :2], *seen]
@@ -993,13 +1012,16 @@ class Gan3D(NetworkGenerator):
         penalise = self.cfg.r1 > 0 and torch.is_grad_enabled()
         real.requires_grad_(penalise)
         cond = self.conditions(primaries)
+        line = lines(self.shift, primaries)
+        seen_real = real if self.cfg.d_observables else real.detach()  # in R1's graph or not
+        obs_real = (self.observables(values.decode(seen_real, energy), line)
+                    if self.observables is not None else None)
         d = None
-        if self.depth_law is not None:  # the real shower's depth, given to both players
-            d = self.depth_law.standardise(mean_layer(values.decode(real.detach(), energy)), cond)
-            cond = torch.cat([cond, d[:, None]], -1)
+        if self.summary_law is not None:  # the real shower's summaries, given to both players
+            d = self.summary_law.standardise(obs_real.detach(), cond)
+            cond = torch.cat([cond, d], -1)
         z = torch.from_numpy(rng.standard_normal((len(index), self.cfg.latent)).astype(np.float32))
         fake = self.generator(z, cond)
-        line = lines(self.shift, primaries)
         if self.shift is not None:
             fake = values.moved(fake, energy, self.shift, line)
         if self.cfg.sparse:
@@ -1016,9 +1038,8 @@ class Gan3D(NetworkGenerator):
             law = self.generator.law.nll(cond, target[:, 1])
         bce = nn.functional.binary_cross_entropy_with_logits
         log_r = torch.log(values.response(fake, energy) + 1e-6)
-        seen_real = real if self.cfg.d_observables else real.detach()  # in R1's graph or not
-        obs = ([self.observables(values.decode(x, energy), line) for x in (fake, seen_real)]
-               if self.observables is not None else [None, None])
+        obs = [None if obs_real is None else self.observables(values.decode(fake, energy), line),
+               obs_real]
         seen = [self._seen(o, cond, d) for o in obs]
         d_real = self.discriminator(real, torch.log(values.response(real, energy) + 1e-6),
                                     seen[1])
@@ -1035,7 +1056,7 @@ class Gan3D(NetworkGenerator):
         n = float(len(index))
         physics = torch.zeros(())
         if self.cfg.physics_weight:  # each observable's law given (ln E, theta[, d])
-            given = cond[:, :2] if d is None else torch.cat([cond[:, :2], d[:, None]], -1)
+            given = cond[:, :2] if d is None else torch.cat([cond[:, :2], d], -1)
             physics = n * physics_distance(obs[0], obs[1].detach(), given,
                                            self.cfg.physics_given)
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
@@ -1075,7 +1096,7 @@ class Gan3DProgram(nn.Module):
         self.generator = model.generator
         self.law = model.generator.law if model.cfg.response_law else None
         self.leakage = model.generator.leakage if model.cfg.leakage_law else None
-        self.depth_law = model.depth_law
+        self.summary_law = model.summary_law
         self.values, self.sparse, self.shift = model.values, model.cfg.sparse, model.shift
         self.log_e = (model.norms["log_e_mean"], model.norms["log_e_std"])
         self.n_particles = len(model.particles)
@@ -1084,14 +1105,14 @@ class Gan3DProgram(nn.Module):
             self.noise["z_response"] = ("normal", (1,))
         if self.leakage is not None:
             self.noise["z_leakage"] = ("normal", (1,))
-        if self.depth_law is not None:
-            self.noise["z_depth"] = ("normal", (1,))
+        if self.summary_law is not None:
+            self.noise["z_summaries"] = ("normal", (len(self.summary_law.columns),))
 
     def forward(self, energy, position, direction, particle, z, z_response=None,
-                z_leakage=None, z_depth=None):
+                z_leakage=None, z_summaries=None):
         cond = conditions(energy, direction, particle, self.log_e, self.n_particles)
-        if self.depth_law is not None:  # the shower's depth, drawn from its law
-            cond = torch.cat([cond, self.depth_law.draw(z_depth[:, 0])[:, None]], -1)
+        if self.summary_law is not None:  # the shower's summaries, drawn from their law
+            cond = torch.cat([cond, self.summary_law.draw(z_summaries)], -1)
         image = self.generator(z, cond)
         if self.shift is not None:
             image = self.values.moved(image, energy, self.shift,

@@ -355,6 +355,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "bias_maps": response_law and values == "sqrt",
                                            "summaries": ["depth", "hits"] if response_law
                                            and values == "sqrt" else [],
+                                           "physics_direction": response_law,
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
     run = tmp / f"run_{response_law}_{values}"

@@ -136,6 +136,9 @@ class Gan3DConfig(BaseModel):
     # residual from a linear fit in (ln E, theta) to the Geant4 showers (physics_distance)
     # (``correlated``: also the residuals of the scalar observables jointly)
     physics_given: Literal["joint", "residual", "correlated"] = "joint"
+    # the physics term's fit also in the direction's transverse components (sin theta cos phi,
+    # sin theta sin phi): Geant4's energy centre moves with them (correlation 0.26)
+    physics_direction: bool = False
     # the fraction of the image's energy in the HCAL from a learned law given the conditions
     # and the shower's depth in the ECAL, the generator's ECAL and HCAL parts rescaled to it
     leakage_law: bool = False
@@ -1056,7 +1059,10 @@ class Gan3D(NetworkGenerator):
         n = float(len(index))
         physics = torch.zeros(())
         if self.cfg.physics_weight:  # each observable's law given (ln E, theta[, d])
-            given = cond[:, :2] if d is None else torch.cat([cond[:, :2], d], -1)
+            given = [cond[:, :2]] + ([] if d is None else [d])
+            if self.cfg.physics_direction:  # (sin theta cos phi, sin theta sin phi)
+                given.append(torch.sin(cond[:, 1:2]) * cond[:, 2:4])
+            given = torch.cat(given, -1)
             physics = n * physics_distance(obs[0], obs[1].detach(), given,
                                            self.cfg.physics_given)
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),

@@ -49,6 +49,10 @@ Generator), ``d_observables`` (the discriminator also sees each shower's observa
 Session 20's: ``bias_maps`` (a learned bias per voxel, linear in ln E, before the generator's
 last ReLU; ``bias_init: mean`` starts it at the training images' mean shower), ``voxel_scale``
 (per-voxel value units, Values: the far cells lifted so that both networks see them).
+Session 21's: ``summaries`` (the shower's depth, width, core fraction or hit count as further
+conditions of both players, Geant4's in training and drawn from their joint law in generation,
+SummaryLaw: the image GAN as the second stage of a two-stage generator),
+``physics_direction`` (the physics term's fit also in the direction).
 Stabilisation (without it, the discriminator won within a few hundred steps and the generator
 never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images (``r1``),
 Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation showers,
@@ -57,11 +61,12 @@ not by its loss.
 Approximations, named: the axis shift shares each voxel's energy with its neighbours
 linearly (AxisShift); with ``leakage_law`` the HCAL's share is a Gaussian in its logit given
 the conditions and the ECAL's mean layer, the ECAL and HCAL parts each rescaled as a whole;
-a coarse ECAL voxel's energy goes onto one cell of its block, drawn uniformly (far from the
-axis a shower leaves single, isolated hits; the AUC above includes it); energy beyond the
-images (0.02 % of the visible energy) is not generated (the training data record how much);
-hit times are times of flight; cells of one layer are on the grid's lattice only (square
-cells).
+with ``summaries`` their law's shape and correlations are pooled over the spectrum and the
+angles (SummaryLaw); a coarse ECAL voxel's energy goes onto one cell of its block, drawn
+uniformly (far from the axis a shower leaves single, isolated hits; the AUC above includes
+it); energy beyond the images (0.02 % of the visible energy) is not generated (the training
+data record how much); hit times are times of flight; cells of one layer are on the grid's
+lattice only (square cells).
 """
 
 from __future__ import annotations
@@ -854,7 +859,9 @@ class Gan3D(NetworkGenerator):
                           f"{COARSE} x {COARSE} image of {BLOCK} x {BLOCK}-cell ECAL blocks "
                           "around it and HCAL cells; values 10 sqrt(e / E) or ln(1 + e / "
                           "floor) (option values)",
-        "condition_encoding": "ln E standardised, theta (rad), cos and sin phi, particle one-hot",
+        "condition_encoding": "ln E standardised, theta (rad), cos and sin phi, particle one-hot; "
+                              "with option summaries the shower's standardised depth, width, "
+                              "core fraction or hit count, drawn from their joint law",
         "tuning": "adversarial (non-saturating BCE, real labels 0.9, R1 penalty, Adam beta1 "
                   "0.5) plus auxiliary regressions of E, the response E_dep / E and theta by "
                   "the discriminator; generator weights chosen by the validation FPD",

@@ -139,7 +139,8 @@ def test_training_resumes_exactly_after_kill_9(sample):
     geom, gpath, data, _, tmp = sample
     args = [sys.executable, "-m", "fastshower", "train", "--geometry", str(gpath), "--model",
             "flowgnn"]
-    sets = [x for s in [*SMALL, "max_steps=30", "val_every=10"] for x in ("--set", s)]
+    sets = [x for s in [*SMALL, "max_steps=30", "val_every=10", "ema_decay=0.8"]
+            for x in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     clean = tmp / "clean"
     subprocess.run([*args, "--data", data, "--out", str(clean), *sets], check=True,
@@ -169,6 +170,14 @@ def test_training_resumes_exactly_after_kill_9(sample):
     for k in a["model"]["state_dict"]:
         assert torch.allclose(a["model"]["state_dict"][k], b["model"]["state_dict"][k],
                               atol=1e-6), k
+    # the moving average of the weights resumed too; validation and model.pt use it
+    averaged = b["averaged"]["state_dict"]
+    for k, v in a["averaged"]["state_dict"].items():
+        assert torch.allclose(v, averaged[k], atol=1e-6), k
+    raw = b["model"]["state_dict"]
+    best = torch.load(killed / "model.pt", weights_only=True)["state_dict"]
+    assert not all(torch.equal(raw[k], averaged[k]) for k in raw)
+    assert all(torch.equal(best[k], averaged[k]) for k in best)  # the last step was the best
     history = (killed / "history.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in history] == [10, 20, 30]
     files = yaml.safe_load((killed / "config.yaml").read_text())["data_files"]

@@ -55,6 +55,11 @@ class TrainConfig(BaseModel):
     val_every: int = Field(250, gt=0)
     patience: int = Field(6, gt=0)
     val_showers: int = Field(300, gt=9)
+    # > 0: validation, selection and model.pt use an exponential moving average of the
+    # weights (time constant 1 / (1 - ema_decay) steps), which smooths the step-to-step swings
+    # of adversarial training (Yazici et al. 2019, "The unusual effectiveness of averaging in
+    # GAN training"); training itself goes on with the raw weights
+    ema_decay: float = Field(0.0, ge=0, lt=1)
     # data-parallel runs: the model's mini-batch is the global batch, shared by the ranks,
     # unless batch_per_rank (then each rank takes it, and lr_scaling scales the learning rate
     # with the number of ranks)
@@ -191,6 +196,31 @@ def _validate(model, val, val_set: ShowerBatch, geom: Geometry, cfg: TrainConfig
     return record
 
 
+def _averaged(cls, model, geom: Geometry, cfg: TrainConfig, state: dict | None):
+    """A second copy of the model that will hold the moving average of its weights (and
+    buffers), restored from the checkpoint when resuming; None without ``ema_decay``. Built
+    from the model's state, not deep-copied (some models hold sparse tensors)."""
+    if not cfg.ema_decay:
+        return None
+    saved = state.get("averaged") if state else None
+    averaged = cls.from_state(saved or model.state(), geom)
+    averaged.trained_on = model.trained_on
+    return averaged
+
+
+@torch.no_grad()
+def _update_average(averaged, model, decay: float) -> None:
+    """averaged <- decay averaged + (1 - decay) model, weights and floating-point buffers;
+    other buffers (counters) copied."""
+    current = model.state_dict()
+    for k, a in averaged.state_dict().items():
+        m = current[k]
+        if a.is_floating_point():
+            a.lerp_(m, 1 - decay)
+        else:
+            a.copy_(m)
+
+
 def _learning_rate(cfg: TrainConfig, world: int) -> float:
     if not cfg.batch_per_rank or cfg.lr_scaling == "none":
         return cfg.lr
@@ -209,6 +239,8 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
     model = (cls.from_state(state["model"], geom) if state else
              cls.build(tr, geom, cfg.generator_config(), cfg.seed))
     model.trained_on = _trained_on(run, train_set, val_set)
+    averaged = _averaged(cls, model, geom, cfg, state)
+    judged = model if averaged is None else averaged  # what validation sees
     net = model
     if ranks.world > 1:
         net = DistributedDataParallel(model)  # broadcasts rank 0's weights, averages gradients
@@ -219,7 +251,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
     step, elapsed, skipped = 0, 0.0, 0
     best = {stage: math.inf for stage in model.stages}
     bad = {stage: 0 for stage in model.stages}
-    best_state = {stage: getattr(model, stage).state_dict() for stage in model.stages}
+    best_state = {stage: getattr(judged, stage).state_dict() for stage in model.stages}
     if state:  # the weights came back with the model (from_state)
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -246,6 +278,8 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
                      for stage in model.stages]  # each stage its own: none throttles another
             if all(torch.isfinite(n) for n in norms):  # the same on every rank (all-reduced)
                 opt.step()
+                if averaged is not None:
+                    _update_average(averaged, model, cfg.ema_decay)
             else:  # a non-finite gradient would spoil the weights for good: skip the step
                 skipped += 1
                 if ranks.main and skipped == 1:
@@ -266,7 +300,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
             record = {"step": step, "elapsed_s": round(time.time() - started, 1),
                       "lr": sched.get_last_lr()[0], "skipped_steps": skipped,
                       **{f"train_{k}": v.item() for k, v in losses.items()},
-                      **_validate(model, va, val_set, geom, cfg)}
+                      **_validate(judged, va, val_set, geom, cfg)}
             for k, v in record.items():
                 if isinstance(v, float):
                     writer.add_scalar(f"val/{k}", v, step)
@@ -275,7 +309,7 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
                 if loss < best[stage] - 1e-4:
                     best[stage], bad[stage] = loss, 0
                     best_state[stage] = {k: v.clone() for k, v in
-                                         getattr(model, stage).state_dict().items()}
+                                         getattr(judged, stage).state_dict().items()}
                     improved.append(stage)
                 else:
                     bad[stage] += 1
@@ -287,7 +321,8 @@ def _train_steps(cls, run: RunFolder, train_set, val_set, geom, cfg: TrainConfig
             run.save({"model": model.state(), "optimizer": opt.state_dict(),
                       "scheduler": sched.state_dict(), "step": step, "best": best, "bad": bad,
                       "best_state": best_state, "elapsed": time.time() - started,
-                      "skipped": skipped})
+                      "skipped": skipped,
+                      "averaged": None if averaged is None else averaged.state()})
             bar.update(val=f"{record['val_loss']:.3f} sep {record['sep_power_mean']:.3f}")
             terms = ", ".join(f"{k} {record[f'val_{k}']:.4f}" for k in model.loss_weights)
             console.print(f"step {step}: validation {terms} (improved: "

@@ -355,6 +355,7 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
                                            "bias_maps": response_law and values == "sqrt",
                                            "summaries": ["depth", "hits"] if response_law
                                            and values == "sqrt" else [],
+                                           "summary_weight": 1.0,
                                            "physics_direction": response_law,
                                            "physics_given": "residual" if values == "sqrt"
                                            else "joint"})
@@ -378,6 +379,19 @@ def test_gan3d_trains_both_players_and_generates_grid_showers(grid_sample, respo
     terms = model(data, np.random.default_rng(0))
     terms["d_adv"][0].backward()
     assert all(p.grad is None for p in model.generator.parameters())
+    model.zero_grad()
+    assert (terms["g_summaries"][0] > 0) == bool(model.cfg.summaries)
+    if model.cfg.summaries:  # the generator learns to give each shower its summaries
+        opt = torch.optim.Adam(model.generator.parameters(), lr=3e-3)
+        follow = []
+        for _ in range(15):
+            term = model(data, np.random.default_rng(0))["g_summaries"][0]
+            opt.zero_grad()
+            term.backward()
+            assert all(p.grad is None for p in model.discriminator.parameters())
+            opt.step()
+            follow.append(term.item())
+        assert follow[-1] < 0.5 * follow[0]
     # with minibatch_std the discriminator's verdict on a shower depends on its mini-batch
     x = model.values.encode(torch.from_numpy(data.energy_mev[:8]),
                             torch.from_numpy(data.primaries.energy_mev[:8]).float())

@@ -162,6 +162,9 @@ class Gan3DConfig(BaseModel):
     # count, width, core fraction) as further conditions of both players (SummaryLaw): Geant4's
     # own in training, drawn from the training sample's joint law in generation
     summaries: list[Literal["depth", "hits", "width", "core"]] = []
+    # weight of the generator's term that makes each shower have the summaries it was given
+    # (Huber loss of its standardised summaries against the given ones; 0: off)
+    summary_weight: float = Field(0.0, ge=0)
     # the fine image's last layer: a transposed convolution (kernel 4) or the first version's
     # transposed convolution to C channels and a 3 x 3 x 3 convolution (4 times slower)
     last: Literal["transposed", "convolution"] = "transposed"
@@ -868,10 +871,11 @@ class Gan3D(NetworkGenerator):
         "model_format": "PyTorch file (torch.load weights_only: tensors and plain data)"}
     loss_weights: ClassVar[dict[str, float]] = {"d_adv": 1.0, "d_aux": 1.0, "d_r1": 1.0,
                                                 "g_adv": 1.0, "g_aux": 1.0, "g_response": 1.0,
-                                                "g_physics": 1.0, "response_nll": 1.0,
-                                                "leakage_nll": 1.0}
+                                                "g_physics": 1.0, "g_summaries": 1.0,
+                                                "response_nll": 1.0, "leakage_nll": 1.0}
     stages: ClassVar[dict[str, tuple[str, ...]]] = {"generator": ("g_adv", "g_aux",
                                                                   "g_response", "g_physics",
+                                                                  "g_summaries",
                                                                   "response_nll",
                                                                   "leakage_nll"),
                                                     "discriminator": ("d_adv", "d_aux", "d_r1")}
@@ -888,7 +892,8 @@ class Gan3D(NetworkGenerator):
         super().__init__(geom, particles, cfg, norms)
         self.loss_weights = {**self.loss_weights, "d_aux": cfg.aux_weight,
                              "g_aux": cfg.aux_weight, "g_response": cfg.response_weight,
-                             "g_physics": cfg.physics_weight}
+                             "g_physics": cfg.physics_weight,
+                             "g_summaries": cfg.summary_weight}
         k = len(cfg.summaries)
         given = 4 + len(particles) + k  # the conditions, then the summaries d
         self.generator = Generator(cfg.latent, given, cfg.channels,
@@ -1072,11 +1077,15 @@ class Gan3D(NetworkGenerator):
             given = torch.cat(given, -1)
             physics = n * physics_distance(obs[0], obs[1].detach(), given,
                                            self.cfg.physics_given)
+        follow = torch.zeros(())
+        if d is not None and self.cfg.summary_weight:  # the summaries it was given, per shower
+            follow = nn.functional.huber_loss(self.summary_law.standardise(obs[0], cond), d,
+                                              reduction="sum")
         return {"d_adv": (d_adv, n), "d_aux": (self._aux(d_real, target).sum(), n), "d_r1": (r1, n),
                 "g_adv": (bce(g_out[:, 0], torch.ones_like(g_out[:, 0]), reduction="sum"), n),
                 "g_aux": (self._aux(g_out, target).sum(), n),
                 "g_response": ((torch.exp(log_r - target[:, 1]) - 1).abs().sum(), n),
-                "g_physics": (physics, n),
+                "g_physics": (physics, n), "g_summaries": (follow, n),
                 "response_nll": (law, n), "leakage_nll": (leak, n)}
 
     # ---- generation --------------------------------------------------------------------------

@@ -3,7 +3,11 @@ generated showers on groups of the high-level observables, each with the visible
 carries the primary's energy), beside all of them and Geant4's own floor (two halves); and how
 the shower's depth goes with the rest at fixed energy and angle (correlations of the residuals
 of a quadratic fit in ln E and theta, and the depth's residual spread): in Geant4 a shower that
-develops late is wider, has fewer hits and a smaller core.
+develops late is wider, has fewer hits and a smaller core. For a 3DGAN with summaries (the
+shower's depth, width, ... as conditions, drawn from their law in generation), also how
+closely its showers follow the summaries they are given: each Geant4 shower's own, put in
+through the noise that draws them (SummaryLaw.noise); per summary, the correlation of the
+given and the generated values (standardised given the conditions) and their spreads.
 
     python benchmarks/observable_groups.py --data samples/grid/heldout/e- --runs RUN[,RUN...] \
         --geometry data/geometry/clic_grid.h5 --out benchmarks/results/groups.json
@@ -20,6 +24,8 @@ import torch
 
 from fastshower.geometry.detector import load
 from fastshower.inference.generate import load_generator
+from fastshower.models import gan3d
+from fastshower.models.base import primaries_inputs
 from fastshower.simhits import read_sample
 from fastshower.validation.metrics import classifier_test, halves
 from fastshower.validation.observables import high_level
@@ -45,6 +51,36 @@ def depth_relations(h: dict, e_inc: np.ndarray, theta: np.ndarray) -> dict[str, 
     depth = residual(h["centroid_depth_x0"])
     return {"depth_spread_x0": float(depth.std()),
             **{k: float(np.corrcoef(depth, residual(h[k]))[0, 1]) for k in WITH_DEPTH}}
+
+
+def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, float]]:
+    """Per summary: correlation of the given (Geant4's) and the generated d, and both spreads;
+    the generated d from the images cut at the floor, as training computes them."""
+    data = gan3d.ImageData(test, geom)
+    mip = gan3d._lattice(geom).mip_mev
+    cond = model.conditions(data.primaries)
+    law = model.summary_law
+    given = law.standardise(gan3d.training_observables(data, geom, model.cfg, mip), cond)
+    program = model.export_module().eval()
+    inputs = {k: torch.from_numpy(v)
+              for k, v in primaries_inputs(data.primaries, model.particles).items()}
+    gen = torch.Generator().manual_seed(seed)
+    noise = {k: torch.randn((len(data), *shape), generator=gen)
+             for k, (_, shape) in program.noise.items()}
+    noise["z_summaries"] = law.noise(given)
+    with torch.no_grad():
+        image = torch.cat([program(**{k: v[i:i + 128] for k, v in {**inputs, **noise}.items()})[0]
+                           for i in range(0, len(data), 128)]).float()
+    cut = image * (image >= torch.from_numpy(gan3d.voxel_floors(mip)).float())
+    obs = gan3d.Observables(geom, mip)
+    line = gan3d.lines(gan3d.AxisShift(geom) if model.cfg.shift else None, data.primaries)
+    with torch.no_grad():
+        made = law.standardise(torch.cat([obs(cut[i:i + 512], line[i:i + 512])
+                                          for i in range(0, len(cut), 512)]), cond)
+    return {name: {"correlation": float(np.corrcoef(given[:, j], made[:, j])[0, 1]),
+                   "given_spread": float(given[:, j].std()),
+                   "generated_spread": float(made[:, j].std())}
+            for j, name in enumerate(model.cfg.summaries)}
 
 
 def aucs(ref: dict, gen: dict) -> dict[str, list[float]]:
@@ -75,13 +111,16 @@ def main() -> None:
     results = {"data": args.data, "n": len(test),
                "floor": aucs({k: v[a] for k, v in ref.items()}, {k: v[b] for k, v in ref.items()})}
     depth = {"Geant4": depth_relations(ref, e_inc, theta)}
+    follow = {}
     for run in args.runs.split(","):
+        model = load_generator(run, geom)
         with torch.no_grad():
-            showers = load_generator(run, geom).sample(test.primaries,
-                                                      np.random.default_rng(args.seed))
+            showers = model.sample(test.primaries, np.random.default_rng(args.seed))
         gen = high_level(showers, geom)
         results[run] = aucs(ref, gen)
         depth[run] = depth_relations(gen, e_inc, theta)
+        if getattr(model, "summary_law", None) is not None:
+            follow[run] = following(model, test, geom, args.seed)
     names = [*GROUPS, "all"]
     print(f"{'':34s}" + "".join(f"{n:>16s}" for n in names))
     for key, row in results.items():
@@ -93,6 +132,13 @@ def main() -> None:
         print(f"{key:34s}{row['depth_spread_x0']:8.3f}"
               + "".join(f"{row[k]:15.2f}" for k in WITH_DEPTH))
     results["depth_relations"] = depth
+    if follow:
+        print("\nthe summaries given (Geant4's) and generated: correlation, spreads")
+        for run, row in follow.items():
+            print(f"{run:34s}" + "".join(
+                f"  {k} {v['correlation']:.2f} ({v['given_spread']:.2f} -> "
+                f"{v['generated_spread']:.2f})" for k, v in row.items()))
+        results["following"] = follow
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     print(f"-> {args.out}")

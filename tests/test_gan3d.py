@@ -263,6 +263,9 @@ def test_the_summary_law_standardises_observables_and_draws_their_joint_law():
     # the depth skewed as the gamma: its median (1.678) below its mean (2), in its spread
     assert np.median(drawn[:, 0]) == pytest.approx((1.678 - 2) / np.sqrt(2), abs=0.03)
     assert stats.spearmanr(*drawn.T)[0] == pytest.approx(stats.spearmanr(*d.T)[0], abs=0.03)
+    # the noise that gives chosen summaries
+    np.testing.assert_allclose(law.draw(law.noise(torch.from_numpy(drawn))).numpy(), drawn,
+                               atol=1e-4)
     # the generator's bias maps get a slope in d, its last condition
     g = Generator(latent=4, conditions=6, channels=2, bias_maps=True, summaries=1)
     for net in (g.net, g.coarse):

@@ -613,6 +613,17 @@ class SummaryLaw(nn.Module):
         i = i.long() + torch.arange(len(self.columns)) * self.QUANTILES  # in the flat table
         return flat[i] * (1 - w) + flat[i + 1] * w
 
+    def noise(self, d: torch.Tensor) -> torch.Tensor:
+        """The noise z (P, k) that ``draw`` turns into d (P, k), d inside the quantiles' range:
+        to generate showers with given summaries (e.g. Geant4's, to see how closely the
+        generator follows them)."""
+        grid = np.linspace(0.0, 1.0, self.QUANTILES)
+        q = self.quantiles.double().numpy()
+        u = np.stack([np.interp(d[:, j].double().numpy(), q[j], grid)
+                      for j in range(len(self.columns))], -1)
+        scores = torch.special.ndtri(torch.from_numpy(u).clamp(1e-7, 1 - 1e-7))
+        return torch.linalg.solve_triangular(self.chol.double(), scores.T, upper=False).T.float()
+
 
 def soft_cut(x: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
     """``x`` with values below ``threshold`` smoothly cut to zero (a sigmoid step 10 % wide)."""

@@ -55,8 +55,8 @@ SummaryLaw: the image GAN as the second stage of a two-stage generator),
 ``physics_direction`` (the physics term's fit also in the direction).
 Session 22's: ``summary_weight`` (each generated shower made to have the summaries it was
 given: a Huber loss of its standardised summaries against them; without it the generator
-followed the depth closely, correlation 0.97, but the core fraction loosely, 0.69, with a third
-more spread than Geant4's).
+followed the depth closely, correlation 0.97, but the core fraction loosely, 0.73, with 1.37
+times Geant4's spread; with it 0.75-0.80).
 Stabilisation (without it, the discriminator won within a few hundred steps and the generator
 never learnt): real labels smoothed to 0.9, an R1 gradient penalty on real images (``r1``),
 Adam's beta1 = 0.5, and the generator's weights chosen by the FPD of its validation showers,

@@ -55,12 +55,13 @@ def depth_relations(h: dict, e_inc: np.ndarray, theta: np.ndarray) -> dict[str, 
 
 def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, float]]:
     """Per summary: correlation of the given (Geant4's) and the generated d, and both spreads;
-    the generated d from the images cut at the floor, as training computes them."""
+    both from the images as training sees them (training_observables)."""
     data = gan3d.ImageData(test, geom)
-    mip = gan3d._lattice(geom).mip_mev
+    mip = model.norms["mip_mev"]
     cond = model.conditions(data.primaries)
     law = model.summary_law
-    given = law.standardise(gan3d.training_observables(data, geom, model.cfg, mip), cond)
+    given = law.standardise(gan3d.training_observables(data.energy_mev, data.primaries, geom,
+                                                       model.cfg, mip), cond)
     program = model.export_module().eval()
     inputs = {k: torch.from_numpy(v)
               for k, v in primaries_inputs(data.primaries, model.particles).items()}
@@ -70,13 +71,9 @@ def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, 
     noise["z_summaries"] = law.noise(given)
     with torch.no_grad():
         image = torch.cat([program(**{k: v[i:i + 128] for k, v in {**inputs, **noise}.items()})[0]
-                           for i in range(0, len(data), 128)]).float()
-    cut = image * (image >= torch.from_numpy(gan3d.voxel_floors(mip)).float())
-    obs = gan3d.Observables(geom, mip)
-    line = gan3d.lines(gan3d.AxisShift(geom) if model.cfg.shift else None, data.primaries)
-    with torch.no_grad():
-        made = law.standardise(torch.cat([obs(cut[i:i + 512], line[i:i + 512])
-                                          for i in range(0, len(cut), 512)]), cond)
+                           for i in range(0, len(data), 128)])
+    made = law.standardise(gan3d.training_observables(image, data.primaries, geom, model.cfg,
+                                                      mip), cond)
     return {name: {"correlation": float(np.corrcoef(given[:, j], made[:, j])[0, 1]),
                    "given_spread": float(given[:, j].std()),
                    "generated_spread": float(made[:, j].std())}

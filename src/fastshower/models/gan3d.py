@@ -849,17 +849,17 @@ def voxel_floors(mip_mev: tuple[float, float]) -> np.ndarray:
     return FLOOR_MIP * np.where(VOXEL["layer"] < LAYERS, *mip_mev)
 
 
-def training_observables(data: ImageData, geom: Geometry, cfg: Gan3DConfig,
-                         mip_mev: tuple[float, float]) -> torch.Tensor:
-    """(N, Observables.COLUMNS) the observables of the training images as training sees them
-    (cut at the floor with ``sparse``)."""
+def training_observables(energy_mev: np.ndarray, primaries: Primaries, geom: Geometry,
+                         cfg: Gan3DConfig, mip_mev: tuple[float, float]) -> torch.Tensor:
+    """(N, Observables.COLUMNS) the observables of images (N, VOXELS) MeV of the primaries'
+    showers (Geant4's or generated) as training sees them (cut at the floor with ``sparse``)."""
     obs = Observables(geom, mip_mev)
-    line = lines(AxisShift(geom) if cfg.shift else None, data.primaries)
+    line = lines(AxisShift(geom) if cfg.shift else None, primaries)
     floor = torch.from_numpy(voxel_floors(mip_mev)).float()
     out = []
     with torch.no_grad():
-        for i in range(0, len(data), 512):
-            e = torch.from_numpy(data.energy_mev[i:i + 512])
+        for i in range(0, len(energy_mev), 512):
+            e = torch.as_tensor(energy_mev[i:i + 512]).float()
             out.append(obs(e * (e >= floor) if cfg.sparse else e, line[i:i + 512]))
     return torch.cat(out)
 
@@ -958,7 +958,8 @@ class Gan3D(NetworkGenerator):
             f = torch.logit(leakage(torch.from_numpy(data.energy_mev))[0], eps=1e-6)
             norms["leakage"] = [float(f.mean()), float(f.std() + 1e-6)]
         if cfg.summaries or cfg.d_observables:  # of the images as training sees them
-            obs = training_observables(data, geom, cfg, norms["mip_mev"])
+            obs = training_observables(data.energy_mev, data.primaries, geom, cfg,
+                                       norms["mip_mev"])
         if cfg.summaries:
             x = (log_e - norms["log_e_mean"]) / norms["log_e_std"]
             norms["summaries"] = SummaryLaw.fit(cfg.summaries, obs, torch.from_numpy(

@@ -3,6 +3,8 @@ step of both players, and generation back onto the grid's cells."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -43,7 +45,7 @@ from fastshower.models.gan3d import (
 from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig, sample_primaries
 from fastshower.simulation.jobs import simulate
-from fastshower.training.loop import TrainConfig, train
+from fastshower.training.loop import TrainConfig, fidelity, train
 
 
 @pytest.fixture(scope="module")
@@ -466,3 +468,19 @@ def test_a_step_with_a_non_finite_gradient_is_skipped(grid_sample):
     assert record["step"] == 4 and 1 <= record["skipped_steps"] <= 3
     state = torch.load(tmp / "run_overflow" / "checkpoints" / "last.pt", weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["model"]["state_dict"].values())
+
+
+def test_validation_can_choose_the_generator_by_the_classifier_test(grid_sample):
+    """With val_classifier the validation record holds the classifier test's AUC: about 1 for
+    showers 30 % too bright, lower for other Geant4 showers of the same law; the 3DGAN's
+    weights are then chosen by it instead of the FPD."""
+    geom, _, tmp = grid_sample
+    batch = read_sample(tmp / "e-")[0]
+    ref, same = batch.subset(slice(0, 30)), batch.subset(slice(30, 60))
+    bright = dataclasses.replace(same, cell_energy=same.cell_energy * 1.3)
+    assert "auc" not in fidelity(ref, same, geom)
+    honest, wrong = (fidelity(ref, gen, geom, classifier=True) for gen in (same, bright))
+    assert wrong["auc"] > 0.95 and honest["auc"] < 0.8 and 0 < honest["auc_std"] < 0.2
+    model = Gan3D.build(Gan3D.training_data(batch, geom), geom, Gan3DConfig(channels=2), 0)
+    assert model.selection_loss("generator", {"fpd": 3.0}) == 3.0
+    assert model.selection_loss("generator", {"fpd": 3.0, "auc": 0.6}) == 0.6

@@ -898,9 +898,12 @@ class Gan3D(NetworkGenerator):
 
     def selection_loss(self, stage: str, record: dict) -> float:
         """The generator's best weights are those whose validation showers are closest to
-        Geant4's (the FPD of the high-level observables): adversarial losses do not fall as
-        the generator improves."""
-        return record["fpd"] if stage == "generator" else super().selection_loss(stage, record)
+        Geant4's: by the classifier test's AUC where validation runs it (``val_classifier``),
+        else by the FPD of the high-level observables; adversarial losses do not fall as the
+        generator improves."""
+        if stage == "generator":
+            return record.get("auc", record["fpd"])
+        return super().selection_loss(stage, record)
 
     def __init__(self, geom: Geometry, particles: list[str], cfg: Gan3DConfig, norms: dict):
         _require_grid(geom)

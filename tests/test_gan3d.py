@@ -4,6 +4,7 @@ step of both players, and generation back onto the grid's cells."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -46,6 +47,7 @@ from fastshower.simhits import read_sample
 from fastshower.simulation.gun import GunConfig, sample_primaries
 from fastshower.simulation.jobs import simulate
 from fastshower.training.loop import TrainConfig, fidelity, train
+from fastshower.training.tune import TuneConfig, tune
 
 
 @pytest.fixture(scope="module")
@@ -484,3 +486,24 @@ def test_validation_can_choose_the_generator_by_the_classifier_test(grid_sample)
     model = Gan3D.build(Gan3D.training_data(batch, geom), geom, Gan3DConfig(channels=2), 0)
     assert model.selection_loss("generator", {"fpd": 3.0}) == 3.0
     assert model.selection_loss("generator", {"fpd": 3.0, "auc": 0.6}) == 0.6
+
+
+def test_a_seed_grid_keeps_the_best_of_several_trainings(grid_sample):
+    """fastshower tune with sampler grid trains each seed once (no pruning) and names the run
+    whose chosen weights are best by the objective, here the generator's selection loss."""
+    geom, gpath, tmp = grid_sample
+    search = {"base": {"model": "gan3d", "max_steps": 4, "val_every": 2, "val_showers": 10,
+                       "warmup_steps": 1, "gan3d": {"channels": 2, "latent": 4, "batch": 4}},
+              "space": {"seed": {"choices": [0, 1]}}, "sampler": "grid", "prune": False,
+              "objective": "best_generator"}
+    best = tune(TuneConfig(**search), str(tmp / "e-"), gpath, tmp / "seeds", trials=5)
+    assert best["trials"] == 2 and best["pruned"] == 0  # the grid ends the study
+    finals = {}
+    for run in ("trial_0000", "trial_0001"):
+        history = [json.loads(line) for line in (tmp / "seeds" / run / "history.jsonl").open()]
+        finals[run] = (history[-1]["best_generator"], history[0]["train_loss"])
+    assert finals["trial_0000"][1] != finals["trial_0001"][1]  # two seeds, two trainings
+    assert best["run"].name == min(finals, key=lambda r: finals[r][0])
+    assert best["value"] == min(v[0] for v in finals.values())
+    with pytest.raises(ValueError, match="choices"):
+        TuneConfig(**{**search, "space": {"lr": {"low": 1e-4, "high": 1e-3}}})

@@ -609,7 +609,8 @@ def tune(
         raise FastShowerError(f"bad search config {config}: {err}") from None
     best = run(cfg, data, geometry, out, trials, storage, study)
     console.print(f"best of {best['trials']} trials ({best['pruned']} pruned): trial "
-                  f"{best['number']}, {cfg.objective} {best['value']:.4f}, {best['params']} "
+                  f"{best['number']} ({best['run']}), "
+                  f"{cfg.objective} {best['value']:.4f}, {best['params']} "
                   f"-> {out / 'best.yaml'}, {out / 'search.png'}")
 
 

@@ -2,9 +2,11 @@
 
 The YAML holds ``base`` (a training config), ``space`` (config keys, dotted for nested ones,
 each {low, high[, log]} for a number or {choices: [...]}) and ``objective`` (a validation
-record key to minimise, by default the validation suite's mean separation power). Every trial
-is a normal training run in OUT/trial_NNNN; its validations are reported to Optuna, whose
-median pruner stops trials that do worse than the median of earlier trials at the same step.
+record key to minimise, by default the validation suite's mean separation power; ``best_<stage>``
+for a stage's best selection loss). Every trial is a normal training run in OUT/trial_NNNN; its
+validations are reported to Optuna, whose median pruner (``prune``) stops trials that do worse
+than the median of earlier trials at the same step. ``sampler: grid`` runs every combination of
+the choices once instead of the TPE search (configs/tune/gan3d_seeds.yaml: training seeds).
 The study lives in a database (SQLite in OUT by default, any SQLAlchemy URL with --storage), so
 several processes or machines running the same command share it. OUT gets best.yaml (the best
 trial's full training config), trials.csv and search.png.
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fastshower.errors import FastShowerError
 from fastshower.progress import Tracker
@@ -31,6 +34,25 @@ class TuneConfig(BaseModel):
     space: dict[str, dict]
     objective: str = "sep_power_mean"
     seed: int = Field(0, ge=0)
+    # tpe: Optuna's default search; grid: every combination of the choices once (e.g. training
+    # seeds, to keep the best of several runs of one configuration)
+    sampler: Literal["tpe", "grid"] = "tpe"
+    # stop trials that do worse than the median of earlier ones at the same step
+    prune: bool = True
+
+    @model_validator(mode="after")
+    def _grid_of_choices(self) -> TuneConfig:
+        if self.sampler == "grid" and not all("choices" in v for v in self.space.values()):
+            raise ValueError("sampler grid needs choices for every key of the space")
+        return self
+
+    def sampler_for_optuna(self):
+        import optuna
+
+        if self.sampler == "grid":
+            return optuna.samplers.GridSampler(
+                {k: v["choices"] for k, v in self.space.items()}, seed=self.seed)
+        return optuna.samplers.TPESampler(seed=self.seed)
 
 
 def _set(config: dict, key: str, value) -> None:
@@ -76,8 +98,9 @@ def tune(tune_cfg: TuneConfig, data: str, geometry: str | Path, out: str | Path,
     study = optuna.create_study(
         study_name=study_name, storage=storage or f"sqlite:///{(out / 'study.db').resolve()}",
         direction="minimize", load_if_exists=True,
-        sampler=optuna.samplers.TPESampler(seed=tune_cfg.seed),
-        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+        sampler=tune_cfg.sampler_for_optuna(),
+        pruner=(optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+                if tune_cfg.prune else optuna.pruners.NopPruner()))
 
     def objective(trial) -> float:
         cfg = trial_config(tune_cfg, suggest(trial, tune_cfg.space))
@@ -107,7 +130,8 @@ def tune(tune_cfg: TuneConfig, data: str, geometry: str | Path, out: str | Path,
     (out / "best.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     write_trials(study, tune_cfg, out / "trials.csv")
     plot_search(study, tune_cfg.objective, out / "search.png")
-    return {"number": best.number, "value": best.value, "params": best.params,
+    return {"number": best.number, "run": out / f"trial_{best.number:04d}",
+            "value": best.value, "params": best.params,
             "trials": len(study.trials), "pruned": sum(
                 t.state == optuna.trial.TrialState.PRUNED for t in study.trials)}
 

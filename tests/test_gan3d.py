@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from scipy import stats
 
 from fastshower.errors import FastShowerError
@@ -492,10 +494,13 @@ def test_a_seed_grid_keeps_the_best_of_several_trainings(grid_sample):
     """fastshower tune with sampler grid trains each seed once (no pruning) and names the run
     whose chosen weights are best by the objective, here the generator's selection loss."""
     geom, gpath, tmp = grid_sample
-    search = {"base": {"model": "gan3d", "max_steps": 4, "val_every": 2, "val_showers": 10,
-                       "warmup_steps": 1, "gan3d": {"channels": 2, "latent": 4, "batch": 4}},
-              "space": {"seed": {"choices": [0, 1]}}, "sampler": "grid", "prune": False,
-              "objective": "best_generator"}
+    configs = pathlib.Path(__file__).parents[1] / "configs"
+    search = yaml.safe_load((configs / "tune" / "gan3d_seeds.yaml").read_text())  # shipped
+    search["base_config"] = configs / "train" / "gan3d.yaml"  # (relative to the working folder)
+    search["base"].update({"max_steps": 4, "val_every": 2, "val_showers": 10, "warmup_steps": 1,
+                           "val_classifier": False, "gan3d.channels": 2, "gan3d.latent": 4,
+                           "gan3d.batch": 4})
+    search["space"]["seed"]["choices"] = [0, 1]
     best = tune(TuneConfig(**search), str(tmp / "e-"), gpath, tmp / "seeds", trials=5)
     assert best["trials"] == 2 and best["pruned"] == 0  # the grid ends the study
     finals = {}

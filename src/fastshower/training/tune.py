@@ -1,12 +1,13 @@
 """Hyper-parameter search with Optuna: `fastshower tune --config configs/tune/flowgnn.yaml`.
 
-The YAML holds ``base`` (a training config), ``space`` (config keys, dotted for nested ones,
-each {low, high[, log]} for a number or {choices: [...]}) and ``objective`` (a validation
-record key to minimise, by default the validation suite's mean separation power; ``best_<stage>``
-for a stage's best selection loss). Every trial is a normal training run in OUT/trial_NNNN; its
-validations are reported to Optuna, whose median pruner (``prune``) stops trials that do worse
-than the median of earlier trials at the same step. ``sampler: grid`` runs every combination of
-the choices once instead of the TPE search (configs/tune/gan3d_seeds.yaml: training seeds).
+The YAML holds ``base`` (a training config, or changes to the one in ``base_config``),
+``space`` (config keys, dotted for nested ones, each {low, high[, log]} for a number or
+{choices: [...]}) and ``objective`` (a validation record key to minimise, by default the
+validation suite's mean separation power; ``best_<stage>`` for a stage's best selection loss).
+Every trial is a normal training run in OUT/trial_NNNN; its validations are reported to Optuna,
+whose median pruner (``prune``) stops trials that do worse than the median of earlier trials at
+the same step. ``sampler: grid`` runs every combination of the choices once instead of the TPE
+search (configs/tune/gan3d_seeds.yaml: training seeds).
 The study lives in a database (SQLite in OUT by default, any SQLAlchemy URL with --storage), so
 several processes or machines running the same command share it. OUT gets best.yaml (the best
 trial's full training config), trials.csv and search.png.
@@ -30,6 +31,9 @@ from fastshower.training.loop import TrainConfig, train
 class TuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+    # a training YAML (e.g. configs/train/gan3d.yaml) whose settings base's keys (dotted for
+    # nested ones) change
+    base_config: Path | None = None
     base: dict = {}
     space: dict[str, dict]
     objective: str = "sep_power_mean"
@@ -41,9 +45,11 @@ class TuneConfig(BaseModel):
     prune: bool = True
 
     @model_validator(mode="after")
-    def _grid_of_choices(self) -> TuneConfig:
+    def _check(self) -> TuneConfig:
         if self.sampler == "grid" and not all("choices" in v for v in self.space.values()):
             raise ValueError("sampler grid needs choices for every key of the space")
+        if self.base_config is not None and not self.base_config.is_file():
+            raise ValueError(f"base_config {self.base_config} does not exist")
         return self
 
     def sampler_for_optuna(self):
@@ -80,8 +86,8 @@ def suggest(trial, space: dict[str, dict]) -> dict:
 
 
 def trial_config(tune: TuneConfig, values: dict) -> TrainConfig:
-    config = yaml.safe_load(yaml.safe_dump(tune.base))  # a deep copy
-    for key, value in values.items():
+    config = yaml.safe_load(tune.base_config.read_text()) if tune.base_config else {}
+    for key, value in {**yaml.safe_load(yaml.safe_dump(tune.base)), **values}.items():
         _set(config, key, value)
     return TrainConfig(**config)
 

@@ -7,7 +7,8 @@ develops late is wider, has fewer hits and a smaller core. For a 3DGAN with summ
 shower's depth, width, ... as conditions, drawn from their law in generation), also how
 closely its showers follow the summaries they are given: each Geant4 shower's own, put in
 through the noise that draws them (SummaryLaw.noise); per summary, the correlation of the
-given and the generated values (standardised given the conditions) and their spreads.
+given and the generated values (standardised given the conditions) and their spreads, once as
+generation draws the HCAL's share and the response and once with both at their laws' means.
 
     python benchmarks/observable_groups.py --data samples/grid/heldout/e- --runs RUN[,RUN...] \
         --geometry data/geometry/clic_grid.h5 --out benchmarks/results/groups.json
@@ -53,9 +54,12 @@ def depth_relations(h: dict, e_inc: np.ndarray, theta: np.ndarray) -> dict[str, 
             **{k: float(np.corrcoef(depth, residual(h[k]))[0, 1]) for k in WITH_DEPTH}}
 
 
-def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, float]]:
+def following(model: gan3d.Gan3D, test, geom, seed: int,
+              at_mean: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
     """Per summary: correlation of the given (Geant4's) and the generated d, and both spreads;
-    both from the images as training sees them (training_observables)."""
+    both from the images as training sees them (training_observables). ``at_mean``: noises of
+    the program set to 0 (e.g. z_leakage: the HCAL's share at its law's mean), to see what
+    their draws add to the spread."""
     data = gan3d.ImageData(test, geom)
     mip = model.norms["mip_mev"]
     cond = model.conditions(data.primaries)
@@ -69,6 +73,7 @@ def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, 
     noise = {k: torch.randn((len(data), *shape), generator=gen)
              for k, (_, shape) in program.noise.items()}
     noise["z_summaries"] = law.noise(given)
+    noise.update({k: torch.zeros_like(noise[k]) for k in at_mean if k in noise})
     with torch.no_grad():
         image = torch.cat([program(**{k: v[i:i + 128] for k, v in {**inputs, **noise}.items()})[0]
                            for i in range(0, len(data), 128)])
@@ -118,6 +123,8 @@ def main() -> None:
         depth[run] = depth_relations(gen, e_inc, theta)
         if getattr(model, "summary_law", None) is not None:
             follow[run] = following(model, test, geom, args.seed)
+            follow[run + " (HCAL share, response at their laws' means)"] = following(
+                model, test, geom, args.seed, at_mean=("z_leakage", "z_response"))
     names = [*GROUPS, "all"]
     print(f"{'':34s}" + "".join(f"{n:>16s}" for n in names))
     for key, row in results.items():

@@ -80,6 +80,7 @@ def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     return float((ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
+@torch.enable_grad()  # also where the caller validates a generator under no_grad
 def classifier_auc(x: np.ndarray, y: np.ndarray, train: np.ndarray, calib: np.ndarray,
                    test: np.ndarray, seed: int = 0, epochs: int = 200) -> float:
     """ROC AUC on ``test`` of a small network trained on ``train`` to tell label 1 from 0 in

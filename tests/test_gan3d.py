@@ -299,6 +299,14 @@ def test_image_values_encode_energies_and_rescale_them(kind, unit):
                                              energy), e * torch.tensor([[2.0], [0.5]]))
     r = torch.tensor([0.02, 0.03], dtype=torch.float64)
     torch.testing.assert_close(values.response(values.with_response(x, energy, r), energy), r)
+    # a factor of 0 (leakage: a real shower's empty HCAL) empties the cells, with a finite
+    # gradient (the root's was infinite: 0.5 % of the training steps were skipped)
+    factor = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 1.0]], dtype=torch.float64,
+                          requires_grad=True)
+    moved = values.rescale(x.detach().requires_grad_(), factor)
+    assert (values.decode(moved, energy)[factor == 0] <= 1e-11 * e[factor == 0]).all()
+    moved.sum().backward()
+    assert torch.isfinite(factor.grad).all()
     # the floor's value is that of a cell of the floor energy, in every image
     torch.testing.assert_close(values.decode(values.floor(x, energy), energy),
                                torch.full(x.shape, 0.1, dtype=torch.float64))

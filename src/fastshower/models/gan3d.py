@@ -505,12 +505,13 @@ class Values:
 
     def rescale(self, x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
         """Images whose every cell energy is multiplied by ``factor`` (P,) (the shape kept), or
-        per cell (P, VOXELS)."""
+        per cell (P, VOXELS). A factor of 0 (an HCAL brought to a real shower's empty one) is
+        taken as 1e-12, so that the root's gradient there is zero, not infinite."""
         if factor.ndim == 1:
             factor = per_image(factor, x)
         if self.kind == "log":
             return torch.log(1 + factor * (torch.exp(x.clamp(max=LOG_MAX)) - 1))
-        return x * factor ** self.power
+        return x * factor.clamp(min=1e-12) ** self.power
 
     def with_response(self, x: torch.Tensor, energy: torch.Tensor, r: torch.Tensor):
         """Images (P, ...) rescaled so that their response E_dep / E_p is ``r`` (P,)."""

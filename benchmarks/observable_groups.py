@@ -54,12 +54,13 @@ def depth_relations(h: dict, e_inc: np.ndarray, theta: np.ndarray) -> dict[str, 
             **{k: float(np.corrcoef(depth, residual(h[k]))[0, 1]) for k in WITH_DEPTH}}
 
 
-def following(model: gan3d.Gan3D, test, geom, seed: int,
-              at_mean: tuple[str, ...] = ()) -> dict[str, dict[str, float]]:
-    """Per summary: correlation of the given (Geant4's) and the generated d, and both spreads;
-    both from the images as training sees them (training_observables). ``at_mean``: noises of
-    the program set to 0 (e.g. z_leakage: the HCAL's share at its law's mean), to see what
-    their draws add to the spread."""
+AT_MEAN = {"": (), " (HCAL share, response at their laws' means)": ("z_leakage", "z_response")}
+
+
+def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, dict]]:
+    """Per variant of AT_MEAN (its noises of the program set to 0, to see what their draws add
+    to the spread) and summary: correlation of the given (Geant4's) and the generated d, and
+    both spreads; both from the images as training sees them (training_observables)."""
     data = gan3d.ImageData(test, geom)
     mip = model.norms["mip_mev"]
     cond = model.conditions(data.primaries)
@@ -70,19 +71,23 @@ def following(model: gan3d.Gan3D, test, geom, seed: int,
     inputs = {k: torch.from_numpy(v)
               for k, v in primaries_inputs(data.primaries, model.particles).items()}
     gen = torch.Generator().manual_seed(seed)
-    noise = {k: torch.randn((len(data), *shape), generator=gen)
+    drawn = {k: torch.randn((len(data), *shape), generator=gen)
              for k, (_, shape) in program.noise.items()}
-    noise["z_summaries"] = law.noise(given)
-    noise.update({k: torch.zeros_like(noise[k]) for k in at_mean if k in noise})
-    with torch.no_grad():
-        image = torch.cat([program(**{k: v[i:i + 128] for k, v in {**inputs, **noise}.items()})[0]
-                           for i in range(0, len(data), 128)])
-    made = law.standardise(gan3d.training_observables(image, data.primaries, geom, model.cfg,
-                                                      mip), cond)
-    return {name: {"correlation": float(np.corrcoef(given[:, j], made[:, j])[0, 1]),
-                   "given_spread": float(given[:, j].std()),
-                   "generated_spread": float(made[:, j].std())}
-            for j, name in enumerate(model.cfg.summaries)}
+    drawn["z_summaries"] = law.noise(given)
+    out = {}
+    for variant, at_mean in AT_MEAN.items():
+        noise = {**inputs, **drawn,
+                 **{k: torch.zeros_like(drawn[k]) for k in at_mean if k in drawn}}
+        with torch.no_grad():
+            image = torch.cat([program(**{k: v[i:i + 128] for k, v in noise.items()})[0]
+                               for i in range(0, len(data), 128)])
+        made = law.standardise(gan3d.training_observables(image, data.primaries, geom,
+                                                          model.cfg, mip), cond)
+        out[variant] = {name: {"correlation": float(np.corrcoef(given[:, j], made[:, j])[0, 1]),
+                               "given_spread": float(given[:, j].std()),
+                               "generated_spread": float(made[:, j].std())}
+                        for j, name in enumerate(model.cfg.summaries)}
+    return out
 
 
 def aucs(ref: dict, gen: dict) -> dict[str, list[float]]:
@@ -122,9 +127,8 @@ def main() -> None:
         results[run] = aucs(ref, gen)
         depth[run] = depth_relations(gen, e_inc, theta)
         if getattr(model, "summary_law", None) is not None:
-            follow[run] = following(model, test, geom, args.seed)
-            follow[run + " (HCAL share, response at their laws' means)"] = following(
-                model, test, geom, args.seed, at_mean=("z_leakage", "z_response"))
+            follow.update({run + variant: rows for variant, rows in
+                           following(model, test, geom, args.seed).items()})
     names = [*GROUPS, "all"]
     print(f"{'':34s}" + "".join(f"{n:>16s}" for n in names))
     for key, row in results.items():

@@ -4,7 +4,6 @@ step of both players, and generation back onto the grid's cells."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
 
 import numpy as np
@@ -18,6 +17,7 @@ from fastshower.geometry import build_geometry, save
 from fastshower.geometry.showers import axis_points
 from fastshower.inference.generate import load_generator
 from fastshower.inference.onnx import OnnxGenerator, export_model
+from fastshower.models.files import read_history
 from fastshower.models.gan3d import (
     COARSE,
     COARSE_SHAPE,
@@ -514,7 +514,7 @@ def test_a_seed_grid_keeps_the_best_of_several_trainings(grid_sample):
     assert best["trials"] == 2 and best["pruned"] == 0  # the grid ends the study
     finals = {}
     for run in ("trial_0000", "trial_0001"):
-        history = [json.loads(line) for line in (tmp / "seeds" / run / "history.jsonl").open()]
+        history = read_history(tmp / "seeds" / run)
         finals[run] = (history[-1]["best_generator"], history[0]["train_loss"])
     assert finals["trial_0000"][1] != finals["trial_0001"][1]  # two seeds, two trainings
     assert best["run"].name == min(finals, key=lambda r: finals[r][0])

@@ -102,15 +102,12 @@ def fidelity(ref: ShowerBatch, gen: ShowerBatch, geom: Geometry,
     hl_r, hl_g = high_level(ref, geom), high_level(gen, geom)
     per = compare(hl_r, hl_g, joint=False)["observables"]
     sep = {k: v["separation_power"] for k, v in per.items()}
-    names = list(hl_r)
-    sr, sg = standardise(np.stack([hl_r[k] for k in names], 1),
-                         np.stack([hl_g[k] for k in names], 1))
+    xr, xg = (np.stack([hl[k] for k in hl_r], 1) for hl in (hl_r, hl_g))
     worst = max(sep, key=sep.get)
     out = {"sep_power_mean": float(np.mean(list(sep.values()))), "sep_power_max": sep[worst],
-           "sep_power_worst": worst, "fpd": frechet_distance(sr, sg)}
+           "sep_power_worst": worst, "fpd": frechet_distance(*standardise(xr, xg))}
     if classifier:
-        test = classifier_test(np.stack([hl_r[k] for k in names], 1),
-                               np.stack([hl_g[k] for k in names], 1))
+        test = classifier_test(xr, xg)
         out.update(auc=test["auc"], auc_std=test["auc_std"])
     return out
 

@@ -87,10 +87,20 @@ def model_timings(run: str, geometry: str, gun: dict, batches: list[int], second
             "batches": rows}
 
 
+def energy_setting(text: str) -> dict:
+    """'100' -> a fixed energy; '10:510' -> uniform between the two (GeV; the record's
+    energy_gev is then None, its gun says the range)."""
+    if ":" in text:
+        return {"energy": [float(e) for e in text.split(":")], "spectrum": "uniform"}
+    return {"energy": [float(text)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", required=True, help="comma-separated run folders or model files")
-    ap.add_argument("--energies", default="10,100", help="GeV")
+    ap.add_argument("--energies", default="10,100",
+                    help="GeV, comma-separated; LO:HI is a uniform spectrum (Geant4 and the "
+                         "model draw the same primaries' law)")
     ap.add_argument("--particle", default="gamma")
     ap.add_argument("--batches", default="1,100,1000")
     ap.add_argument("--g4-n", type=int, default=10, help="Geant4 showers per energy")
@@ -103,10 +113,10 @@ def main() -> None:
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     results = []
-    for energy in (float(e) for e in args.energies.split(",")):
-        gun = {**json.loads(args.gun), "particle": args.particle, "energy": [energy]}
+    for energy in args.energies.split(","):
+        gun = {**json.loads(args.gun), "particle": args.particle, **energy_setting(energy)}
         g4 = geant4_seconds(args.geometry, gun, args.g4_n)
-        print(f"{args.particle} {energy:g} GeV: Geant4 {1e3 * g4:.1f} ms/shower (CPU, n="
+        print(f"{args.particle} {energy} GeV: Geant4 {1e3 * g4:.1f} ms/shower (CPU, n="
               f"{args.g4_n})")
         for run in args.runs.split(","):
             for threads in (int(t) for t in args.threads.split(",")):
@@ -122,7 +132,8 @@ def main() -> None:
                           f"core; peak RSS {row['peak_rss_mb']:.0f} MB; model "
                           f"{m['model_bytes'] / 1e6:.1f} MB, {m['parameters'] or 0:,} parameters, "
                           f"{(row['flops_per_shower'] or 0) / 1e6:.2f} MFLOP/shower")
-                results.append({"particle": args.particle, "energy_gev": energy, "gun": gun,
+                fixed = None if ":" in energy else float(energy)
+                results.append({"particle": args.particle, "energy_gev": fixed, "gun": gun,
                                 "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"results": results}, indent=2))

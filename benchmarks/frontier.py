@@ -107,7 +107,8 @@ def main() -> None:
     fidelity = [json.loads(Path(f).read_text()) for f in args.fidelity.split(",")]
     if len({(f["data"], f["n_test"]) for f in fidelity}) > 1:
         raise SystemExit("the fidelity runs were made on different showers")
-    speed = [r for f in args.speed.split(",") for r in json.loads(Path(f).read_text())["results"]]
+    speed = [r for f in args.speed.split(",") for r in json.loads(Path(f).read_text())["results"]
+             if r["energy_gev"] is not None]  # fixed energies only: a spectrum has no column
     found = rows(fidelity, speed)
     energies = sorted({r["energy_gev"] for r in speed})
     batches = sorted({b["batch"] for r in speed for b in r["batches"]})

@@ -76,10 +76,10 @@ def following(model: gan3d.Gan3D, test, geom, seed: int) -> dict[str, dict[str, 
     drawn["z_summaries"] = law.noise(given)
     out = {}
     for variant, at_mean in AT_MEAN.items():
-        noise = {**inputs, **drawn,
-                 **{k: torch.zeros_like(drawn[k]) for k in at_mean if k in drawn}}
+        feed = {**inputs, **drawn,
+                **{k: torch.zeros_like(drawn[k]) for k in at_mean if k in drawn}}
         with torch.no_grad():
-            image = torch.cat([program(**{k: v[i:i + 128] for k, v in noise.items()})[0]
+            image = torch.cat([program(**{k: v[i:i + 128] for k, v in feed.items()})[0]
                                for i in range(0, len(data), 128)])
         made = law.standardise(gan3d.training_observables(image, data.primaries, geom,
                                                           model.cfg, mip), cond)

@@ -114,7 +114,9 @@ def main() -> None:
     batches = [int(b) for b in args.batches.split(",")]
     results = []
     for energy in args.energies.split(","):
-        gun = {**json.loads(args.gun), "particle": args.particle, **energy_setting(energy)}
+        setting = energy_setting(energy)
+        fixed = None if "spectrum" in setting else setting["energy"][0]
+        gun = {**json.loads(args.gun), "particle": args.particle, **setting}
         g4 = geant4_seconds(args.geometry, gun, args.g4_n)
         print(f"{args.particle} {energy} GeV: Geant4 {1e3 * g4:.1f} ms/shower (CPU, n="
               f"{args.g4_n})")
@@ -132,7 +134,6 @@ def main() -> None:
                           f"core; peak RSS {row['peak_rss_mb']:.0f} MB; model "
                           f"{m['model_bytes'] / 1e6:.1f} MB, {m['parameters'] or 0:,} parameters, "
                           f"{(row['flops_per_shower'] or 0) / 1e6:.2f} MFLOP/shower")
-                fixed = None if ":" in energy else float(energy)
                 results.append({"particle": args.particle, "energy_gev": fixed, "gun": gun,
                                 "geant4_s_per_shower": g4, "geant4_n": args.g4_n, **m})
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
